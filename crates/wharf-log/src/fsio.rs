@@ -1,0 +1,83 @@
+//! Small file-system helpers: positioned vectored writes, positioned reads, atomic file replacement and
+//! directory fsync. All of them name the path in their errors.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+use crate::error::{IoContext, Result};
+
+/// Writes `a` then `b` at `pos` with as few `pwritev` calls as the kernel allows (normally one).
+pub fn write_two_at(file: &File, a: &[u8], b: &[u8], pos: u64) -> io::Result<()> {
+    let total = a.len() + b.len();
+    let mut done = 0usize;
+    while done < total {
+        let (first, second): (&[u8], &[u8]) = if done < a.len() { (&a[done..], b) } else { (&b[done - a.len()..], &[]) };
+        let iov = [
+            libc::iovec {
+                iov_base: first.as_ptr() as *mut libc::c_void,
+                iov_len: first.len(),
+            },
+            libc::iovec {
+                iov_base: second.as_ptr() as *mut libc::c_void,
+                iov_len: second.len(),
+            },
+        ];
+        let count = if second.is_empty() { 1 } else { 2 };
+        let offset = libc::off_t::try_from(pos + done as u64).map_err(|_| io::Error::other("file offset overflow"))?;
+        // SAFETY: the iovecs point into `a` and `b`, which outlive the call; the fd is open.
+        let n = unsafe { libc::pwritev(file.as_raw_fd(), iov.as_ptr(), count, offset) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "pwritev wrote nothing"));
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// Reads exactly `len` bytes at `pos` into a new buffer.
+pub fn read_at(file: &File, path: &Path, pos: u64, len: usize) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, pos).at(path)?;
+    Ok(buf)
+}
+
+/// fsyncs a directory so that entries created, renamed or removed in it are durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+/// Replaces `path` with `bytes` atomically: write a temp file, fsync it, rename it over `path`, fsync the dir.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(match path.extension() {
+        Some(e) => format!("{}.tmp", e.to_string_lossy()),
+        None => "tmp".to_string(),
+    });
+    {
+        let f = File::create(&tmp).at(&tmp)?;
+        f.write_all_at(bytes, 0).at(&tmp)?;
+        f.sync_data().at(&tmp)?;
+    }
+    std::fs::rename(&tmp, path).at(path)?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch by the wall clock (0 if the clock is before 1970).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,1040 @@
+//! One log: an ordered set of segments with dense offsets, one writer at a time, any number of readers.
+//!
+//! Locking: `state` (one mutex per log) guards the segment list and the append position. Appends hold it while
+//! they `pwritev` into the page cache; readers hold it only to plan which file range to read, then read without
+//! it. fdatasync never runs under it (see [`crate::group_commit`]), except when a segment rolls: sealing syncs
+//! the old segment so that every sealed segment is durable and fully indexed.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::config::{Durability, LogConfig};
+use crate::error::{IoContext, LogError, Result};
+use crate::file_cache::{next_file_id, FileCache};
+use crate::frame::FrameHeader;
+use crate::fsio::{now_ms, sync_dir, write_atomic, write_two_at};
+use crate::group_commit::{GroupCommit, Step};
+use crate::index::{IndexDecodeError, SegmentIndex, INDEX_VERSION};
+use crate::meta::LogMeta;
+use crate::segment::{
+    find_time_in_span, parse_segment_name, read_span, scan, segment_paths, Batch, ReadSpan, ReadStop, SealedIndex,
+    Segment, SegmentState,
+};
+
+/// Where an append landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// Offset given to the batch's first record.
+    pub base_offset: u64,
+    /// Offset just past the batch (the log end right after this append). Pass it to
+    /// [`Log::wait_durable`] / [`Log::wait_for_policy`].
+    pub next_offset: u64,
+}
+
+/// Counters of one log, for metrics and benchmarks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogStats {
+    /// Batches appended since open.
+    pub appends: u64,
+    /// fdatasync rounds completed by group commit since open.
+    pub syncs: u64,
+    /// Number of segments.
+    pub segments: usize,
+    /// Bytes on disk in segment files.
+    pub size_bytes: u64,
+}
+
+/// A point-in-time view of a log's offsets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offsets {
+    /// First readable offset.
+    pub log_start: u64,
+    /// Offset the next append gets.
+    pub log_end: u64,
+    /// Every offset below this is durable (fdatasync'ed).
+    pub durable: u64,
+}
+
+/// A segmented, append-only commit log. See the crate docs.
+#[derive(Debug)]
+pub struct Log {
+    name: String,
+    dir: PathBuf,
+    files: Arc<FileCache>,
+    state: Mutex<LogState>,
+    commit: GroupCommit,
+    appends: AtomicU64,
+    /// Wall-clock ms of the last background flush (used by the manager for `Durability::Interval`).
+    pub(crate) last_flush_ms: AtomicI64,
+}
+
+#[derive(Debug)]
+struct LogState {
+    config: LogConfig,
+    segments: BTreeMap<u64, Segment>,
+    next_offset: u64,
+    log_start: u64,
+    /// Bumped whenever the active segment changes identity (roll, truncation): a checkpoint captured under an
+    /// older generation must not overwrite the index file.
+    generation: u64,
+    /// Coverage position of the last index checkpoint of the active segment.
+    checkpointed_position: u64,
+    closed: bool,
+}
+
+impl LogState {
+    fn active(&self) -> &Segment {
+        // Invariant: a log always has at least one segment and the last one is active.
+        self.segments.values().next_back().expect("a log always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments.values_mut().next_back().expect("a log always has an active segment")
+    }
+}
+
+fn active_index(seg: &Segment) -> &SegmentIndex {
+    match &seg.state {
+        SegmentState::Active { index, .. } => index,
+        SegmentState::Sealed(_) => unreachable!("the last segment is always active"),
+    }
+}
+
+impl Log {
+    /// Opens (or creates) the log stored in `dir`, recovering its tail: the active segment is checked from its
+    /// last index checkpoint on, and a torn or corrupt tail is truncated and logged.
+    pub fn open(dir: impl Into<PathBuf>, name: impl Into<String>, config: LogConfig, files: Arc<FileCache>) -> Result<Log> {
+        let dir = dir.into();
+        let name = name.into();
+        let config = config.clamped();
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir).at(&dir)?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        let meta = LogMeta::load(&dir)?;
+        let mut bases = Vec::new();
+        for entry in std::fs::read_dir(&dir).at(&dir)? {
+            let entry = entry.at(&dir)?;
+            let file_name = entry.file_name();
+            let file_name = file_name.to_string_lossy();
+            if file_name.ends_with(".tmp") {
+                // An interrupted atomic write; the file it was replacing is still whole.
+                let _ = std::fs::remove_file(entry.path());
+            } else if let Some(base) = parse_segment_name(&file_name) {
+                bases.push(base);
+            }
+        }
+        bases.sort_unstable();
+
+        let mut segments = BTreeMap::new();
+        if bases.is_empty() {
+            let base = meta.map_or(0, |m| m.log_start_offset);
+            let seg = create_segment(&dir, base, &config, &files)?;
+            segments.insert(base, seg);
+        } else {
+            let last = bases.len() - 1;
+            for (i, &base) in bases.iter().enumerate() {
+                let seg = if i == last {
+                    recover_active(&dir, base, &config, &files)?
+                } else {
+                    let (path, index_path) = segment_paths(&dir, base);
+                    let size = std::fs::metadata(&path).at(&path)?.len();
+                    Segment {
+                        base,
+                        file_id: next_file_id(),
+                        path,
+                        index_path,
+                        size,
+                        state: SegmentState::Sealed(Arc::default()),
+                    }
+                };
+                segments.insert(base, seg);
+            }
+        }
+        let (first_base, last_seg) = match (segments.keys().next(), segments.values().next_back()) {
+            (Some(&first), Some(last)) => (first, last),
+            _ => unreachable!("at least one segment was created"),
+        };
+        let next_offset = active_index(last_seg).coverage().next_offset;
+        let checkpointed_position = active_index(last_seg).coverage().position;
+        let log_start = meta.map_or(first_base, |m| m.log_start_offset).max(first_base).min(next_offset);
+        let state = LogState {
+            config,
+            segments,
+            next_offset,
+            log_start,
+            generation: 0,
+            checkpointed_position,
+            closed: false,
+        };
+        tracing::debug!(log = %name, start = log_start, end = next_offset, "log opened");
+        Ok(Log {
+            name,
+            dir,
+            files,
+            state: Mutex::new(state),
+            // Nothing recovered is known to be synced yet (the previous process may have died before syncing);
+            // the first waiter syncs once.
+            commit: GroupCommit::new(first_base.min(log_start)),
+            appends: AtomicU64::new(0),
+            last_flush_ms: AtomicI64::new(now_ms()),
+        })
+    }
+
+    /// The log's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The directory holding the log's files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The log's current configuration.
+    pub fn config(&self) -> LogConfig {
+        self.state.lock().config.clone()
+    }
+
+    /// Changes the configuration; it applies to the next append, roll and retention pass.
+    pub fn set_config(&self, config: LogConfig) {
+        self.state.lock().config = config.clamped();
+    }
+
+    /// Start, end and durable offsets.
+    pub fn offsets(&self) -> Offsets {
+        let st = self.state.lock();
+        let (durable, _) = self.commit.snapshot();
+        Offsets {
+            log_start: st.log_start,
+            log_end: st.next_offset,
+            durable: durable.min(st.next_offset),
+        }
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> LogStats {
+        let st = self.state.lock();
+        LogStats {
+            appends: self.appends.load(Ordering::Relaxed),
+            syncs: self.commit.syncs.load(Ordering::Relaxed),
+            segments: st.segments.len(),
+            size_bytes: st.segments.values().map(|s| s.size).sum(),
+        }
+    }
+
+    /// Appends one batch of `record_count` records and returns its offsets. The batch is in the page cache when
+    /// this returns; call [`Log::wait_for_policy`] (or [`Log::wait_durable`]) before acknowledging it.
+    pub fn append(&self, payload: &[u8], record_count: u32, max_timestamp: i64) -> Result<Appended> {
+        let mut st = self.state.lock();
+        self.append_locked(&mut st, payload, record_count, max_timestamp)
+    }
+
+    /// Like [`Log::append`], but first calls `stamp(base_offset, payload)` under the log's lock so the caller
+    /// can write the assigned offset into its own header (Kafka writes the base offset into the record batch).
+    pub fn append_with(
+        &self,
+        payload: &mut [u8],
+        record_count: u32,
+        max_timestamp: i64,
+        stamp: impl FnOnce(u64, &mut [u8]),
+    ) -> Result<Appended> {
+        let mut st = self.state.lock();
+        self.check_append(&st, payload.len(), record_count)?;
+        stamp(st.next_offset, payload);
+        self.append_locked(&mut st, payload, record_count, max_timestamp)
+    }
+
+    fn check_append(&self, st: &LogState, len: usize, record_count: u32) -> Result<()> {
+        if st.closed {
+            return Err(LogError::Closed(self.name.clone()));
+        }
+        if let (_, Some(reason)) = self.commit.snapshot() {
+            return Err(LogError::Failed {
+                name: self.name.clone(),
+                reason,
+            });
+        }
+        if record_count == 0 {
+            return Err(LogError::InvalidBatch("a batch must hold at least one record"));
+        }
+        if len > st.config.max_batch_bytes as usize {
+            return Err(LogError::BatchTooLarge {
+                size: len,
+                max: st.config.max_batch_bytes,
+            });
+        }
+        if st.next_offset.checked_add(u64::from(record_count)).is_none() {
+            return Err(LogError::InvalidBatch("offsets would overflow"));
+        }
+        Ok(())
+    }
+
+    fn append_locked(&self, st: &mut LogState, payload: &[u8], record_count: u32, max_timestamp: i64) -> Result<Appended> {
+        self.check_append(st, payload.len(), record_count)?;
+        let frame_len = FrameHeader::encode(0, 1, 0, &[]).len() as u64 + payload.len() as u64;
+        if self.should_roll(st, frame_len, record_count) {
+            self.roll_locked(st)?;
+        }
+        let base_offset = st.next_offset;
+        let header = FrameHeader::encode(base_offset, record_count, max_timestamp, payload);
+        let seg = st.active_mut();
+        let position = seg.size;
+        let file = self.files.get(seg.file_id, &seg.path)?;
+        if let Err(e) = write_two_at(&file, &header, payload, position) {
+            // Cut off whatever part of the frame reached the file, so the next append starts on a boundary.
+            if let Err(e2) = file.set_len(position) {
+                self.commit.fail(format!("write failed ({e}) and the partial frame could not be removed ({e2})"));
+            }
+            return Err(LogError::Io {
+                path: seg.path.clone(),
+                source: e,
+            });
+        }
+        seg.size += frame_len;
+        if let SegmentState::Active { index, first_append_ms } = &mut seg.state {
+            index.on_batch(base_offset, record_count, position, frame_len, max_timestamp);
+            first_append_ms.get_or_insert_with(now_ms);
+        }
+        st.next_offset = base_offset + u64::from(record_count);
+        self.appends.fetch_add(1, Ordering::Relaxed);
+        Ok(Appended {
+            base_offset,
+            next_offset: st.next_offset,
+        })
+    }
+
+    fn should_roll(&self, st: &LogState, frame_len: u64, record_count: u32) -> bool {
+        let seg = st.active();
+        if seg.size == 0 {
+            return false;
+        }
+        let too_big = seg.size + frame_len > st.config.segment_bytes;
+        let offsets_full = st.next_offset + u64::from(record_count) - seg.base > u64::from(u32::MAX);
+        let too_old = match &seg.state {
+            SegmentState::Active {
+                first_append_ms: Some(t),
+                ..
+            } => now_ms().saturating_sub(*t) >= i64::try_from(st.config.segment_ms).unwrap_or(i64::MAX),
+            _ => false,
+        };
+        too_big || offsets_full || too_old
+    }
+
+    /// Seals the active segment (fdatasync, full index written) and starts a new one at the log end.
+    fn roll_locked(&self, st: &mut LogState) -> Result<()> {
+        let next_offset = st.next_offset;
+        let seg = st.active_mut();
+        let file = self.files.get(seg.file_id, &seg.path)?;
+        if let Err(e) = file.sync_data() {
+            self.commit.fail(format!("fdatasync of {} failed: {e}", seg.path.display()));
+            return Err(LogError::Io {
+                path: seg.path.clone(),
+                source: e,
+            });
+        }
+        self.commit.mark_durable(next_offset);
+        let index = match std::mem::replace(&mut seg.state, SegmentState::Sealed(Arc::default())) {
+            SegmentState::Active { index, .. } => index,
+            SegmentState::Sealed(_) => unreachable!("the last segment is always active"),
+        };
+        // The index is an optimisation: if writing it fails the segment is rescanned when first read.
+        if let Err(e) = write_atomic(&seg.index_path, &index.encode()) {
+            tracing::warn!(log = %self.name, error = %e, "could not write the index of a sealed segment");
+        }
+        seg.state = SegmentState::Sealed(SealedIndex::with(index));
+        let new = create_segment(&self.dir, next_offset, &st.config, &self.files)?;
+        st.segments.insert(next_offset, new);
+        st.generation += 1;
+        st.checkpointed_position = 0;
+        tracing::debug!(log = %self.name, base = next_offset, "rolled segment");
+        Ok(())
+    }
+
+    /// Forces the active segment to roll (for tests and for retention of an idle log).
+    pub fn roll(&self) -> Result<()> {
+        let mut st = self.state.lock();
+        if st.active().size == 0 {
+            return Ok(());
+        }
+        self.roll_locked(&mut st)
+    }
+
+    /// Blocks until every offset below `target` is durable, leading or joining a group-commit round.
+    pub fn wait_durable(&self, target: u64) -> Result<()> {
+        loop {
+            match self.commit.wait_blocking(target) {
+                Step::Done => return Ok(()),
+                Step::Failed(reason) => {
+                    return Err(LogError::Failed {
+                        name: self.name.clone(),
+                        reason,
+                    })
+                }
+                Step::Lead => {
+                    let synced = self.lead_round()?;
+                    if synced < target {
+                        return Err(LogError::Truncated { target });
+                    }
+                }
+                Step::Wait => unreachable!("wait_blocking never returns Wait"),
+            }
+        }
+    }
+
+    /// Async form of [`Log::wait_durable`]: the fdatasync runs on tokio's blocking pool, waiters park on a watch
+    /// channel, so thousands of pending acknowledgements cost no threads.
+    pub async fn wait_durable_async(self: &Arc<Self>, target: u64) -> Result<()> {
+        loop {
+            let mut rounds = self.commit.subscribe();
+            match self.commit.step(target) {
+                Step::Done => return Ok(()),
+                Step::Failed(reason) => {
+                    return Err(LogError::Failed {
+                        name: self.name.clone(),
+                        reason,
+                    })
+                }
+                Step::Lead => {
+                    let this = Arc::clone(self);
+                    let synced = tokio::task::spawn_blocking(move || this.lead_round())
+                        .await
+                        .map_err(|e| LogError::Failed {
+                            name: self.name.clone(),
+                            reason: format!("sync task failed: {e}"),
+                        })??;
+                    if synced < target {
+                        return Err(LogError::Truncated { target });
+                    }
+                }
+                Step::Wait => {
+                    // An error means the log was dropped; the next step reports the state either way.
+                    let _ = rounds.changed().await;
+                }
+            }
+        }
+    }
+
+    /// Waits as the log's durability policy requires before an append at `next_offset` may be acknowledged:
+    /// `Always` waits for fdatasync; `Interval` and `Os` return at once.
+    pub fn wait_for_policy(&self, next_offset: u64) -> Result<()> {
+        let policy = self.state.lock().config.durability;
+        match policy {
+            Durability::Always => self.wait_durable(next_offset),
+            Durability::Interval { .. } | Durability::Os => Ok(()),
+        }
+    }
+
+    /// Async form of [`Log::wait_for_policy`].
+    pub async fn wait_for_policy_async(self: &Arc<Self>, next_offset: u64) -> Result<()> {
+        let policy = self.state.lock().config.durability;
+        match policy {
+            Durability::Always => self.wait_durable_async(next_offset).await,
+            Durability::Interval { .. } | Durability::Os => Ok(()),
+        }
+    }
+
+    /// Makes everything appended so far durable.
+    pub fn sync(&self) -> Result<()> {
+        let end = self.state.lock().next_offset;
+        self.wait_durable(end)
+    }
+
+    /// One group-commit round, run by its leader: capture the end, fdatasync, publish.
+    fn lead_round(&self) -> Result<u64> {
+        let captured = {
+            let st = self.state.lock();
+            let seg = st.active();
+            (seg.file_id, seg.path.clone(), st.next_offset)
+        };
+        let (file_id, path, end) = captured;
+        let result = self
+            .files
+            .get(file_id, &path)
+            .and_then(|f| f.sync_data().at(&path))
+            .map(|()| end);
+        let shared = result.as_ref().map(|e| *e).map_err(|e| format!("fdatasync of {} failed: {e}", path.display()));
+        self.commit.finish(&shared);
+        result
+    }
+
+    /// Reads whole batches from `from_offset` (the batch holding it comes first) until about `max_bytes` of
+    /// payload, never past `max_offset` (exclusive; `None` = log end). At least one batch is returned if any
+    /// is available, however large. Payloads share one buffer per segment read: no copy per batch.
+    pub fn read(&self, from_offset: u64, max_bytes: usize, max_offset: Option<u64>) -> Result<Vec<Batch>> {
+        let mut out = Vec::new();
+        let mut budget = max_bytes.max(1);
+        let mut cursor = from_offset;
+        let mut first = true;
+        loop {
+            let plan = {
+                let st = self.state.lock();
+                if first && (cursor < st.log_start || cursor > st.next_offset) {
+                    return Err(LogError::OffsetOutOfRange {
+                        offset: cursor,
+                        start: st.log_start,
+                        end: st.next_offset,
+                    });
+                }
+                let limit = max_offset.map_or(st.next_offset, |m| m.min(st.next_offset));
+                if cursor >= limit {
+                    return Ok(out);
+                }
+                self.plan_segment(&st, cursor)
+            };
+            first = false;
+            let (span, seg_end, file_id, limit) = match plan {
+                Plan::Ready { span, seg_end, file_id } => {
+                    let limit = max_offset.unwrap_or(u64::MAX);
+                    (span, seg_end, file_id, limit)
+                }
+                Plan::Sealed(sealed) => {
+                    let index = self.load_sealed(&sealed)?;
+                    let cov = index.coverage();
+                    if cursor >= cov.next_offset {
+                        return Err(hole_error(&sealed, cov.position, cursor, cov.next_offset));
+                    }
+                    let (start_offset, start_pos) = index.lookup_offset(cursor);
+                    let span = ReadSpan {
+                        path: sealed.path.clone(),
+                        start_pos,
+                        start_offset,
+                        end_pos: cov.position,
+                    };
+                    (span, Some(sealed.next_base), sealed.file_id, max_offset.unwrap_or(u64::MAX))
+                }
+            };
+            let file = self.files.get(file_id, &span.path)?;
+            let stop = read_span(&file, &span, cursor, limit, &mut budget, &mut out)?;
+            match (stop, seg_end) {
+                (ReadStop::SegmentEnd, Some(next)) => cursor = next,
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Plans the read of the segment holding `offset` (the caller checked it is in range).
+    fn plan_segment(&self, st: &LogState, offset: u64) -> Plan {
+        let Some((_, seg)) = st.segments.range(..=offset).next_back().or_else(|| st.segments.iter().next()) else {
+            unreachable!("a log always has a segment")
+        };
+        match &seg.state {
+            SegmentState::Active { index, .. } => {
+                let (start_offset, start_pos) = index.lookup_offset(offset);
+                Plan::Ready {
+                    span: ReadSpan {
+                        path: seg.path.clone(),
+                        start_pos,
+                        start_offset,
+                        end_pos: seg.size,
+                    },
+                    seg_end: None,
+                    file_id: seg.file_id,
+                }
+            }
+            SegmentState::Sealed(cell) => {
+                let next_base = st
+                    .segments
+                    .range(seg.base + 1..)
+                    .next()
+                    .map_or(st.next_offset, |(b, _)| *b);
+                Plan::Sealed(SealedRef {
+                    base: seg.base,
+                    file_id: seg.file_id,
+                    path: seg.path.clone(),
+                    index_path: seg.index_path.clone(),
+                    file_len: seg.size,
+                    next_base,
+                    interval: st.config.index_interval_bytes,
+                    cell: Arc::clone(cell),
+                })
+            }
+        }
+    }
+
+    /// The verified index of a sealed segment: loaded from its file if that checks out (CRC, and coverage equal
+    /// to the file length and the next segment's base), otherwise rebuilt by scanning the segment. A segment whose
+    /// data ends early keeps a short index: the missing offsets are refused by reads, never served.
+    fn load_sealed(&self, s: &SealedRef) -> Result<Arc<SegmentIndex>> {
+        if let Some(index) = s.cell.loaded.lock().clone() {
+            return Ok(index);
+        }
+        let from_file = match std::fs::read(&s.index_path) {
+            Ok(bytes) => match SegmentIndex::decode(s.base, s.interval, &bytes) {
+                Ok(ix) if ix.coverage().position == s.file_len && ix.coverage().next_offset == s.next_base => Some(ix),
+                Ok(_) => {
+                    tracing::warn!(file = %s.index_path.display(), "index does not match its segment; rebuilding");
+                    None
+                }
+                Err(IndexDecodeError::Version(found)) => {
+                    return Err(LogError::UnsupportedVersion {
+                        path: s.index_path.clone(),
+                        found,
+                        supported: INDEX_VERSION,
+                    })
+                }
+                Err(IndexDecodeError::Invalid(why)) => {
+                    tracing::warn!(file = %s.index_path.display(), why, "index is damaged; rebuilding");
+                    None
+                }
+            },
+            Err(_) => {
+                tracing::warn!(file = %s.index_path.display(), "index is missing; rebuilding");
+                None
+            }
+        };
+        let index = match from_file {
+            Some(ix) => ix,
+            None => {
+                let file = self.files.get(s.file_id, &s.path)?;
+                let (ix, stop) = scan(&file, &s.path, s.file_len, SegmentIndex::new(s.base, s.interval))?;
+                if stop.is_none() && ix.coverage().next_offset == s.next_base {
+                    if let Err(e) = write_atomic(&s.index_path, &ix.encode()) {
+                        tracing::warn!(file = %s.index_path.display(), error = %e, "could not store rebuilt index");
+                    }
+                } else {
+                    let (position, reason) = stop.map_or((ix.coverage().position, "data ends early".to_string()), |st| {
+                        (st.position, st.reason)
+                    });
+                    tracing::error!(
+                        file = %s.path.display(), position, reason,
+                        refused_from = ix.coverage().next_offset, refused_to = s.next_base,
+                        "sealed segment is damaged: the offsets after the damage are refused to readers"
+                    );
+                }
+                ix
+            }
+        };
+        let index = Arc::new(index);
+        *s.cell.loaded.lock() = Some(Arc::clone(&index));
+        Ok(index)
+    }
+
+    /// The first batch whose max timestamp is `>= timestamp`, as `(base_offset, max_timestamp)`; `None` if every
+    /// batch is older. Kafka's ListOffsets refines within the batch; the log does not look into payloads.
+    pub fn find_offset_by_timestamp(&self, timestamp: i64) -> Result<Option<(u64, i64)>> {
+        let bases: Vec<u64> = self.state.lock().segments.keys().copied().collect();
+        for base in bases {
+            let plan = {
+                let st = self.state.lock();
+                if !st.segments.contains_key(&base) {
+                    continue; // deleted meanwhile
+                }
+                match self.plan_segment(&st, base) {
+                    Plan::Ready { span, file_id, .. } => {
+                        let SegmentState::Active { index, .. } = &st.active().state else {
+                            unreachable!("the last segment is always active")
+                        };
+                        if index.coverage().max_timestamp < timestamp {
+                            continue;
+                        }
+                        let (start_offset, start_pos) = index.lookup_time(timestamp);
+                        (ReadSpan { start_offset, start_pos, ..span }, file_id, st.log_start)
+                    }
+                    Plan::Sealed(sealed) => {
+                        let log_start = st.log_start;
+                        drop(st);
+                        let index = self.load_sealed(&sealed)?;
+                        if index.coverage().max_timestamp < timestamp {
+                            continue;
+                        }
+                        let (start_offset, start_pos) = index.lookup_time(timestamp);
+                        let span = ReadSpan {
+                            path: sealed.path.clone(),
+                            start_pos,
+                            start_offset,
+                            end_pos: index.coverage().position,
+                        };
+                        (span, sealed.file_id, log_start)
+                    }
+                }
+            };
+            let (span, file_id, log_start) = plan;
+            let file = self.files.get(file_id, &span.path)?;
+            if let Some((offset, ts)) = find_time_in_span(&file, &span, timestamp)? {
+                return Ok(Some((offset.max(log_start), ts)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Moves the log start offset forward (Kafka DeleteRecords). Durable before it returns; segments wholly
+    /// below the new start are deleted.
+    pub fn advance_log_start(&self, offset: u64) -> Result<u64> {
+        {
+            let mut st = self.state.lock();
+            if offset > st.next_offset {
+                return Err(LogError::OffsetOutOfRange {
+                    offset,
+                    start: st.log_start,
+                    end: st.next_offset,
+                });
+            }
+            if offset <= st.log_start {
+                return Ok(st.log_start);
+            }
+            LogMeta { log_start_offset: offset }.store(&self.dir)?;
+            st.log_start = offset;
+        }
+        self.delete_expired(i64::MIN)?;
+        Ok(offset)
+    }
+
+    /// Applies retention by size and age (whole segments, oldest first) and deletes segments below the log
+    /// start offset. `now_ms` is the wall clock in ms. Returns the number of segments deleted.
+    pub fn apply_retention(&self, now_ms: i64) -> Result<usize> {
+        self.delete_expired(now_ms)
+    }
+
+    fn delete_expired(&self, now_ms: i64) -> Result<usize> {
+        // 1. Under the lock: decide by size and log start; roll an expired active segment so it can go too.
+        let (candidates, config) = {
+            let mut st = self.state.lock();
+            if let Some(ms) = st.config.retention_ms {
+                let cutoff = now_ms.saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX));
+                let ts = active_index(st.active()).coverage().max_timestamp;
+                if st.active().size > 0 && ts < cutoff && now_ms != i64::MIN {
+                    self.roll_locked(&mut st)?;
+                }
+            }
+            let mut list = Vec::new();
+            let bases: Vec<u64> = st.segments.keys().copied().collect();
+            for (i, base) in bases.iter().enumerate() {
+                let Some(next) = bases.get(i + 1) else { break };
+                if let Plan::Sealed(s) = self.plan_segment(&st, *base) {
+                    list.push((s, *next));
+                }
+            }
+            let total: u64 = st.segments.values().map(|s| s.size).sum();
+            (list, (st.config.clone(), total, st.log_start))
+        };
+        let (config, mut total, log_start) = config;
+        // 2. Outside the lock: find how many leading segments expire (age needs their indexes).
+        let mut doomed = Vec::new();
+        for (seg, next_base) in candidates {
+            let below_start = next_base <= log_start;
+            let over_size = config.retention_bytes.is_some_and(|r| total > r && total - seg.file_len >= r);
+            let too_old = match config.retention_ms {
+                Some(ms) if now_ms != i64::MIN => {
+                    let newest = self.segment_newest_ms(&seg)?;
+                    newest < now_ms.saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX))
+                }
+                _ => false,
+            };
+            if !(below_start || over_size || too_old) {
+                break;
+            }
+            total -= seg.file_len;
+            doomed.push(seg.base);
+        }
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        // 3. Under the lock: unlink them from the log (they are still the oldest: only retention deletes from
+        // the front, and the manager runs it for one log at a time).
+        let mut removed = Vec::new();
+        {
+            let mut st = self.state.lock();
+            for base in &doomed {
+                if st.segments.len() <= 1 {
+                    break;
+                }
+                if let Some(seg) = st.segments.remove(base) {
+                    removed.push(seg);
+                }
+            }
+            if let Some(&first) = st.segments.keys().next() {
+                st.log_start = st.log_start.max(first);
+            }
+        }
+        // 4. Delete the files; readers that already hold the file keep reading the unlinked inode.
+        for seg in &removed {
+            self.files.remove(seg.file_id);
+            remove_if_exists(&seg.path)?;
+            remove_if_exists(&seg.index_path)?;
+            tracing::info!(log = %self.name, base = seg.base, bytes = seg.size, "deleted segment by retention");
+        }
+        sync_dir(&self.dir)?;
+        Ok(removed.len())
+    }
+
+    /// The newest timestamp of a sealed segment; the file's mtime when batches carry no timestamps.
+    fn segment_newest_ms(&self, seg: &SealedRef) -> Result<i64> {
+        let ts = self.load_sealed(seg)?.coverage().max_timestamp;
+        if ts >= 0 {
+            return Ok(ts);
+        }
+        let modified = std::fs::metadata(&seg.path).and_then(|m| m.modified()).at(&seg.path)?;
+        Ok(modified
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+    }
+
+    /// Removes every batch whose last offset is `>= offset` (replication uses it to cut a diverged tail).
+    /// Returns the new log end, which is the base offset of the first removed batch (`<= offset`).
+    pub fn truncate_to(&self, offset: u64) -> Result<u64> {
+        let mut st = self.state.lock();
+        if offset >= st.next_offset {
+            return Ok(st.next_offset);
+        }
+        if offset < st.log_start {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                start: st.log_start,
+                end: st.next_offset,
+            });
+        }
+        let Some((&keep_base, _)) = st.segments.range(..=offset).next_back() else {
+            unreachable!("log_start is within the first segment")
+        };
+        // Drop whole segments after the one holding `offset`.
+        let later: Vec<u64> = st.segments.range(keep_base + 1..).map(|(b, _)| *b).collect();
+        let mut removed = Vec::new();
+        for b in later {
+            if let Some(seg) = st.segments.remove(&b) {
+                removed.push(seg);
+            }
+        }
+        let interval = st.config.index_interval_bytes;
+        let seg = st.active_mut();
+        let file = self.files.get(seg.file_id, &seg.path)?;
+        // Rescan the kept segment up to the cut: it finds the cut position on a batch boundary and rebuilds an
+        // exact index (truncation is rare; correctness beats speed here).
+        let (full, _) = scan(&file, &seg.path, std::fs::metadata(&seg.path).at(&seg.path)?.len(), SegmentIndex::new(seg.base, interval))?;
+        let (cut_offset, cut_pos) = find_cut(&file, &seg.path, &full, offset)?;
+        let (index, _) = scan(&file, &seg.path, cut_pos, SegmentIndex::new(seg.base, interval))?;
+        file.set_len(cut_pos).at(&seg.path)?;
+        file.sync_data().at(&seg.path)?;
+        write_atomic(&seg.index_path, &index.encode())?;
+        seg.size = cut_pos;
+        seg.state = SegmentState::Active {
+            index,
+            first_append_ms: None,
+        };
+        st.next_offset = cut_offset;
+        st.generation += 1;
+        st.checkpointed_position = cut_pos;
+        self.commit.truncated(cut_offset);
+        drop(st);
+        for seg in &removed {
+            self.files.remove(seg.file_id);
+            remove_if_exists(&seg.path)?;
+            remove_if_exists(&seg.index_path)?;
+        }
+        sync_dir(&self.dir)?;
+        tracing::info!(log = %self.name, end = cut_offset, "truncated log");
+        Ok(cut_offset)
+    }
+
+    /// Writes the active segment's index with its coverage, after syncing the data it covers, so that recovery
+    /// after a crash scans only what was appended since. Cheap when nothing changed.
+    pub fn checkpoint(&self) -> Result<()> {
+        let (generation, index, file_id, path, index_path) = {
+            let st = self.state.lock();
+            let seg = st.active();
+            let index = active_index(seg);
+            if index.coverage().position == st.checkpointed_position {
+                return Ok(());
+            }
+            (st.generation, index.clone(), seg.file_id, seg.path.clone(), seg.index_path.clone())
+        };
+        let file = self.files.get(file_id, &path)?;
+        if let Err(e) = file.sync_data() {
+            self.commit.fail(format!("fdatasync of {} failed: {e}", path.display()));
+            return Err(LogError::Io { path, source: e });
+        }
+        self.commit.mark_durable(index.coverage().next_offset);
+        let tmp = index_path.with_extension("index.tmp");
+        {
+            let f = std::fs::File::create(&tmp).at(&tmp)?;
+            std::os::unix::fs::FileExt::write_all_at(&f, &index.encode(), 0).at(&tmp)?;
+            f.sync_data().at(&tmp)?;
+        }
+        let mut st = self.state.lock();
+        if st.generation != generation {
+            drop(st);
+            return remove_if_exists(&tmp);
+        }
+        std::fs::rename(&tmp, &index_path).at(&index_path)?;
+        st.checkpointed_position = index.coverage().position;
+        drop(st);
+        sync_dir(&self.dir)
+    }
+
+    /// Syncs and checkpoints the log and refuses further appends. Reads keep working.
+    pub fn close(&self) -> Result<()> {
+        self.sync()?;
+        self.checkpoint()?;
+        self.state.lock().closed = true;
+        Ok(())
+    }
+
+    /// Whether appended data is not yet durable (the manager flushes such logs under `Interval`).
+    pub(crate) fn has_unsynced(&self) -> bool {
+        let end = self.state.lock().next_offset;
+        self.commit.snapshot().0 < end
+    }
+}
+
+enum Plan {
+    Ready {
+        span: ReadSpan,
+        seg_end: Option<u64>,
+        file_id: u64,
+    },
+    Sealed(SealedRef),
+}
+
+/// What is needed to load and read a sealed segment without holding the log's lock.
+struct SealedRef {
+    base: u64,
+    file_id: u64,
+    path: PathBuf,
+    index_path: PathBuf,
+    file_len: u64,
+    next_base: u64,
+    interval: u64,
+    cell: Arc<SealedIndex>,
+}
+
+fn hole_error(s: &SealedRef, position: u64, offset: u64, data_end: u64) -> LogError {
+    LogError::Corrupt {
+        path: s.path.clone(),
+        position,
+        offset,
+        reason: format!(
+            "segment data is damaged after offset {data_end}; offsets {data_end}..{} are unreadable",
+            s.next_base
+        ),
+    }
+}
+
+/// The `(base_offset, position)` of the batch holding `offset` in a segment whose verified index is `index`.
+fn find_cut(file: &std::fs::File, path: &Path, index: &SegmentIndex, offset: u64) -> Result<(u64, u64)> {
+    let (start_offset, start_pos) = index.lookup_offset(offset);
+    let span = ReadSpan {
+        path: path.to_path_buf(),
+        start_pos,
+        start_offset,
+        end_pos: index.coverage().position,
+    };
+    let mut out = Vec::new();
+    let mut budget = 1;
+    read_span(file, &span, offset, u64::MAX, &mut budget, &mut out)?;
+    match out.first() {
+        Some(b) => {
+            // Position of that batch: walk the frames from the index entry.
+            let mut pos = start_pos;
+            let mut at = start_offset;
+            while at < b.base_offset {
+                let mut h = [0u8; crate::frame::FRAME_HEADER_LEN];
+                std::os::unix::fs::FileExt::read_exact_at(file, &mut h, pos).at(path)?;
+                let header = FrameHeader::decode(&h).map_err(|r| LogError::Corrupt {
+                    path: path.to_path_buf(),
+                    position: pos,
+                    offset: at,
+                    reason: r.into(),
+                })?;
+                pos += header.frame_len();
+                at = header.next_offset();
+            }
+            Ok((b.base_offset, pos))
+        }
+        None => Ok((index.coverage().next_offset, index.coverage().position)),
+    }
+}
+
+fn remove_if_exists(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).at(path),
+        _ => Ok(()),
+    }
+}
+
+/// Creates an empty segment file at `base` (and fsyncs the directory so the new entry is durable).
+fn create_segment(dir: &Path, base: u64, config: &LogConfig, files: &FileCache) -> Result<Segment> {
+    let (path, index_path) = segment_paths(dir, base);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .at(&path)?;
+    let _ = std::fs::remove_file(&index_path);
+    sync_dir(dir)?;
+    let file_id = next_file_id();
+    files.insert(file_id, Arc::new(file));
+    Ok(Segment {
+        base,
+        file_id,
+        path,
+        index_path,
+        size: 0,
+        state: SegmentState::Active {
+            index: SegmentIndex::new(base, config.index_interval_bytes),
+            first_append_ms: None,
+        },
+    })
+}
+
+/// Opens the last segment of a log: trusts it up to its index checkpoint, scans the rest, truncates a bad tail.
+fn recover_active(dir: &Path, base: u64, config: &LogConfig, files: &FileCache) -> Result<Segment> {
+    let (path, index_path) = segment_paths(dir, base);
+    let file_id = next_file_id();
+    let file = files.get(file_id, &path)?;
+    let file_len = file.metadata().at(&path)?.len();
+    let fresh = || SegmentIndex::new(base, config.index_interval_bytes);
+    let start = match std::fs::read(&index_path) {
+        Ok(bytes) => match SegmentIndex::decode(base, config.index_interval_bytes, &bytes) {
+            Ok(ix) if ix.coverage().position <= file_len => ix,
+            Ok(_) => {
+                tracing::warn!(file = %index_path.display(), "index covers more than the segment holds; rebuilding");
+                fresh()
+            }
+            Err(IndexDecodeError::Version(found)) => {
+                return Err(LogError::UnsupportedVersion {
+                    path: index_path,
+                    found,
+                    supported: INDEX_VERSION,
+                })
+            }
+            Err(IndexDecodeError::Invalid(why)) => {
+                tracing::warn!(file = %index_path.display(), why, "index is damaged; rebuilding");
+                fresh()
+            }
+        },
+        Err(_) => fresh(),
+    };
+    let scanned_from = start.coverage().position;
+    let (index, stop) = scan(&file, &path, file_len, start)?;
+    let valid = index.coverage().position;
+    if valid < file_len {
+        let reason = stop.map_or_else(|| "unknown".to_string(), |s| s.reason);
+        tracing::warn!(
+            file = %path.display(), position = valid, dropped_bytes = file_len - valid, reason,
+            "truncating the torn or corrupt tail of the log"
+        );
+        file.set_len(valid).at(&path)?;
+        file.sync_data().at(&path)?;
+    }
+    tracing::debug!(file = %path.display(), scanned_bytes = file_len - scanned_from, "recovered active segment");
+    Ok(Segment {
+        base,
+        file_id,
+        path,
+        index_path,
+        size: valid,
+        state: SegmentState::Active {
+            index,
+            first_append_ms: None,
+        },
+    })
+}

@@ -1,0 +1,252 @@
+//! The node-wide set of logs: one shared file-descriptor cache, one background thread for interval flushes,
+//! index checkpoints and retention, and name-to-directory mapping.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::config::{Durability, LogConfig, ManagerConfig};
+use crate::error::{IoContext, LogError, Result};
+use crate::file_cache::FileCache;
+use crate::fsio::{now_ms, sync_dir};
+use crate::log::Log;
+
+/// Longest name of a log: it is a directory name (Kafka's topic-name limit is 249 too).
+pub const LOG_NAME_MAX_LEN: usize = 249;
+
+/// Opens, owns and maintains every log of a node.
+#[derive(Debug)]
+pub struct LogManager {
+    inner: Arc<Inner>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    root: PathBuf,
+    config: ManagerConfig,
+    files: Arc<FileCache>,
+    logs: RwLock<HashMap<String, Arc<Log>>>,
+    stop: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl LogManager {
+    /// Opens the manager over `root` (created if missing) and starts its background thread. Logs are opened
+    /// on demand with [`LogManager::open_log`]; [`LogManager::existing`] lists those on disk.
+    pub fn open(root: impl Into<PathBuf>, config: ManagerConfig) -> Result<LogManager> {
+        let root = root.into();
+        std::fs::create_dir_all(&root).at(&root)?;
+        let inner = Arc::new(Inner {
+            root,
+            files: Arc::new(FileCache::new(config.max_open_files)),
+            config,
+            logs: RwLock::new(HashMap::new()),
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+        });
+        let worker_inner = Arc::clone(&inner);
+        let worker = std::thread::Builder::new()
+            .name("wharf-log-maintenance".into())
+            .spawn(move || worker_inner.run())
+            .at(Path::new("<thread>"))?;
+        Ok(LogManager {
+            inner,
+            worker: Mutex::new(Some(worker)),
+        })
+    }
+
+    /// The shared file cache (for metrics).
+    pub fn files(&self) -> &FileCache {
+        &self.inner.files
+    }
+
+    /// Names of the logs stored under the root.
+    pub fn existing(&self) -> Result<Vec<String>> {
+        let root = &self.inner.root;
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(root).at(root)? {
+            let entry = entry.at(root)?;
+            if entry.file_type().at(root)?.is_dir() {
+                if let Some(name) = entry.file_name().to_str() {
+                    if validate_name(name).is_ok() {
+                        names.push(name.to_string());
+                    }
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Opens the log `name`, creating it if it does not exist; returns the open one if it is already open
+    /// (with its configuration updated to `config`).
+    pub fn open_log(&self, name: &str, config: LogConfig) -> Result<Arc<Log>> {
+        validate_name(name)?;
+        if let Some(log) = self.inner.logs.read().get(name) {
+            log.set_config(config);
+            return Ok(Arc::clone(log));
+        }
+        let mut logs = self.inner.logs.write();
+        if let Some(log) = logs.get(name) {
+            log.set_config(config);
+            return Ok(Arc::clone(log));
+        }
+        let log = Arc::new(Log::open(self.inner.root.join(name), name, config, Arc::clone(&self.inner.files))?);
+        logs.insert(name.to_string(), Arc::clone(&log));
+        Ok(log)
+    }
+
+    /// The open log `name`, if any.
+    pub fn get(&self, name: &str) -> Option<Arc<Log>> {
+        self.inner.logs.read().get(name).cloned()
+    }
+
+    /// Number of open logs.
+    pub fn len(&self) -> usize {
+        self.inner.logs.read().len()
+    }
+
+    /// Whether no log is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Closes the log `name` and deletes all its files.
+    pub fn delete_log(&self, name: &str) -> Result<()> {
+        validate_name(name)?;
+        let log = self.inner.logs.write().remove(name);
+        if let Some(log) = log {
+            log.close()?;
+        }
+        let dir = self.inner.root.join(name);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).at(&dir),
+            _ => {}
+        }
+        sync_dir(&self.inner.root)
+    }
+
+    /// Runs one maintenance pass now (interval flushes, checkpoints, retention) — for tests and tools.
+    pub fn maintain_now(&self) -> Result<()> {
+        let logs: Vec<Arc<Log>> = self.inner.logs.read().values().cloned().collect();
+        for log in logs {
+            log.sync()?;
+            log.checkpoint()?;
+            log.apply_retention(now_ms())?;
+        }
+        Ok(())
+    }
+
+    /// Stops the background thread, then syncs and checkpoints every log so the next open scans nothing.
+    pub fn close(&self) -> Result<()> {
+        *self.inner.stop.lock() = true;
+        self.inner.wake.notify_all();
+        if let Some(worker) = self.worker.lock().take() {
+            let _ = worker.join();
+        }
+        let logs: Vec<Arc<Log>> = self.inner.logs.read().values().cloned().collect();
+        let mut first_error = None;
+        for log in logs {
+            if let Err(e) = log.close() {
+                tracing::error!(log = log.name(), error = %e, "closing log failed");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for LogManager {
+    fn drop(&mut self) {
+        *self.inner.stop.lock() = true;
+        self.inner.wake.notify_all();
+        if let Some(worker) = self.worker.lock().take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+impl Inner {
+    /// The maintenance loop: wakes every few milliseconds for interval flushes, less often for checkpoints and
+    /// retention. Errors are logged; a failing log does not stop the others from being maintained.
+    fn run(&self) {
+        let mut last_checkpoint = Instant::now();
+        let mut last_retention = Instant::now();
+        loop {
+            let tick = self.tick();
+            {
+                let mut stop = self.stop.lock();
+                if *stop {
+                    return;
+                }
+                self.wake.wait_for(&mut stop, tick);
+                if *stop {
+                    return;
+                }
+            }
+            let logs: Vec<Arc<Log>> = self.logs.read().values().cloned().collect();
+            let now = now_ms();
+            for log in &logs {
+                if let Durability::Interval { ms } = log.config().durability {
+                    let last = log.last_flush_ms.load(Ordering::Relaxed);
+                    if now - last >= i64::try_from(ms).unwrap_or(i64::MAX) && log.has_unsynced() {
+                        log.last_flush_ms.store(now, Ordering::Relaxed);
+                        if let Err(e) = log.sync() {
+                            tracing::error!(log = log.name(), error = %e, "interval flush failed");
+                        }
+                    }
+                }
+            }
+            if last_checkpoint.elapsed() >= self.config.checkpoint_interval {
+                last_checkpoint = Instant::now();
+                for log in &logs {
+                    if let Err(e) = log.checkpoint() {
+                        tracing::error!(log = log.name(), error = %e, "checkpoint failed");
+                    }
+                }
+            }
+            if last_retention.elapsed() >= self.config.retention_check_interval {
+                last_retention = Instant::now();
+                for log in &logs {
+                    if let Err(e) = log.apply_retention(now_ms()) {
+                        tracing::error!(log = log.name(), error = %e, "retention failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// How long to sleep: the shortest flush interval of any log, bounded to [5 ms, 1 s].
+    fn tick(&self) -> Duration {
+        let logs = self.logs.read();
+        let shortest = logs
+            .values()
+            .filter_map(|l| match l.config().durability {
+                Durability::Interval { ms } => Some(ms),
+                _ => None,
+            })
+            .min()
+            .unwrap_or(1000);
+        Duration::from_millis(shortest.clamp(5, 1000))
+    }
+}
+
+/// Checks that `name` is a safe directory name: 1–249 of `[A-Za-z0-9._-]`, not `.` or `..`.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= LOG_NAME_MAX_LEN
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(LogError::InvalidName(name.to_string()))
+    }
+}

@@ -1,0 +1,448 @@
+//! The broker's configuration: built-in defaults, the TOML file, and the merge with the command line.
+//!
+//! Precedence is flag > environment variable > config file > built-in default. Clap already folds the
+//! first two together (an `env = ...` option takes the flag if given, else the variable), so this module
+//! only has to lay the command line over the file, and the file over the defaults: the file is
+//! deserialised with `#[serde(default)]`, so every key it leaves out keeps its built-in value.
+//!
+//! The sample `wharf.example.toml` at the workspace root lists every key with its default; a test here
+//! checks that it matches [`Config::default`] key for key, so the sample cannot drift.
+//!
+//! Relative paths (`data_dir`) are relative to the working directory of the process, not to the config
+//! file, as with the command-line options.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::ServeArgs;
+
+/// Where a listener binds, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ListenAddr {
+    /// The listener is disabled (`off`).
+    Off,
+    /// The listener binds here; port 0 lets the OS pick a free port.
+    At(SocketAddr),
+}
+
+impl ListenAddr {
+    /// The address to bind, or `None` when the listener is off.
+    pub fn socket_addr(self) -> Option<SocketAddr> {
+        match self {
+            ListenAddr::Off => None,
+            ListenAddr::At(addr) => Some(addr),
+        }
+    }
+}
+
+/// The error text for a listen address that does not parse; shared by the CLI and the config file.
+fn listen_addr_error(value: &str) -> String {
+    format!(
+        "invalid listen address '{value}': expected HOST:PORT with an IP address or 'localhost' as HOST \
+         (e.g. 127.0.0.1:5672, [::1]:5672, localhost:5672; port 0 picks a free port), or 'off'"
+    )
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+
+    /// Accepts `off`, any `SocketAddr` (`1.2.3.4:5`, `[::1]:5`), and `localhost:PORT`, which means
+    /// 127.0.0.1 so the result does not depend on the resolver (or on `localhost` resolving to `::1`).
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let trimmed = value.trim();
+        if trimmed == "off" {
+            return Ok(ListenAddr::Off);
+        }
+        if let Ok(addr) = trimmed.parse::<SocketAddr>() {
+            return Ok(ListenAddr::At(addr));
+        }
+        if let Some((host, port)) = trimmed.rsplit_once(':') {
+            if host.eq_ignore_ascii_case("localhost") {
+                if let Ok(port) = port.parse::<u16>() {
+                    return Ok(ListenAddr::At(SocketAddr::V4(SocketAddrV4::new(
+                        Ipv4Addr::LOCALHOST,
+                        port,
+                    ))));
+                }
+            }
+        }
+        Err(listen_addr_error(value))
+    }
+}
+
+impl TryFrom<String> for ListenAddr {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        value.parse()
+    }
+}
+
+impl From<ListenAddr> for String {
+    fn from(value: ListenAddr) -> Self {
+        value.to_string()
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Off => f.write_str("off"),
+            ListenAddr::At(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
+/// How verbose the logs are when `RUST_LOG` is not set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// The name used in the config file, on the command line and in `RUST_LOG` directives.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Off => "off",
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// When appended data is forced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// fsync before anything is acknowledged (group-committed). Nothing acknowledged is ever lost.
+    Always,
+    /// fsync every `flush_interval_ms`: a power loss can lose up to that much acknowledged data.
+    Interval,
+    /// Never fsync explicitly, the OS writes back when it likes: a power loss can lose acknowledged data.
+    Os,
+}
+
+/// The `[listen]` table: one address (or `off`) per protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// AMQP 0-9-1 clients.
+    pub amqp: ListenAddr,
+    /// Kafka clients.
+    pub kafka: ListenAddr,
+    /// HTTP: `/healthz`, later the management API, web UI and metrics.
+    pub http: ListenAddr,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        let local =
+            |port| ListenAddr::At(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)));
+        Self {
+            amqp: local(5672),
+            kafka: local(9092),
+            http: local(15672),
+        }
+    }
+}
+
+/// The `[storage]` table: tunables of the commit-log engine.
+///
+/// Passed through as plain values for now; they will be mapped onto the log engine's own configuration.
+/// Sizes are in bytes, times in milliseconds; `-1` means unlimited where noted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Roll a segment when it reaches this size.
+    pub segment_bytes: u64,
+    /// Roll a segment when its first record is this old.
+    pub segment_ms: u64,
+    /// One sparse offset-index entry per this many bytes of records.
+    pub index_interval_bytes: u64,
+    /// Delete the oldest segments while a log is larger than this; -1 = unlimited.
+    pub retention_bytes: i64,
+    /// Delete segments whose newest record is older than this; -1 = unlimited.
+    pub retention_ms: i64,
+    /// When appended data is forced to disk.
+    pub durability: Durability,
+    /// fsync period when `durability = "interval"`.
+    pub flush_interval_ms: u64,
+    /// Cap on segment file descriptors kept open across all logs.
+    pub max_open_files: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+        Self {
+            segment_bytes: 1024 * 1024 * 1024,
+            segment_ms: 7 * DAY_MS,
+            index_interval_bytes: 4096,
+            retention_bytes: -1,
+            retention_ms: 7 * DAY_MS as i64,
+            durability: Durability::Always,
+            flush_interval_ms: 1000,
+            max_open_files: 1024,
+        }
+    }
+}
+
+/// The `[limits]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// After SIGTERM/SIGINT, the time allowed to drain connections and flush storage before giving up
+    /// with a non-zero exit.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            shutdown_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The whole resolved configuration; also the schema of the config file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the broker keeps its data (created if missing, locked while the broker runs).
+    pub data_dir: PathBuf,
+    /// Log verbosity when `RUST_LOG` is not set.
+    pub log_level: LogLevel,
+    pub listen: ListenConfig,
+    pub storage: StorageConfig,
+    pub limits: LimitsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./wharf-data"),
+            log_level: LogLevel::Info,
+            listen: ListenConfig::default(),
+            storage: StorageConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a config file. Keys it leaves out keep their defaults; unknown keys are an error.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Parses config-file text (see [`Config::load`]).
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        // toml's message already names the key (unknown field `x`, expected one of ...) and the line.
+        let config: Config = toml::from_str(text)?;
+        Ok(config)
+    }
+
+    /// Builds the configuration for `wharf serve`: command line (flags and env) over file over defaults,
+    /// then validates the result.
+    pub fn resolve(args: &ServeArgs) -> anyhow::Result<Self> {
+        let mut config = match &args.config {
+            Some(path) => Self::load(path)?,
+            None => Self::default(),
+        };
+        if let Some(data_dir) = &args.data_dir {
+            config.data_dir = data_dir.clone();
+        }
+        if let Some(level) = args.log_level {
+            config.log_level = level;
+        }
+        if let Some(addr) = args.amqp_listen {
+            config.listen.amqp = addr;
+        }
+        if let Some(addr) = args.kafka_listen {
+            config.listen.kafka = addr;
+        }
+        if let Some(addr) = args.http_listen {
+            config.listen.http = addr;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Rejects values that are well-typed but meaningless, so the broker fails at start-up with a clear
+    /// message instead of misbehaving later.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.data_dir.as_os_str().is_empty() {
+            bail!("data_dir must not be empty");
+        }
+        let storage = &self.storage;
+        let positive = [
+            ("storage.segment_bytes", storage.segment_bytes),
+            ("storage.segment_ms", storage.segment_ms),
+            ("storage.index_interval_bytes", storage.index_interval_bytes),
+            ("storage.flush_interval_ms", storage.flush_interval_ms),
+            ("storage.max_open_files", storage.max_open_files),
+            (
+                "limits.shutdown_timeout_ms",
+                self.limits.shutdown_timeout_ms,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                bail!("{key} must be greater than 0");
+            }
+        }
+        for (key, value) in [
+            ("storage.retention_bytes", storage.retention_bytes),
+            ("storage.retention_ms", storage.retention_ms),
+        ] {
+            if value < -1 {
+                bail!("{key} must be -1 (unlimited) or at least 0, not {value}");
+            }
+        }
+        // Two protocols on one fixed address would only fail once both are built; say so now.
+        let listeners = [
+            ("amqp", self.listen.amqp),
+            ("kafka", self.listen.kafka),
+            ("http", self.listen.http),
+        ];
+        for (i, (name_a, a)) in listeners.iter().enumerate() {
+            for (name_b, b) in &listeners[i + 1..] {
+                if let (Some(a), Some(b)) = (a.socket_addr(), b.socket_addr()) {
+                    if a == b && a.port() != 0 {
+                        bail!("the {name_a} and {name_b} listeners are both set to {a}");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../../wharf.example.toml");
+
+    #[test]
+    fn example_file_equals_the_defaults() {
+        let parsed = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn example_file_lists_every_key() {
+        // Equality above holds even for a key missing from the sample (it defaults); this catches that.
+        let sample: toml::Table = toml::from_str(EXAMPLE).unwrap();
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        assert_eq!(sample, defaults);
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn file_values_override_defaults() {
+        let config = Config::parse(
+            "data_dir = \"/var/lib/wharf\"\n[listen]\nhttp = \"off\"\nkafka = \"localhost:0\"\n\
+             [storage]\ndurability = \"interval\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/wharf"));
+        assert_eq!(config.listen.http, ListenAddr::Off);
+        assert_eq!(config.listen.kafka, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(config.listen.amqp, ListenConfig::default().amqp);
+        assert_eq!(config.storage.durability, Durability::Interval);
+        assert_eq!(
+            config.storage.segment_bytes,
+            StorageConfig::default().segment_bytes
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        for text in [
+            "colour = 1",
+            "[listen]\nftp = \"off\"",
+            "[storage]\nsegment_size = 1",
+            "[nope]",
+        ] {
+            let err = format!("{:#}", Config::parse(text).unwrap_err());
+            assert!(err.contains("unknown field"), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        let err = format!(
+            "{:#}",
+            Config::parse("[listen]\nhttp = \"nowhere\"").unwrap_err()
+        );
+        assert!(err.contains("invalid listen address 'nowhere'"), "{err}");
+        assert!(Config::parse("[storage]\ndurability = \"sometimes\"").is_err());
+        assert!(Config::parse("log_level = \"loud\"").is_err());
+
+        let mut config = Config::default();
+        config.storage.retention_ms = -2;
+        assert!(config.validate().is_err());
+        let mut config = Config::default();
+        config.storage.segment_bytes = 0;
+        assert!(config.validate().is_err());
+        let mut config = Config::default();
+        config.listen.kafka = config.listen.amqp;
+        assert!(config.validate().is_err());
+        let mut config = Config::default();
+        config.listen.kafka = "127.0.0.1:0".parse().unwrap();
+        config.listen.http = "127.0.0.1:0".parse().unwrap();
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn listen_addr_forms() {
+        assert_eq!("off".parse::<ListenAddr>(), Ok(ListenAddr::Off));
+        assert_eq!(
+            "localhost:5672".parse::<ListenAddr>(),
+            Ok(ListenAddr::At("127.0.0.1:5672".parse().unwrap()))
+        );
+        assert_eq!(
+            "[::1]:0".parse::<ListenAddr>(),
+            Ok(ListenAddr::At("[::1]:0".parse().unwrap()))
+        );
+        for bad in [
+            "",
+            "5672",
+            "127.0.0.1",
+            "localhost:99999",
+            "example.com:80",
+            "off:1",
+        ] {
+            assert!(bad.parse::<ListenAddr>().is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(ListenAddr::Off.to_string(), "off");
+    }
+}

@@ -1,0 +1,58 @@
+//! `wharf`: the broker binary. Configuration, start-up and shutdown live here; everything that speaks a
+//! protocol or touches the logs lives in a library crate.
+//!
+//! Exit status (part of the contract with outside tools, also printed by `--help`):
+//! - 0: clean shutdown after SIGTERM or SIGINT;
+//! - 1: the broker could not start or could not shut down cleanly (data directory in use or of an unknown
+//!   format, a listener could not bind, shutdown timeout, I/O error);
+//! - 2: invalid configuration, wherever it came from (flag, environment variable or config file), or a
+//!   command-line usage error.
+
+mod cli;
+mod config;
+mod data_dir;
+mod logging;
+mod ready_file;
+mod serve;
+
+use std::process::ExitCode;
+
+/// Exit status for an invalid configuration: the same as clap's for a usage error.
+const EXIT_INVALID_CONFIG: u8 = 2;
+/// Exit status when the broker cannot run or cannot shut down cleanly.
+const EXIT_FAILURE: u8 = 1;
+
+fn main() -> ExitCode {
+    let args = cli::parse();
+    let config = match config::Config::resolve(&args) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::from(EXIT_INVALID_CONFIG);
+        }
+    };
+    logging::init(config.log_level);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let result = runtime.block_on(serve::run(config, args.ready_file));
+    // Do not wait for tasks still running: after a shutdown timeout one of them may be stuck (an fsync on a
+    // dying disk), and waiting would defeat the timeout.
+    runtime.shutdown_background();
+
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! `wharf serve`: start-up, serving, and shutdown.
+//!
+//! Start-up order matters for the contract with outside tools:
+//! 1. signal handlers first, so a SIGTERM during start-up still leads to a clean shutdown;
+//! 2. the data directory (lock, then format) before anything else touches the disk or the network, so a
+//!    second broker on the same directory fails at once and changes nothing;
+//! 3. every enabled listener bound and its server running before readiness is reported (`/healthz` 200 and
+//!    the ready file), so whoever reads the ready file can connect at once.
+//!
+//! Shutdown on SIGTERM or SIGINT: report not ready, stop accepting, let requests in flight finish, close
+//! storage ([`shutdown_storage`]), all within `limits.shutdown_timeout_ms`. Past the timeout, or on a second
+//! signal, the broker logs an error and returns an error (exit status 1) without waiting further.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+use wharf_admin::{AdminError, AdminState};
+
+use crate::config::{Config, ListenAddr};
+use crate::data_dir::{sync_dir, DataDir};
+use crate::ready_file::{self, BoundListeners};
+
+/// Runs the broker until a shutdown signal, then shuts it down.
+pub async fn run(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut signals = Signals::install().context("cannot install signal handlers")?;
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        data_dir = %config.data_dir.display(),
+        amqp = %config.listen.amqp,
+        kafka = %config.listen.kafka,
+        http = %config.listen.http,
+        "starting wharf"
+    );
+    tracing::debug!(?config, "resolved configuration");
+
+    // Blocking file I/O on the runtime is fine here: nothing else runs yet.
+    let data_dir = DataDir::open(&config.data_dir)?;
+    if let Some(path) = &ready_file {
+        ready_file::remove(path)?;
+    }
+
+    let mut bound = BoundListeners::default();
+    note_unbuilt_protocol("AMQP 0-9-1", config.listen.amqp);
+    note_unbuilt_protocol("Kafka", config.listen.kafka);
+
+    let admin_state = AdminState::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut admin_task: Option<JoinHandle<Result<(), AdminError>>> = None;
+    match config.listen.http {
+        ListenAddr::Off => info!("HTTP listener is off"),
+        ListenAddr::At(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
+            let local = listener
+                .local_addr()
+                .context("cannot read the HTTP listener's address")?;
+            bound.insert("http", local);
+            let mut stop = stop_rx.clone();
+            let shutdown = async move {
+                // An error means the sender is gone, which also means: stop.
+                let _ = stop.wait_for(|stop| *stop).await;
+            };
+            admin_task = Some(tokio::spawn(wharf_admin::serve(
+                listener,
+                admin_state.clone(),
+                shutdown,
+            )));
+        }
+    }
+
+    admin_state.set_ready(true);
+    if let Some(path) = &ready_file {
+        ready_file::write(path, &bound)?;
+    }
+    info!(listeners = %bound.to_json(), "wharf is ready");
+
+    // Serve until a signal, or until a server stops by itself (which is a failure).
+    let mut failure = None;
+    tokio::select! {
+        name = signals.recv() => info!(signal = name, "shutting down"),
+        outcome = wait_admin(&mut admin_task) => {
+            admin_task = None;
+            let reason = match outcome {
+                Ok(()) => "the HTTP server stopped unexpectedly".to_string(),
+                Err(err) => format!("{err:#}"),
+            };
+            error!(%reason, "shutting down after a failure");
+            failure = Some(reason);
+        }
+    }
+
+    admin_state.set_ready(false);
+    if let Some(path) = &ready_file {
+        if let Err(err) = ready_file::remove(path) {
+            warn!("{err:#}");
+        }
+    }
+    // Stops the accept loops; requests in flight are left to finish.
+    let _ = stop_tx.send(true);
+
+    let timeout_ms = config.limits.shutdown_timeout_ms;
+    let drain = async {
+        if let Some(task) = admin_task {
+            if let Err(err) = join_admin(task).await {
+                error!("{err:#}");
+            }
+        }
+        shutdown_storage(&data_dir).await
+    };
+    tokio::select! {
+        outcome = tokio::time::timeout(Duration::from_millis(timeout_ms), drain) => match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => return Err(err.context("shutdown failed")),
+            Err(_elapsed) => {
+                error!(timeout_ms, "shutdown did not finish in time; exiting anyway");
+                bail!("shutdown did not finish within {timeout_ms} ms (limits.shutdown_timeout_ms)");
+            }
+        },
+        name = signals.recv() => {
+            error!(signal = name, "second signal during shutdown; exiting without finishing it");
+            bail!("shutdown interrupted by a second {name}");
+        }
+    }
+    drop(data_dir); // releases the lock only now that storage is closed
+    if let Some(reason) = failure {
+        bail!("{reason}");
+    }
+    info!("wharf stopped cleanly");
+    Ok(())
+}
+
+/// Validates-and-keeps is all a protocol that is not built yet gets: no listener is opened for it.
+fn note_unbuilt_protocol(protocol: &str, listen: ListenAddr) {
+    match listen {
+        ListenAddr::Off => info!("{protocol} listener is off"),
+        ListenAddr::At(addr) => info!(
+            %addr,
+            "{protocol} is not built yet; its listener is configured but not opened"
+        ),
+    }
+}
+
+/// Closes storage: flush and fsync everything that must survive the process.
+///
+/// Placeholder until the log engine is wired in (it will hand over a close hook): for now there is nothing
+/// to flush, so it only fsyncs the data directory. Runs on the blocking pool so the shutdown timeout still
+/// fires if the disk hangs.
+async fn shutdown_storage(data_dir: &DataDir) -> anyhow::Result<()> {
+    let path: PathBuf = data_dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || sync_dir(&path))
+        .await
+        .context("storage shutdown task failed")??;
+    info!("storage closed");
+    Ok(())
+}
+
+/// Waits for the HTTP server task to end; never returns when there is none.
+async fn wait_admin(task: &mut Option<JoinHandle<Result<(), AdminError>>>) -> anyhow::Result<()> {
+    match task {
+        Some(task) => flatten(task.await),
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for the HTTP server task to finish its graceful shutdown.
+async fn join_admin(task: JoinHandle<Result<(), AdminError>>) -> anyhow::Result<()> {
+    flatten(task.await)
+}
+
+fn flatten(joined: Result<Result<(), AdminError>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    match joined {
+        Ok(result) => Ok(result?),
+        Err(err) => Err(anyhow::anyhow!("the HTTP server task failed: {err}")),
+    }
+}
+
+/// SIGTERM and SIGINT, the two ways to ask the broker to stop.
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Waits for the next SIGTERM or SIGINT and returns its name.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
