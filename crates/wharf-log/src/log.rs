@@ -658,7 +658,7 @@ impl Log {
             };
             let (span, file_id, log_start) = plan;
             let file = self.files.get(file_id, &span.path)?;
-            if let Some((offset, ts)) = find_time_in_span(&file, &span, timestamp)? {
+            if let Some((offset, ts)) = find_time_in_span(&file, &span, timestamp, log_start)? {
                 return Ok(Some((offset.max(log_start), ts)));
             }
         }
@@ -819,6 +819,11 @@ impl Log {
             first_append_ms: None,
         };
         st.next_offset = cut_offset;
+        if st.log_start > cut_offset {
+            // The cut went below a start that lay inside a batch: the start follows the end down, durably.
+            LogMeta { log_start_offset: cut_offset }.store(&self.dir)?;
+            st.log_start = cut_offset;
+        }
         st.generation += 1;
         st.checkpointed_position = cut_pos;
         self.commit.truncated(cut_offset);

@@ -261,8 +261,9 @@ pub(crate) fn read_span(
     Ok(ReadStop::SegmentEnd)
 }
 
-/// Finds, in one segment, the first batch whose max timestamp is `>= timestamp`, scanning from `span`.
-pub(crate) fn find_time_in_span(file: &File, span: &ReadSpan, timestamp: i64) -> Result<Option<(u64, i64)>> {
+/// Finds, in one segment, the first batch ending after `min_offset` whose max timestamp is `>= timestamp`,
+/// scanning from `span`.
+pub(crate) fn find_time_in_span(file: &File, span: &ReadSpan, timestamp: i64, min_offset: u64) -> Result<Option<(u64, i64)>> {
     let path = &span.path;
     let mut pos = span.start_pos;
     let mut expected = span.start_offset;
@@ -280,7 +281,7 @@ pub(crate) fn find_time_in_span(file: &File, span: &ReadSpan, timestamp: i64) ->
         if header.base_offset != expected {
             return Err(corrupt(format!("base offset {} where {expected} was expected", header.base_offset)));
         }
-        if header.max_timestamp >= timestamp {
+        if header.max_timestamp >= timestamp && header.next_offset() > min_offset {
             return Ok(Some((header.base_offset, header.max_timestamp)));
         }
         expected = header.next_offset();
