@@ -35,6 +35,8 @@ mod log;
 mod manager;
 pub mod meta;
 mod segment;
+#[doc(hidden)]
+pub mod testing;
 
 pub use config::{Durability, LogConfig, ManagerConfig, BATCH_BYTES_MAX, SEGMENT_BYTES_MAX};
 pub use error::{LogError, Result};
