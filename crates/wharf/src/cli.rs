@@ -11,7 +11,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::config::{ListenAddr, LogLevel};
 
@@ -29,13 +29,17 @@ configuration (flag, environment variable or config file).";
     version,
     about = "Wharf: a message broker speaking AMQP 0-9-1 and Kafka over one commit log",
     long_about = "Wharf: a message broker speaking AMQP 0-9-1 and Kafka over one commit log.\n\n\
-                  Without a subcommand, runs `wharf serve` with no flags (environment variables and \
-                  built-in defaults apply).",
-    after_help = AFTER_HELP
+                  Without a subcommand, runs `wharf serve` with the options given (`wharf --data-dir X` is \
+                  `wharf serve --data-dir X`).",
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// The `serve` options, accepted without the subcommand too.
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,17 +103,10 @@ fn parse_listen_addr(value: &str) -> Result<ListenAddr, String> {
 /// so their environment variables still apply. On a usage error (or `--help`), clap prints and exits
 /// (status 2, or 0 for help and version).
 pub fn parse() -> ServeArgs {
-    match Cli::try_parse()
-        .unwrap_or_else(|err| exit_with(err))
-        .command
-    {
+    let cli = Cli::try_parse().unwrap_or_else(|err| exit_with(err));
+    match cli.command {
         Some(Command::Serve(args)) => args,
-        None => {
-            let matches = ServeArgs::augment_args(Cli::command().name("wharf"))
-                .try_get_matches_from(["wharf"])
-                .unwrap_or_else(|err| exit_with(err));
-            ServeArgs::from_arg_matches(&matches).unwrap_or_else(|err| exit_with(err))
-        }
+        None => cli.serve,
     }
 }
 
@@ -147,6 +144,7 @@ fn exit_with(err: clap::Error) -> ! {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use clap::CommandFactory;
 
     #[test]
     fn clap_definition_is_consistent() {

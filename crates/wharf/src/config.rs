@@ -208,6 +208,36 @@ impl Default for StorageConfig {
     }
 }
 
+impl StorageConfig {
+    /// The log engine's per-log defaults from this section (clamped into the engine's legal ranges).
+    pub fn log_config(&self) -> wharf_log::LogConfig {
+        wharf_log::LogConfig {
+            segment_bytes: self.segment_bytes,
+            segment_ms: self.segment_ms,
+            index_interval_bytes: self.index_interval_bytes,
+            retention_bytes: u64::try_from(self.retention_bytes).ok(),
+            retention_ms: u64::try_from(self.retention_ms).ok(),
+            durability: match self.durability {
+                Durability::Always => wharf_log::Durability::Always,
+                Durability::Interval => wharf_log::Durability::Interval {
+                    ms: self.flush_interval_ms,
+                },
+                Durability::Os => wharf_log::Durability::Os,
+            },
+            ..wharf_log::LogConfig::default()
+        }
+        .clamped()
+    }
+
+    /// The node-wide log manager settings from this section.
+    pub fn manager_config(&self) -> wharf_log::ManagerConfig {
+        wharf_log::ManagerConfig {
+            max_open_files: usize::try_from(self.max_open_files).unwrap_or(usize::MAX),
+            ..wharf_log::ManagerConfig::default()
+        }
+    }
+}
+
 /// The `[limits]` table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -343,6 +373,24 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn storage_section_maps_onto_the_log_engine() {
+        let storage = StorageConfig {
+            retention_bytes: -1,
+            retention_ms: 5000,
+            durability: Durability::Interval,
+            flush_interval_ms: 250,
+            ..StorageConfig::default()
+        };
+        let log = storage.log_config();
+        assert_eq!(log.retention_bytes, None);
+        assert_eq!(log.retention_ms, Some(5000));
+        assert_eq!(log.durability, wharf_log::Durability::Interval { ms: 250 });
+        assert_eq!(log.segment_bytes, 1024 * 1024 * 1024);
+        assert_eq!(storage.manager_config().max_open_files, 1024);
+    }
+
     use super::*;
 
     const EXAMPLE: &str = include_str!("../../../wharf.example.toml");

@@ -12,6 +12,7 @@
 //! signal, the broker logs an error and returns an error (exit status 1) without waiting further.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -21,6 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 use wharf_admin::{AdminError, AdminState};
+use wharf_log::LogManager;
 
 use crate::config::{Config, ListenAddr};
 use crate::data_dir::{sync_dir, DataDir};
@@ -41,6 +43,16 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<
 
     // Blocking file I/O on the runtime is fine here: nothing else runs yet.
     let data_dir = DataDir::open(&config.data_dir)?;
+    let logs_dir = data_dir.path().join("logs");
+    let logs = Arc::new(
+        LogManager::open(&logs_dir, config.storage.manager_config())
+            .with_context(|| format!("cannot open the log store in {}", logs_dir.display()))?,
+    );
+    info!(
+        logs = logs.existing().map(|l| l.len()).unwrap_or(0),
+        "log store open"
+    );
+    tracing::debug!(defaults = ?config.storage.log_config(), "per-log storage defaults");
     if let Some(path) = &ready_file {
         ready_file::remove(path)?;
     }
@@ -112,7 +124,7 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<
                 error!("{err:#}");
             }
         }
-        shutdown_storage(&data_dir).await
+        shutdown_storage(&data_dir, &logs).await
     };
     tokio::select! {
         outcome = tokio::time::timeout(Duration::from_millis(timeout_ms), drain) => match outcome {
@@ -147,16 +159,18 @@ fn note_unbuilt_protocol(protocol: &str, listen: ListenAddr) {
     }
 }
 
-/// Closes storage: flush and fsync everything that must survive the process.
-///
-/// Placeholder until the log engine is wired in (it will hand over a close hook): for now there is nothing
-/// to flush, so it only fsyncs the data directory. Runs on the blocking pool so the shutdown timeout still
-/// fires if the disk hangs.
-async fn shutdown_storage(data_dir: &DataDir) -> anyhow::Result<()> {
+/// Closes storage: every log is fdatasync'ed and its index checkpointed (so the next start scans nothing),
+/// then the data directory is fsynced. Runs on the blocking pool so the shutdown timeout still fires if the
+/// disk hangs.
+async fn shutdown_storage(data_dir: &DataDir, logs: &Arc<LogManager>) -> anyhow::Result<()> {
     let path: PathBuf = data_dir.path().to_path_buf();
-    tokio::task::spawn_blocking(move || sync_dir(&path))
-        .await
-        .context("storage shutdown task failed")??;
+    let logs = Arc::clone(logs);
+    tokio::task::spawn_blocking(move || {
+        logs.close().context("cannot close the log store")?;
+        sync_dir(&path)
+    })
+    .await
+    .context("storage shutdown task failed")??;
     info!("storage closed");
     Ok(())
 }

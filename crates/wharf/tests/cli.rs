@@ -573,3 +573,32 @@ fn shutdown_past_the_timeout_exits_non_zero() {
     );
     drop(stalled);
 }
+
+#[test]
+fn plain_wharf_takes_the_serve_flags_and_opens_the_log_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ready_file = tmp.path().join("ready.json");
+    let data = tmp.path().join("data");
+    let mut cmd = wharf(tmp.path());
+    cmd.arg("--data-dir")
+        .arg(&data)
+        .args([
+            "--http-listen",
+            "127.0.0.1:0",
+            "--amqp-listen",
+            "off",
+            "--kafka-listen",
+            "off",
+        ])
+        .arg("--ready-file")
+        .arg(&ready_file);
+    let mut broker = Broker::spawn(cmd, &tmp.path().join("stderr"));
+    let addr = http_addr(&broker.wait_ready(&ready_file));
+    assert_eq!(http_get(&addr, "/healthz").0, 200);
+    assert!(data.join("FORMAT").exists());
+    assert!(
+        data.join("logs").is_dir(),
+        "the log store lives under <data-dir>/logs"
+    );
+    broker.stop_cleanly(libc::SIGTERM);
+}
