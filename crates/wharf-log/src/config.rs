@@ -123,9 +123,18 @@ mod tests {
     fn parses_durability() {
         assert_eq!(Durability::parse("always", 5), Some(Durability::Always));
         assert_eq!(Durability::parse("os", 5), Some(Durability::Os));
-        assert_eq!(Durability::parse("interval", 5), Some(Durability::Interval { ms: 5 }));
-        assert_eq!(Durability::parse("interval(20)", 5), Some(Durability::Interval { ms: 20 }));
-        assert_eq!(Durability::parse("interval:30", 5), Some(Durability::Interval { ms: 30 }));
+        assert_eq!(
+            Durability::parse("interval", 5),
+            Some(Durability::Interval { ms: 5 })
+        );
+        assert_eq!(
+            Durability::parse("interval(20)", 5),
+            Some(Durability::Interval { ms: 20 })
+        );
+        assert_eq!(
+            Durability::parse("interval:30", 5),
+            Some(Durability::Interval { ms: 30 })
+        );
         assert_eq!(Durability::parse("sometimes", 5), None);
     }
 }

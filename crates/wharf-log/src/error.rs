@@ -64,7 +64,9 @@ pub enum LogError {
         target: u64,
     },
     /// A file written by a format this build does not know.
-    #[error("unsupported format version {found} in {path} (this build supports version {supported})")]
+    #[error(
+        "unsupported format version {found} in {path} (this build supports version {supported})"
+    )]
     UnsupportedVersion {
         /// The file.
         path: PathBuf,

@@ -65,7 +65,13 @@ impl FileCache {
             }
         }
         // Open outside the lock: open(2) can be slow and other logs must not wait for it.
-        let file = Arc::new(OpenOptions::new().read(true).write(true).open(path).at(path)?);
+        let file = Arc::new(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .at(path)?,
+        );
         self.insert(id, file.clone());
         Ok(file)
     }
@@ -81,7 +87,9 @@ impl FileCache {
         }
         inner.by_use.insert(tick, id);
         while inner.files.len() > self.capacity {
-            let Some((_, victim)) = inner.by_use.pop_first() else { break };
+            let Some((_, victim)) = inner.by_use.pop_first() else {
+                break;
+            };
             inner.files.remove(&victim);
         }
     }

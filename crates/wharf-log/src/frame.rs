@@ -46,7 +46,12 @@ impl FrameHeader {
     }
 
     /// Encodes the header for `payload`, computing the CRC.
-    pub fn encode(base_offset: u64, record_count: u32, max_timestamp: i64, payload: &[u8]) -> [u8; FRAME_HEADER_LEN] {
+    pub fn encode(
+        base_offset: u64,
+        record_count: u32,
+        max_timestamp: i64,
+        payload: &[u8],
+    ) -> [u8; FRAME_HEADER_LEN] {
         let mut h = [0u8; FRAME_HEADER_LEN];
         let payload_len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
         h[4..8].copy_from_slice(&payload_len.to_le_bytes());
@@ -73,7 +78,9 @@ impl FrameHeader {
             payload_len: u32::from_le_bytes([h[4], h[5], h[6], h[7]]),
             base_offset: u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]),
             record_count: u32::from_le_bytes([h[16], h[17], h[18], h[19]]),
-            max_timestamp: i64::from_le_bytes([h[20], h[21], h[22], h[23], h[24], h[25], h[26], h[27]]),
+            max_timestamp: i64::from_le_bytes([
+                h[20], h[21], h[22], h[23], h[24], h[25], h[26], h[27],
+            ]),
         };
         if header.record_count == 0 {
             return Err("record count is zero");

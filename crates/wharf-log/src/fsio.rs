@@ -14,7 +14,11 @@ pub fn write_two_at(file: &File, a: &[u8], b: &[u8], pos: u64) -> io::Result<()>
     let total = a.len() + b.len();
     let mut done = 0usize;
     while done < total {
-        let (first, second): (&[u8], &[u8]) = if done < a.len() { (&a[done..], b) } else { (&b[done - a.len()..], &[]) };
+        let (first, second): (&[u8], &[u8]) = if done < a.len() {
+            (&a[done..], b)
+        } else {
+            (&b[done - a.len()..], &[])
+        };
         let iov = [
             libc::iovec {
                 iov_base: first.as_ptr() as *mut libc::c_void,
@@ -26,7 +30,8 @@ pub fn write_two_at(file: &File, a: &[u8], b: &[u8], pos: u64) -> io::Result<()>
             },
         ];
         let count = if second.is_empty() { 1 } else { 2 };
-        let offset = libc::off_t::try_from(pos + done as u64).map_err(|_| io::Error::other("file offset overflow"))?;
+        let offset = libc::off_t::try_from(pos + done as u64)
+            .map_err(|_| io::Error::other("file offset overflow"))?;
         // SAFETY: the iovecs point into `a` and `b`, which outlive the call; the fd is open.
         let n = unsafe { libc::pwritev(file.as_raw_fd(), iov.as_ptr(), count, offset) };
         if n < 0 {
@@ -37,7 +42,10 @@ pub fn write_two_at(file: &File, a: &[u8], b: &[u8], pos: u64) -> io::Result<()>
             return Err(err);
         }
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "pwritev wrote nothing"));
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "pwritev wrote nothing",
+            ));
         }
         done += n as usize;
     }

@@ -108,8 +108,18 @@ impl SegmentIndex {
     }
 
     /// Records a batch appended at `position`. Batches must come in order.
-    pub fn on_batch(&mut self, base_offset: u64, record_count: u32, position: u64, frame_len: u64, max_timestamp: i64) {
-        debug_assert_eq!(position, self.coverage.position, "batches are indexed in order");
+    pub fn on_batch(
+        &mut self,
+        base_offset: u64,
+        record_count: u32,
+        position: u64,
+        frame_len: u64,
+        max_timestamp: i64,
+    ) {
+        debug_assert_eq!(
+            position, self.coverage.position,
+            "batches are indexed in order"
+        );
         debug_assert_eq!(base_offset, self.coverage.next_offset, "offsets are dense");
         if self.bytes_since_entry >= self.interval_bytes {
             let rel_offset = rel(self.base, base_offset);
@@ -136,7 +146,9 @@ impl SegmentIndex {
     /// The greatest indexed `(offset, position)` at or before `offset`; the segment start if none.
     pub fn lookup_offset(&self, offset: u64) -> (u64, u64) {
         let target = offset.saturating_sub(self.base);
-        let idx = self.offsets.partition_point(|e| u64::from(e.rel_offset) <= target);
+        let idx = self
+            .offsets
+            .partition_point(|e| u64::from(e.rel_offset) <= target);
         match idx.checked_sub(1).and_then(|i| self.offsets.get(i)) {
             Some(e) => (self.base + u64::from(e.rel_offset), u64::from(e.position)),
             None => (self.base, 0),
@@ -165,8 +177,9 @@ impl SegmentIndex {
 
     /// Serialises the index into the file format described in the module doc.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out =
-            Vec::with_capacity(HEADER_LEN + self.offsets.len() * OFFSET_ENTRY_LEN + self.times.len() * TIME_ENTRY_LEN);
+        let mut out = Vec::with_capacity(
+            HEADER_LEN + self.offsets.len() * OFFSET_ENTRY_LEN + self.times.len() * TIME_ENTRY_LEN,
+        );
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&INDEX_VERSION.to_le_bytes());
         out.extend_from_slice(&self.coverage.position.to_le_bytes());
@@ -190,9 +203,15 @@ impl SegmentIndex {
 
     /// Parses an index file. Any inconsistency is an error (the caller rebuilds); a version this build does not
     /// know is reported as `Err(IndexDecodeError::Version)` so that it is never silently rebuilt over.
-    pub fn decode(base: u64, interval_bytes: u64, bytes: &[u8]) -> Result<SegmentIndex, IndexDecodeError> {
+    pub fn decode(
+        base: u64,
+        interval_bytes: u64,
+        bytes: &[u8],
+    ) -> Result<SegmentIndex, IndexDecodeError> {
         use IndexDecodeError::Invalid;
-        let header = bytes.get(..HEADER_LEN).ok_or(Invalid("shorter than its header"))?;
+        let header = bytes
+            .get(..HEADER_LEN)
+            .ok_or(Invalid("shorter than its header"))?;
         if &header[0..4] != MAGIC {
             return Err(Invalid("bad magic"));
         }
@@ -217,7 +236,11 @@ impl SegmentIndex {
         let n_times = le_u32(header, 36) as usize;
         let expected = n_offsets
             .checked_mul(OFFSET_ENTRY_LEN)
-            .and_then(|a| n_times.checked_mul(TIME_ENTRY_LEN).and_then(|b| a.checked_add(b)))
+            .and_then(|a| {
+                n_times
+                    .checked_mul(TIME_ENTRY_LEN)
+                    .and_then(|b| a.checked_add(b))
+            })
             .and_then(|n| n.checked_add(HEADER_LEN))
             .ok_or(Invalid("entry counts overflow"))?;
         if expected != bytes.len() {
@@ -239,7 +262,9 @@ impl SegmentIndex {
                     return Err(Invalid("offset entries not increasing"));
                 }
             }
-            if u64::from(e.position) >= coverage.position || base + u64::from(e.rel_offset) >= coverage.next_offset {
+            if u64::from(e.position) >= coverage.position
+                || base + u64::from(e.rel_offset) >= coverage.next_offset
+            {
                 return Err(Invalid("offset entry past coverage"));
             }
             offsets.push(e);
@@ -250,7 +275,10 @@ impl SegmentIndex {
                 timestamp: le_u64(chunk, 0) as i64,
                 rel_offset: le_u32(chunk, 8),
             };
-            if times.last().is_some_and(|p| t.timestamp <= p.timestamp || t.rel_offset <= p.rel_offset) {
+            if times
+                .last()
+                .is_some_and(|p| t.timestamp <= p.timestamp || t.rel_offset <= p.rel_offset)
+            {
                 return Err(Invalid("time entries not increasing"));
             }
             if base + u64::from(t.rel_offset) >= coverage.next_offset {
@@ -258,7 +286,8 @@ impl SegmentIndex {
             }
             times.push(t);
         }
-        let bytes_since_entry = coverage.position - offsets.last().map_or(0, |e| u64::from(e.position));
+        let bytes_since_entry =
+            coverage.position - offsets.last().map_or(0, |e| u64::from(e.position));
         Ok(SegmentIndex {
             base,
             interval_bytes: interval_bytes.max(1),
@@ -327,7 +356,10 @@ mod tests {
         for i in 0..bytes.len() * 8 {
             let mut b = bytes.clone();
             b[i / 8] ^= 1 << (i % 8);
-            assert!(SegmentIndex::decode(100, 64, &b).is_err(), "bit {i} not detected");
+            assert!(
+                SegmentIndex::decode(100, 64, &b).is_err(),
+                "bit {i} not detected"
+            );
         }
         assert!(SegmentIndex::decode(100, 64, &bytes[..bytes.len() - 1]).is_err());
     }

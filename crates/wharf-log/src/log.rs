@@ -22,8 +22,8 @@ use crate::group_commit::{GroupCommit, Step};
 use crate::index::{IndexDecodeError, SegmentIndex, INDEX_VERSION};
 use crate::meta::LogMeta;
 use crate::segment::{
-    find_time_in_span, parse_segment_name, read_span, scan, segment_paths, Batch, ReadSpan, ReadStop, SealedIndex,
-    Segment, SegmentState,
+    find_time_in_span, parse_segment_name, read_span, scan, segment_paths, Batch, ReadSpan,
+    ReadStop, SealedIndex, Segment, SegmentState,
 };
 
 /// Where an append landed.
@@ -90,11 +90,17 @@ struct LogState {
 impl LogState {
     fn active(&self) -> &Segment {
         // Invariant: a log always has at least one segment and the last one is active.
-        self.segments.values().next_back().expect("a log always has an active segment")
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has an active segment")
     }
 
     fn active_mut(&mut self) -> &mut Segment {
-        self.segments.values_mut().next_back().expect("a log always has an active segment")
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a log always has an active segment")
     }
 }
 
@@ -108,7 +114,12 @@ fn active_index(seg: &Segment) -> &SegmentIndex {
 impl Log {
     /// Opens (or creates) the log stored in `dir`, recovering its tail: the active segment is checked from its
     /// last index checkpoint on, and a torn or corrupt tail is truncated and logged.
-    pub fn open(dir: impl Into<PathBuf>, name: impl Into<String>, config: LogConfig, files: Arc<FileCache>) -> Result<Log> {
+    pub fn open(
+        dir: impl Into<PathBuf>,
+        name: impl Into<String>,
+        config: LogConfig,
+        files: Arc<FileCache>,
+    ) -> Result<Log> {
         let dir = dir.into();
         let name = name.into();
         let config = config.clamped();
@@ -164,7 +175,10 @@ impl Log {
         };
         let next_offset = active_index(last_seg).coverage().next_offset;
         let checkpointed_position = active_index(last_seg).coverage().position;
-        let log_start = meta.map_or(first_base, |m| m.log_start_offset).max(first_base).min(next_offset);
+        let log_start = meta
+            .map_or(first_base, |m| m.log_start_offset)
+            .max(first_base)
+            .min(next_offset);
         let state = LogState {
             config,
             segments,
@@ -232,7 +246,12 @@ impl Log {
 
     /// Appends one batch of `record_count` records and returns its offsets. The batch is in the page cache when
     /// this returns; call [`Log::wait_for_policy`] (or [`Log::wait_durable`]) before acknowledging it.
-    pub fn append(&self, payload: &[u8], record_count: u32, max_timestamp: i64) -> Result<Appended> {
+    pub fn append(
+        &self,
+        payload: &[u8],
+        record_count: u32,
+        max_timestamp: i64,
+    ) -> Result<Appended> {
         let mut st = self.state.lock();
         self.append_locked(&mut st, payload, record_count, max_timestamp)
     }
@@ -263,7 +282,9 @@ impl Log {
             });
         }
         if record_count == 0 {
-            return Err(LogError::InvalidBatch("a batch must hold at least one record"));
+            return Err(LogError::InvalidBatch(
+                "a batch must hold at least one record",
+            ));
         }
         if len > st.config.max_batch_bytes as usize {
             return Err(LogError::BatchTooLarge {
@@ -271,13 +292,23 @@ impl Log {
                 max: st.config.max_batch_bytes,
             });
         }
-        if st.next_offset.checked_add(u64::from(record_count)).is_none() {
+        if st
+            .next_offset
+            .checked_add(u64::from(record_count))
+            .is_none()
+        {
             return Err(LogError::InvalidBatch("offsets would overflow"));
         }
         Ok(())
     }
 
-    fn append_locked(&self, st: &mut LogState, payload: &[u8], record_count: u32, max_timestamp: i64) -> Result<Appended> {
+    fn append_locked(
+        &self,
+        st: &mut LogState,
+        payload: &[u8],
+        record_count: u32,
+        max_timestamp: i64,
+    ) -> Result<Appended> {
         self.check_append(st, payload.len(), record_count)?;
         let frame_len = FrameHeader::encode(0, 1, 0, &[]).len() as u64 + payload.len() as u64;
         if self.should_roll(st, frame_len, record_count) {
@@ -291,7 +322,9 @@ impl Log {
         if let Err(e) = write_two_at(&file, &header, payload, position) {
             // Cut off whatever part of the frame reached the file, so the next append starts on a boundary.
             if let Err(e2) = file.set_len(position) {
-                self.commit.fail(format!("write failed ({e}) and the partial frame could not be removed ({e2})"));
+                self.commit.fail(format!(
+                    "write failed ({e}) and the partial frame could not be removed ({e2})"
+                ));
             }
             return Err(LogError::Io {
                 path: seg.path.clone(),
@@ -299,8 +332,18 @@ impl Log {
             });
         }
         seg.size += frame_len;
-        if let SegmentState::Active { index, first_append_ms } = &mut seg.state {
-            index.on_batch(base_offset, record_count, position, frame_len, max_timestamp);
+        if let SegmentState::Active {
+            index,
+            first_append_ms,
+        } = &mut seg.state
+        {
+            index.on_batch(
+                base_offset,
+                record_count,
+                position,
+                frame_len,
+                max_timestamp,
+            );
             first_append_ms.get_or_insert_with(now_ms);
         }
         st.next_offset = base_offset + u64::from(record_count);
@@ -317,12 +360,16 @@ impl Log {
             return false;
         }
         let too_big = seg.size + frame_len > st.config.segment_bytes;
-        let offsets_full = st.next_offset + u64::from(record_count) - seg.base > u64::from(u32::MAX);
+        let offsets_full =
+            st.next_offset + u64::from(record_count) - seg.base > u64::from(u32::MAX);
         let too_old = match &seg.state {
             SegmentState::Active {
                 first_append_ms: Some(t),
                 ..
-            } => now_ms().saturating_sub(*t) >= i64::try_from(st.config.segment_ms).unwrap_or(i64::MAX),
+            } => {
+                now_ms().saturating_sub(*t)
+                    >= i64::try_from(st.config.segment_ms).unwrap_or(i64::MAX)
+            }
             _ => false,
         };
         too_big || offsets_full || too_old
@@ -334,7 +381,8 @@ impl Log {
         let seg = st.active_mut();
         let file = self.files.get(seg.file_id, &seg.path)?;
         if let Err(e) = file.sync_data() {
-            self.commit.fail(format!("fdatasync of {} failed: {e}", seg.path.display()));
+            self.commit
+                .fail(format!("fdatasync of {} failed: {e}", seg.path.display()));
             return Err(LogError::Io {
                 path: seg.path.clone(),
                 source: e,
@@ -460,7 +508,10 @@ impl Log {
             .get(file_id, &path)
             .and_then(|f| f.sync_data().at(&path))
             .map(|()| end);
-        let shared = result.as_ref().map(|e| *e).map_err(|e| format!("fdatasync of {} failed: {e}", path.display()));
+        let shared = result
+            .as_ref()
+            .map(|e| *e)
+            .map_err(|e| format!("fdatasync of {} failed: {e}", path.display()));
         self.commit.finish(&shared);
         result
     }
@@ -468,7 +519,12 @@ impl Log {
     /// Reads whole batches from `from_offset` (the batch holding it comes first) until about `max_bytes` of
     /// payload, never past `max_offset` (exclusive; `None` = log end). At least one batch is returned if any
     /// is available, however large. Payloads share one buffer per segment read: no copy per batch.
-    pub fn read(&self, from_offset: u64, max_bytes: usize, max_offset: Option<u64>) -> Result<Vec<Batch>> {
+    pub fn read(
+        &self,
+        from_offset: u64,
+        max_bytes: usize,
+        max_offset: Option<u64>,
+    ) -> Result<Vec<Batch>> {
         let mut out = Vec::new();
         let mut budget = max_bytes.max(1);
         let mut cursor = from_offset;
@@ -491,7 +547,11 @@ impl Log {
             };
             first = false;
             let (span, seg_end, file_id, limit) = match plan {
-                Plan::Ready { span, seg_end, file_id } => {
+                Plan::Ready {
+                    span,
+                    seg_end,
+                    file_id,
+                } => {
                     let limit = max_offset.unwrap_or(u64::MAX);
                     (span, seg_end, file_id, limit)
                 }
@@ -508,7 +568,12 @@ impl Log {
                         start_offset,
                         end_pos: cov.position,
                     };
-                    (span, Some(sealed.next_base), sealed.file_id, max_offset.unwrap_or(u64::MAX))
+                    (
+                        span,
+                        Some(sealed.next_base),
+                        sealed.file_id,
+                        max_offset.unwrap_or(u64::MAX),
+                    )
                 }
             };
             let file = self.files.get(file_id, &span.path)?;
@@ -522,7 +587,12 @@ impl Log {
 
     /// Plans the read of the segment holding `offset` (the caller checked it is in range).
     fn plan_segment(&self, st: &LogState, offset: u64) -> Plan {
-        let Some((_, seg)) = st.segments.range(..=offset).next_back().or_else(|| st.segments.iter().next()) else {
+        let Some((_, seg)) = st
+            .segments
+            .range(..=offset)
+            .next_back()
+            .or_else(|| st.segments.iter().next())
+        else {
             unreachable!("a log always has a segment")
         };
         match &seg.state {
@@ -568,7 +638,12 @@ impl Log {
         }
         let from_file = match std::fs::read(&s.index_path) {
             Ok(bytes) => match SegmentIndex::decode(s.base, s.interval, &bytes) {
-                Ok(ix) if ix.coverage().position == s.file_len && ix.coverage().next_offset == s.next_base => Some(ix),
+                Ok(ix)
+                    if ix.coverage().position == s.file_len
+                        && ix.coverage().next_offset == s.next_base =>
+                {
+                    Some(ix)
+                }
                 Ok(_) => {
                     tracing::warn!(file = %s.index_path.display(), "index does not match its segment; rebuilding");
                     None
@@ -594,15 +669,21 @@ impl Log {
             Some(ix) => ix,
             None => {
                 let file = self.files.get(s.file_id, &s.path)?;
-                let (ix, stop) = scan(&file, &s.path, s.file_len, SegmentIndex::new(s.base, s.interval))?;
+                let (ix, stop) = scan(
+                    &file,
+                    &s.path,
+                    s.file_len,
+                    SegmentIndex::new(s.base, s.interval),
+                )?;
                 if stop.is_none() && ix.coverage().next_offset == s.next_base {
                     if let Err(e) = write_atomic(&s.index_path, &ix.encode()) {
                         tracing::warn!(file = %s.index_path.display(), error = %e, "could not store rebuilt index");
                     }
                 } else {
-                    let (position, reason) = stop.map_or((ix.coverage().position, "data ends early".to_string()), |st| {
-                        (st.position, st.reason)
-                    });
+                    let (position, reason) = stop.map_or(
+                        (ix.coverage().position, "data ends early".to_string()),
+                        |st| (st.position, st.reason),
+                    );
                     tracing::error!(
                         file = %s.path.display(), position, reason,
                         refused_from = ix.coverage().next_offset, refused_to = s.next_base,
@@ -636,7 +717,15 @@ impl Log {
                             continue;
                         }
                         let (start_offset, start_pos) = index.lookup_time(timestamp);
-                        (ReadSpan { start_offset, start_pos, ..span }, file_id, st.log_start)
+                        (
+                            ReadSpan {
+                                start_offset,
+                                start_pos,
+                                ..span
+                            },
+                            file_id,
+                            st.log_start,
+                        )
                     }
                     Plan::Sealed(sealed) => {
                         let log_start = st.log_start;
@@ -680,7 +769,10 @@ impl Log {
             if offset <= st.log_start {
                 return Ok(st.log_start);
             }
-            LogMeta { log_start_offset: offset }.store(&self.dir)?;
+            LogMeta {
+                log_start_offset: offset,
+            }
+            .store(&self.dir)?;
             st.log_start = offset;
         }
         self.delete_expired(i64::MIN)?;
@@ -720,7 +812,9 @@ impl Log {
         let mut doomed = Vec::new();
         for (seg, next_base) in candidates {
             let below_start = next_base <= log_start;
-            let over_size = config.retention_bytes.is_some_and(|r| total > r && total - seg.file_len >= r);
+            let over_size = config
+                .retention_bytes
+                .is_some_and(|r| total > r && total - seg.file_len >= r);
             let too_old = match config.retention_ms {
                 Some(ms) if now_ms != i64::MIN => {
                     let newest = self.segment_newest_ms(&seg)?;
@@ -771,7 +865,9 @@ impl Log {
         if ts >= 0 {
             return Ok(ts);
         }
-        let modified = std::fs::metadata(&seg.path).and_then(|m| m.modified()).at(&seg.path)?;
+        let modified = std::fs::metadata(&seg.path)
+            .and_then(|m| m.modified())
+            .at(&seg.path)?;
         Ok(modified
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
@@ -795,7 +891,11 @@ impl Log {
             unreachable!("log_start is within the first segment")
         };
         // Drop whole segments after the one holding `offset`.
-        let later: Vec<u64> = st.segments.range(keep_base + 1..).map(|(b, _)| *b).collect();
+        let later: Vec<u64> = st
+            .segments
+            .range(keep_base + 1..)
+            .map(|(b, _)| *b)
+            .collect();
         let mut removed = Vec::new();
         for b in later {
             if let Some(seg) = st.segments.remove(&b) {
@@ -807,9 +907,19 @@ impl Log {
         let file = self.files.get(seg.file_id, &seg.path)?;
         // Rescan the kept segment up to the cut: it finds the cut position on a batch boundary and rebuilds an
         // exact index (truncation is rare; correctness beats speed here).
-        let (full, _) = scan(&file, &seg.path, std::fs::metadata(&seg.path).at(&seg.path)?.len(), SegmentIndex::new(seg.base, interval))?;
+        let (full, _) = scan(
+            &file,
+            &seg.path,
+            std::fs::metadata(&seg.path).at(&seg.path)?.len(),
+            SegmentIndex::new(seg.base, interval),
+        )?;
         let (cut_offset, cut_pos) = find_cut(&file, &seg.path, &full, offset)?;
-        let (index, _) = scan(&file, &seg.path, cut_pos, SegmentIndex::new(seg.base, interval))?;
+        let (index, _) = scan(
+            &file,
+            &seg.path,
+            cut_pos,
+            SegmentIndex::new(seg.base, interval),
+        )?;
         file.set_len(cut_pos).at(&seg.path)?;
         file.sync_data().at(&seg.path)?;
         write_atomic(&seg.index_path, &index.encode())?;
@@ -821,7 +931,10 @@ impl Log {
         st.next_offset = cut_offset;
         if st.log_start > cut_offset {
             // The cut went below a start that lay inside a batch: the start follows the end down, durably.
-            LogMeta { log_start_offset: cut_offset }.store(&self.dir)?;
+            LogMeta {
+                log_start_offset: cut_offset,
+            }
+            .store(&self.dir)?;
             st.log_start = cut_offset;
         }
         st.generation += 1;
@@ -848,11 +961,18 @@ impl Log {
             if index.coverage().position == st.checkpointed_position {
                 return Ok(());
             }
-            (st.generation, index.clone(), seg.file_id, seg.path.clone(), seg.index_path.clone())
+            (
+                st.generation,
+                index.clone(),
+                seg.file_id,
+                seg.path.clone(),
+                seg.index_path.clone(),
+            )
         };
         let file = self.files.get(file_id, &path)?;
         if let Err(e) = file.sync_data() {
-            self.commit.fail(format!("fdatasync of {} failed: {e}", path.display()));
+            self.commit
+                .fail(format!("fdatasync of {} failed: {e}", path.display()));
             return Err(LogError::Io { path, source: e });
         }
         self.commit.mark_durable(index.coverage().next_offset);
@@ -922,7 +1042,12 @@ fn hole_error(s: &SealedRef, position: u64, offset: u64, data_end: u64) -> LogEr
 }
 
 /// The `(base_offset, position)` of the batch holding `offset` in a segment whose verified index is `index`.
-fn find_cut(file: &std::fs::File, path: &Path, index: &SegmentIndex, offset: u64) -> Result<(u64, u64)> {
+fn find_cut(
+    file: &std::fs::File,
+    path: &Path,
+    index: &SegmentIndex,
+    offset: u64,
+) -> Result<(u64, u64)> {
     let (start_offset, start_pos) = index.lookup_offset(offset);
     let span = ReadSpan {
         path: path.to_path_buf(),

@@ -97,7 +97,12 @@ impl LogManager {
             log.set_config(config);
             return Ok(Arc::clone(log));
         }
-        let log = Arc::new(Log::open(self.inner.root.join(name), name, config, Arc::clone(&self.inner.files))?);
+        let log = Arc::new(Log::open(
+            self.inner.root.join(name),
+            name,
+            config,
+            Arc::clone(&self.inner.files),
+        )?);
         logs.insert(name.to_string(), Arc::clone(&log));
         Ok(log)
     }
@@ -243,7 +248,9 @@ pub fn validate_name(name: &str) -> Result<()> {
         && name.len() <= LOG_NAME_MAX_LEN
         && name != "."
         && name != ".."
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {

@@ -32,7 +32,10 @@ pub fn meta_path(dir: &Path) -> PathBuf {
 
 impl LogMeta {
     fn body(&self) -> String {
-        format!("wharf-log-meta {META_VERSION}\nlog_start_offset {}\n", self.log_start_offset)
+        format!(
+            "wharf-log-meta {META_VERSION}\nlog_start_offset {}\n",
+            self.log_start_offset
+        )
     }
 
     /// Writes the file atomically and durably.
@@ -107,13 +110,25 @@ mod tests {
     fn round_trip_and_damage() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(LogMeta::load(dir.path()).unwrap(), None);
-        LogMeta { log_start_offset: 77 }.store(dir.path()).unwrap();
-        assert_eq!(LogMeta::load(dir.path()).unwrap(), Some(LogMeta { log_start_offset: 77 }));
+        LogMeta {
+            log_start_offset: 77,
+        }
+        .store(dir.path())
+        .unwrap();
+        assert_eq!(
+            LogMeta::load(dir.path()).unwrap(),
+            Some(LogMeta {
+                log_start_offset: 77
+            })
+        );
         let p = meta_path(dir.path());
         let t = std::fs::read_to_string(&p).unwrap().replace("77", "78");
         std::fs::write(&p, t).unwrap();
         assert_eq!(LogMeta::load(dir.path()).unwrap(), None);
         std::fs::write(&p, "wharf-log-meta 9\n").unwrap();
-        assert!(matches!(LogMeta::load(dir.path()), Err(LogError::UnsupportedVersion { found: 9, .. })));
+        assert!(matches!(
+            LogMeta::load(dir.path()),
+            Err(LogError::UnsupportedVersion { found: 9, .. })
+        ));
     }
 }

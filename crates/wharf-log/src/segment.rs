@@ -40,7 +40,10 @@ impl Batch {
 
 /// File names of the segment starting at `base` in `dir`.
 pub(crate) fn segment_paths(dir: &Path, base: u64) -> (PathBuf, PathBuf) {
-    (dir.join(format!("{base:020}.log")), dir.join(format!("{base:020}.index")))
+    (
+        dir.join(format!("{base:020}.log")),
+        dir.join(format!("{base:020}.index")),
+    )
 }
 
 /// The base offset encoded in a segment file name, if `name` is one.
@@ -99,7 +102,12 @@ pub(crate) struct ScanStop {
 
 /// Extends `index` by scanning `file` from the index's coverage to `file_len`, checking every frame (header
 /// sanity, dense offsets, CRC). Stops at the first bad frame and says where.
-pub(crate) fn scan(file: &File, path: &Path, file_len: u64, mut index: SegmentIndex) -> Result<(SegmentIndex, Option<ScanStop>)> {
+pub(crate) fn scan(
+    file: &File,
+    path: &Path,
+    file_len: u64,
+    mut index: SegmentIndex,
+) -> Result<(SegmentIndex, Option<ScanStop>)> {
     let mut pos = index.coverage().position;
     let mut window = Window::new(READ_WINDOW_BYTES);
     while pos < file_len {
@@ -127,7 +135,13 @@ pub(crate) fn scan(file: &File, path: &Path, file_len: u64, mut index: SegmentIn
         }
         let expected = index.coverage().next_offset;
         if header.base_offset != expected {
-            return Ok((index, Some(stop(&format!("base offset {} where {expected} was expected", header.base_offset)))));
+            return Ok((
+                index,
+                Some(stop(&format!(
+                    "base offset {} where {expected} was expected",
+                    header.base_offset
+                ))),
+            ));
         }
         if header.next_offset() - index.base() > u64::from(u32::MAX) {
             return Ok((index, Some(stop("offsets overflow the segment"))));
@@ -136,7 +150,13 @@ pub(crate) fn scan(file: &File, path: &Path, file_len: u64, mut index: SegmentIn
         if !FrameHeader::crc_matches(&hb, &frame[FRAME_HEADER_LEN..]) {
             return Ok((index, Some(stop("CRC mismatch"))));
         }
-        index.on_batch(header.base_offset, header.record_count, pos, header.frame_len(), header.max_timestamp);
+        index.on_batch(
+            header.base_offset,
+            header.record_count,
+            pos,
+            header.frame_len(),
+            header.max_timestamp,
+        );
         pos = frame_end;
     }
     Ok((index, None))
@@ -209,7 +229,9 @@ pub(crate) fn read_span(
     let path = &span.path;
     let mut pos = span.start_pos;
     let mut expected = span.start_offset;
-    let refill = (*budget as u64).saturating_add(64 * 1024).min(READ_WINDOW_BYTES * 16);
+    let refill = (*budget as u64)
+        .saturating_add(64 * 1024)
+        .min(READ_WINDOW_BYTES * 16);
     let mut window = Window::new(refill);
     while pos < span.end_pos {
         let corrupt = |reason: String| LogError::Corrupt {
@@ -225,11 +247,16 @@ pub(crate) fn read_span(
         let hb = *header_bytes(&h).ok_or_else(|| corrupt("short read".into()))?;
         let header = FrameHeader::decode(&hb).map_err(|r| corrupt(r.into()))?;
         if header.base_offset != expected {
-            return Err(corrupt(format!("base offset {} where {expected} was expected", header.base_offset)));
+            return Err(corrupt(format!(
+                "base offset {} where {expected} was expected",
+                header.base_offset
+            )));
         }
         let frame_end = pos + header.frame_len();
         if header.payload_len > BATCH_BYTES_MAX || frame_end > span.end_pos {
-            return Err(corrupt("batch length runs past the end of valid data".into()));
+            return Err(corrupt(
+                "batch length runs past the end of valid data".into(),
+            ));
         }
         if header.base_offset >= max_offset {
             return Ok(ReadStop::Full);
@@ -263,7 +290,12 @@ pub(crate) fn read_span(
 
 /// Finds, in one segment, the first batch ending after `min_offset` whose max timestamp is `>= timestamp`,
 /// scanning from `span`.
-pub(crate) fn find_time_in_span(file: &File, span: &ReadSpan, timestamp: i64, min_offset: u64) -> Result<Option<(u64, i64)>> {
+pub(crate) fn find_time_in_span(
+    file: &File,
+    span: &ReadSpan,
+    timestamp: i64,
+    min_offset: u64,
+) -> Result<Option<(u64, i64)>> {
     let path = &span.path;
     let mut pos = span.start_pos;
     let mut expected = span.start_offset;
@@ -279,7 +311,10 @@ pub(crate) fn find_time_in_span(file: &File, span: &ReadSpan, timestamp: i64, mi
         let hb = *header_bytes(&h).ok_or_else(|| corrupt("short read".into()))?;
         let header = FrameHeader::decode(&hb).map_err(|r| corrupt(r.into()))?;
         if header.base_offset != expected {
-            return Err(corrupt(format!("base offset {} where {expected} was expected", header.base_offset)));
+            return Err(corrupt(format!(
+                "base offset {} where {expected} was expected",
+                header.base_offset
+            )));
         }
         if header.max_timestamp >= timestamp && header.next_offset() > min_offset {
             return Ok(Some((header.base_offset, header.max_timestamp)));

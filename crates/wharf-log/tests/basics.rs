@@ -40,7 +40,10 @@ fn offsets_are_dense_and_reads_return_whole_batches() {
     assert_eq!(log.read(0, 1, None).unwrap().len(), 1);
     // Reading at the end is empty; past the end is out of range.
     assert!(log.read(next, 1000, None).unwrap().is_empty());
-    assert!(matches!(log.read(next + 1, 1000, None), Err(LogError::OffsetOutOfRange { .. })));
+    assert!(matches!(
+        log.read(next + 1, 1000, None),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
     // An upper offset bound stops before batches starting at or after it.
     let bounded = log.read(0, usize::MAX, Some(expected[3].0)).unwrap();
     assert_eq!(bounded.len(), 3);
@@ -75,14 +78,22 @@ fn find_offset_by_timestamp_uses_max_timestamps() {
     let log = open(dir.path(), small_config());
     for n in 0..200u64 {
         // Mostly increasing, with some out-of-order timestamps as CreateTime allows.
-        let ts = if n % 17 == 0 { n as i64 * 10 - 500 } else { n as i64 * 10 };
+        let ts = if n % 17 == 0 {
+            n as i64 * 10 - 500
+        } else {
+            n as i64 * 10
+        };
         log.append(&payload(n, 100), 1, ts).unwrap();
     }
     for target in [0i64, 5, 10, 555, 1000, 1990] {
         let got = log.find_offset_by_timestamp(target).unwrap();
         // The model: first batch whose timestamp >= target.
         let want = (0..200u64).find(|n| {
-            let ts = if n % 17 == 0 { *n as i64 * 10 - 500 } else { *n as i64 * 10 };
+            let ts = if n % 17 == 0 {
+                *n as i64 * 10 - 500
+            } else {
+                *n as i64 * 10
+            };
             ts >= target
         });
         assert_eq!(got.map(|g| g.0), want, "target {target}");
@@ -110,7 +121,10 @@ fn retention_by_bytes_and_age_deletes_whole_old_segments() {
     assert!(after.size_bytes < 16 * 1024 + 4096 * 2);
     let start = log.offsets().log_start;
     assert!(start > 0);
-    assert!(matches!(log.read(0, 10, None), Err(LogError::OffsetOutOfRange { .. })));
+    assert!(matches!(
+        log.read(0, 10, None),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
     assert_eq!(read_all(&log, start).last().unwrap().0, 199);
 
     // Age: everything (timestamp 1000) is older than 1 s before now=1_000_000, the active segment too.
@@ -164,7 +178,10 @@ fn advance_log_start_is_durable_and_deletes_segments_below() {
         let files = segment_files(dir.path()).len();
         assert_eq!(log.advance_log_start(55).unwrap(), 55);
         assert!(segment_files(dir.path()).len() < files);
-        assert!(matches!(log.read(54, 10, None), Err(LogError::OffsetOutOfRange { .. })));
+        assert!(matches!(
+            log.read(54, 10, None),
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
         assert_eq!(log.read(55, 1, None).unwrap()[0].base_offset, 55);
         assert!(log.advance_log_start(101).is_err());
     }
@@ -182,8 +199,14 @@ fn oversized_and_empty_batches_are_refused() {
             ..small_config()
         },
     );
-    assert!(matches!(log.append(&[0u8; 1001], 1, 0), Err(LogError::BatchTooLarge { .. })));
-    assert!(matches!(log.append(b"x", 0, 0), Err(LogError::InvalidBatch(_))));
+    assert!(matches!(
+        log.append(&[0u8; 1001], 1, 0),
+        Err(LogError::BatchTooLarge { .. })
+    ));
+    assert!(matches!(
+        log.append(b"x", 0, 0),
+        Err(LogError::InvalidBatch(_))
+    ));
     assert_eq!(log.offsets().log_end, 0);
     // A batch larger than a whole segment still goes in (alone in its segment).
     let big = LogConfig {
@@ -192,7 +215,10 @@ fn oversized_and_empty_batches_are_refused() {
     };
     log.set_config(big);
     let a = log.append(&payload(1, 100_000), 1, 0).unwrap();
-    assert_eq!(log.read(a.base_offset, 10, None).unwrap()[0].payload.len(), 100_000);
+    assert_eq!(
+        log.read(a.base_offset, 10, None).unwrap()[0].payload.len(),
+        100_000
+    );
 }
 
 #[test]
@@ -202,7 +228,9 @@ fn append_with_stamps_the_base_offset() {
     log.append(b"first", 5, 0).unwrap();
     let mut buf = vec![0u8; 16];
     let a = log
-        .append_with(&mut buf, 1, 0, |base, p| p[..8].copy_from_slice(&base.to_be_bytes()))
+        .append_with(&mut buf, 1, 0, |base, p| {
+            p[..8].copy_from_slice(&base.to_be_bytes())
+        })
         .unwrap();
     assert_eq!(a.base_offset, 5);
     let back = log.read(5, 100, None).unwrap();
@@ -278,13 +306,18 @@ fn many_logs_share_a_bounded_file_cache() {
         ..small_config()
     };
     for i in 0..1000 {
-        let log = manager.open_log(&format!("topic-{i}"), config.clone()).unwrap();
+        let log = manager
+            .open_log(&format!("topic-{i}"), config.clone())
+            .unwrap();
         log.append(&payload(i, 64), 1, 0).unwrap();
     }
     assert!(manager.files().open_count() <= 32);
     for i in (0..1000).step_by(37) {
         let log = manager.get(&format!("topic-{i}")).unwrap();
-        assert_eq!(log.read(0, 100, None).unwrap()[0].payload.as_ref(), payload(i, 64).as_slice());
+        assert_eq!(
+            log.read(0, 100, None).unwrap()[0].payload.as_ref(),
+            payload(i, 64).as_slice()
+        );
     }
     assert!(manager.files().open_count() <= 32);
     assert_eq!(manager.existing().unwrap().len(), 1000);
@@ -311,7 +344,10 @@ fn interval_policy_flushes_in_the_background() {
     log.wait_for_policy(a.next_offset).unwrap(); // returns at once
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while log.offsets().durable < a.next_offset {
-        assert!(std::time::Instant::now() < deadline, "background flush never happened");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "background flush never happened"
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }

@@ -46,7 +46,12 @@ pub fn read_all(log: &Log, from: u64) -> Vec<(u64, u32, i64, Vec<u8>)> {
         }
         for b in batches {
             cursor = b.next_offset();
-            out.push((b.base_offset, b.record_count, b.max_timestamp, b.payload.to_vec()));
+            out.push((
+                b.base_offset,
+                b.record_count,
+                b.max_timestamp,
+                b.payload.to_vec(),
+            ));
         }
     }
 }

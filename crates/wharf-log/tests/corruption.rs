@@ -25,7 +25,11 @@ fn populate(dir: &Path) -> Batches {
 }
 
 fn flip_bit(path: &Path, byte: u64, bit: u8) {
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let mut b = [0u8];
     f.read_exact_at(&mut b, byte).unwrap();
     b[0] ^= 1 << bit;
@@ -42,7 +46,11 @@ fn zero_block(path: &Path, at: u64, len: u64) {
 /// Every batch the log serves must equal what was written at that offset.
 fn assert_served_batches_are_intact(served: &Batches, expected: &Batches) {
     for b in served {
-        assert!(expected.contains(b), "served a batch that was never written intact: base {}", b.0);
+        assert!(
+            expected.contains(b),
+            "served a batch that was never written intact: base {}",
+            b.0
+        );
     }
 }
 
@@ -54,7 +62,12 @@ fn read_tolerant(log: &wharf_log::Log, expected: &Batches) -> (Batches, Vec<LogE
         match log.read(*base, 1, None) {
             Ok(batches) => {
                 for b in batches {
-                    ok.push((b.base_offset, b.record_count, b.max_timestamp, b.payload.to_vec()));
+                    ok.push((
+                        b.base_offset,
+                        b.record_count,
+                        b.max_timestamp,
+                        b.payload.to_vec(),
+                    ));
                 }
             }
             Err(e) => errors.push(e),
@@ -71,14 +84,22 @@ fn torn_tail_of_the_active_segment_is_truncated() {
     let len = std::fs::metadata(&last).unwrap().len();
     assert!(len > 100);
     // Cut the file in the middle of its last batch, as a crash during the write would.
-    std::fs::OpenOptions::new().write(true).open(&last).unwrap().set_len(len - 30).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&last)
+        .unwrap()
+        .set_len(len - 30)
+        .unwrap();
     // And remove the index checkpoint, as if the crash came before it.
     let _ = std::fs::remove_file(last.with_extension("index"));
     let log = open(dir.path(), small_config());
     let got = read_all(&log, 0);
     assert_eq!(got.as_slice(), &expected[..expected.len() - 1]);
     assert_eq!(log.offsets().log_end, expected.last().unwrap().0);
-    assert!(std::fs::metadata(&last).unwrap().len() < len - 30, "the partial batch was cut off");
+    assert!(
+        std::fs::metadata(&last).unwrap().len() < len - 30,
+        "the partial batch was cut off"
+    );
 }
 
 #[test]
@@ -94,7 +115,10 @@ fn flipped_bits_in_the_active_tail_truncate_from_the_damaged_batch() {
         let log = open(dir.path(), small_config());
         let got = read_all(&log, 0);
         assert_served_batches_are_intact(&got, &expected);
-        assert!(got.len() < expected.len(), "seed {seed}: the damaged batch must not be served");
+        assert!(
+            got.len() < expected.len(),
+            "seed {seed}: the damaged batch must not be served"
+        );
         // The prefix before the damaged batch is all there.
         assert_eq!(got.as_slice(), &expected[..got.len()]);
     }
@@ -118,7 +142,10 @@ fn zeroed_block_in_a_sealed_segment_is_refused_with_file_and_offset() {
             other => panic!("unexpected error {other}"),
         }
         let text = e.to_string();
-        assert!(text.contains(&victim.display().to_string()) && text.contains("offset"), "{text}");
+        assert!(
+            text.contains(&victim.display().to_string()) && text.contains("offset"),
+            "{text}"
+        );
     }
     // Later segments are still served.
     let tail_start = expected.iter().rev().nth(5).unwrap().0;
@@ -148,7 +175,12 @@ fn truncated_sealed_segment_refuses_the_lost_range_and_serves_the_rest() {
     let files = segment_files(dir.path());
     let victim = &files[1];
     let len = std::fs::metadata(victim).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(victim).unwrap().set_len(len / 2).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(victim)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     let log = open(dir.path(), small_config());
     let (served, errors) = read_tolerant(&log, &expected);
     assert_served_batches_are_intact(&served, &expected);
@@ -157,18 +189,28 @@ fn truncated_sealed_segment_refuses_the_lost_range_and_serves_the_rest() {
     // Segment 0 and the segments after the damaged one are whole.
     assert_eq!(log.read(0, 1, None).unwrap()[0].base_offset, 0);
     let last = expected.last().unwrap();
-    assert_eq!(log.read(last.0, 1, None).unwrap()[0].payload.to_vec(), last.3);
+    assert_eq!(
+        log.read(last.0, 1, None).unwrap()[0].payload.to_vec(),
+        last.3
+    );
 }
 
 #[test]
 fn damaged_or_missing_indexes_are_rebuilt() {
     type Damage = fn(&Path);
     let damages: [(&str, Damage); 4] = [
-        ("flip", |p| flip_bit(p, std::fs::metadata(p).unwrap().len() / 2, 3)),
+        ("flip", |p| {
+            flip_bit(p, std::fs::metadata(p).unwrap().len() / 2, 3)
+        }),
         ("zero", |p| zero_block(p, 0, 4096)),
         ("truncate", |p| {
             let len = std::fs::metadata(p).unwrap().len();
-            std::fs::OpenOptions::new().write(true).open(p).unwrap().set_len(len / 2).unwrap();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_len(len / 2)
+                .unwrap();
         }),
         ("delete", |p| std::fs::remove_file(p).unwrap()),
     ];
@@ -184,7 +226,11 @@ fn damaged_or_missing_indexes_are_rebuilt() {
         let log = open(dir.path(), small_config());
         assert_eq!(read_all(&log, 0), expected, "{what}");
         for (base, _, ts, _) in expected.iter().step_by(9) {
-            assert_eq!(log.find_offset_by_timestamp(*ts).unwrap().map(|x| x.0), Some(*base), "{what}");
+            assert_eq!(
+                log.find_offset_by_timestamp(*ts).unwrap().map(|x| x.0),
+                Some(*base),
+                "{what}"
+            );
         }
         // Appends continue after the rebuilt tail.
         let a = log.append(b"next", 1, 0).unwrap();
@@ -199,17 +245,30 @@ fn random_damage_never_panics_and_never_serves_bad_data() {
     for round in 0..30 {
         let dir = tempfile::tempdir().unwrap();
         let expected = populate(dir.path());
-        let mut files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut files: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         files.sort();
         let victim = &files[rng.gen_range(0..files.len())];
         let len = std::fs::metadata(victim).unwrap().len().max(1);
         match rng.gen_range(0..3) {
             0 => flip_bit(victim, rng.gen_range(0..len), rng.gen_range(0..8)),
             1 => zero_block(victim, rng.gen_range(0..len), 4096),
-            _ => std::fs::OpenOptions::new().write(true).open(victim).unwrap().set_len(rng.gen_range(0..len)).unwrap(),
+            _ => std::fs::OpenOptions::new()
+                .write(true)
+                .open(victim)
+                .unwrap()
+                .set_len(rng.gen_range(0..len))
+                .unwrap(),
         }
         let config = LogConfig { ..small_config() };
-        match wharf_log::Log::open(dir.path(), "t", config, std::sync::Arc::new(wharf_log::FileCache::new(8))) {
+        match wharf_log::Log::open(
+            dir.path(),
+            "t",
+            config,
+            std::sync::Arc::new(wharf_log::FileCache::new(8)),
+        ) {
             Ok(log) => {
                 let (served, _errors) = read_tolerant(&log, &expected);
                 assert_served_batches_are_intact(&served, &expected);

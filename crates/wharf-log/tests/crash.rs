@@ -31,7 +31,10 @@ fn parse(line: &str) -> Option<Ack> {
 
 #[test]
 fn acknowledged_appends_survive_sigkill() {
-    let cycles: usize = std::env::var("WHARF_CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let cycles: usize = std::env::var("WHARF_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(std::process::id() as u64);
     let mut acked: Vec<Ack> = Vec::new();
@@ -60,17 +63,29 @@ fn acknowledged_appends_survive_sigkill() {
         let new_acks = reader.join().unwrap();
         acked.extend(new_acks);
 
-        let log = Log::open(dir.path(), "torture", LogConfig::default(), Arc::new(FileCache::new(64)))
-            .unwrap_or_else(|e| panic!("cycle {cycle}: reopen failed: {e}"));
+        let log = Log::open(
+            dir.path(),
+            "torture",
+            LogConfig::default(),
+            Arc::new(FileCache::new(64)),
+        )
+        .unwrap_or_else(|e| panic!("cycle {cycle}: reopen failed: {e}"));
         // Every acknowledged batch is there, intact, at its offset.
         for a in &acked {
-            let got = log
-                .read(a.base, 1, None)
-                .unwrap_or_else(|e| panic!("cycle {cycle}: acked batch at {} unreadable: {e}", a.base));
-            let b = got.first().unwrap_or_else(|| panic!("cycle {cycle}: acked batch at {} lost", a.base));
+            let got = log.read(a.base, 1, None).unwrap_or_else(|e| {
+                panic!("cycle {cycle}: acked batch at {} unreadable: {e}", a.base)
+            });
+            let b = got
+                .first()
+                .unwrap_or_else(|| panic!("cycle {cycle}: acked batch at {} lost", a.base));
             assert_eq!(b.base_offset, a.base, "cycle {cycle}");
             assert_eq!(b.record_count, a.count, "cycle {cycle}");
-            assert_eq!(check_pattern(&b.payload), Some(a.id), "cycle {cycle}: batch at {} damaged", a.base);
+            assert_eq!(
+                check_pattern(&b.payload),
+                Some(a.id),
+                "cycle {cycle}: batch at {} damaged",
+                a.base
+            );
             assert_eq!(b.payload.len(), a.len + 8);
         }
         // Everything served is intact and dense, acknowledged or not.
@@ -82,12 +97,22 @@ fn acknowledged_appends_survive_sigkill() {
             }
             for b in batches {
                 assert_eq!(b.base_offset, cursor, "cycle {cycle}: offsets are dense");
-                assert!(check_pattern(&b.payload).is_some(), "cycle {cycle}: served a damaged batch at {cursor}");
+                assert!(
+                    check_pattern(&b.payload).is_some(),
+                    "cycle {cycle}: served a damaged batch at {cursor}"
+                );
                 cursor = b.next_offset();
             }
         }
         assert_eq!(cursor, log.offsets().log_end);
     }
-    assert!(acked.len() > cycles, "the child acknowledged appends ({} in {cycles} cycles)", acked.len());
-    eprintln!("{} acknowledged batches verified over {cycles} SIGKILL cycles", acked.len());
+    assert!(
+        acked.len() > cycles,
+        "the child acknowledged appends ({} in {cycles} cycles)",
+        acked.len()
+    );
+    eprintln!(
+        "{} acknowledged batches verified over {cycles} SIGKILL cycles",
+        acked.len()
+    );
 }

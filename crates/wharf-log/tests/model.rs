@@ -45,7 +45,9 @@ impl Model {
     }
     /// Batches still readable (those ending after the log start).
     fn live(&self) -> impl Iterator<Item = &(u64, u32, i64, Vec<u8>)> {
-        self.batches.iter().filter(|b| b.0 + u64::from(b.1) > self.start)
+        self.batches
+            .iter()
+            .filter(|b| b.0 + u64::from(b.1) > self.start)
     }
 }
 
@@ -60,22 +62,34 @@ fn config() -> LogConfig {
 
 fn check_read(log: &Log, model: &Model, from: u64, max_bytes: usize) {
     let got = log.read(from, max_bytes, None).expect("read in range");
-    let want: Vec<_> = model.live().filter(|b| b.0 + u64::from(b.1) > from).collect();
+    let want: Vec<_> = model
+        .live()
+        .filter(|b| b.0 + u64::from(b.1) > from)
+        .collect();
     if want.is_empty() {
         assert!(got.is_empty());
         return;
     }
-    assert!(!got.is_empty(), "a read with data available returns at least one batch");
+    assert!(
+        !got.is_empty(),
+        "a read with data available returns at least one batch"
+    );
     let mut total = 0;
     for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
-        assert_eq!((g.base_offset, g.record_count, g.max_timestamp), (w.0, w.1, w.2));
+        assert_eq!(
+            (g.base_offset, g.record_count, g.max_timestamp),
+            (w.0, w.1, w.2)
+        );
         assert_eq!(g.payload.as_ref(), w.3.as_slice());
         if i > 0 {
             total += g.payload.len();
         }
     }
     assert!(got.len() <= want.len());
-    assert!(total <= max_bytes, "only the first batch may exceed the budget");
+    assert!(
+        total <= max_bytes,
+        "only the first batch may exceed the budget"
+    );
 }
 
 proptest! {

@@ -18,7 +18,10 @@ fn main() {
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let dir = args.next().ok_or("usage: wharf-log-torture DIR THREADS")?;
-    let threads: u64 = args.next().ok_or("usage: wharf-log-torture DIR THREADS")?.parse()?;
+    let threads: u64 = args
+        .next()
+        .ok_or("usage: wharf-log-torture DIR THREADS")?
+        .parse()?;
     let config = LogConfig {
         segment_bytes: 256 * 1024,
         index_interval_bytes: 1024,
@@ -26,9 +29,15 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         retention_ms: None,
         ..LogConfig::default()
     };
-    let log = Arc::new(Log::open(&dir, "torture", config, Arc::new(FileCache::new(64)))?);
+    let log = Arc::new(Log::open(
+        &dir,
+        "torture",
+        config,
+        Arc::new(FileCache::new(64)),
+    )?);
     // Ids continue across runs: each run gets a fresh range from the pid and the clock.
-    let run_id = u64::from(std::process::id()) << 32 ^ (std::time::UNIX_EPOCH.elapsed()?.as_nanos() as u64) << 40;
+    let run_id = u64::from(std::process::id()) << 32
+        ^ (std::time::UNIX_EPOCH.elapsed()?.as_nanos() as u64) << 40;
     let stdout = Arc::new(std::sync::Mutex::new(std::io::stdout()));
     std::thread::scope(|s| {
         for t in 0..threads {
@@ -41,9 +50,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                     let count = (id % 4) as u32 + 1;
                     let p = pattern(id, len);
                     let a = log.append(&p, count, i as i64).map_err(|e| e.to_string())?;
-                    log.wait_for_policy(a.next_offset).map_err(|e| e.to_string())?;
+                    log.wait_for_policy(a.next_offset)
+                        .map_err(|e| e.to_string())?;
                     let mut out = stdout.lock().map_err(|e| e.to_string())?;
-                    writeln!(out, "ACK {} {} {} {}", a.base_offset, count, id, len).map_err(|e| e.to_string())?;
+                    writeln!(out, "ACK {} {} {} {}", a.base_offset, count, id, len)
+                        .map_err(|e| e.to_string())?;
                     out.flush().map_err(|e| e.to_string())?;
                 }
                 Ok(())
