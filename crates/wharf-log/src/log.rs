@@ -68,6 +68,8 @@ pub struct Log {
     files: Arc<FileCache>,
     state: Mutex<LogState>,
     commit: GroupCommit,
+    /// Serialises [`Log::finish_seals`]; taken before `state`, never while holding it.
+    seal_lock: Mutex<()>,
     appends: AtomicU64,
     /// Wall-clock ms of the last background flush (used by the manager for `Durability::Interval`).
     pub(crate) last_flush_ms: AtomicI64,
@@ -84,7 +86,18 @@ struct LogState {
     generation: u64,
     /// Coverage position of the last index checkpoint of the active segment.
     checkpointed_position: u64,
+    /// Segments rolled under `interval` / `os` whose fdatasync and index write are still to do.
+    pending_seals: Vec<PendingSeal>,
     closed: bool,
+}
+
+/// A rolled segment waiting for its fdatasync and index file.
+#[derive(Debug)]
+struct PendingSeal {
+    file_id: u64,
+    path: PathBuf,
+    index_path: PathBuf,
+    index: SegmentIndex,
 }
 
 impl LogState {
@@ -186,6 +199,7 @@ impl Log {
             log_start,
             generation: 0,
             checkpointed_position,
+            pending_seals: Vec::new(),
             closed: false,
         };
         tracing::debug!(log = %name, start = log_start, end = next_offset, "log opened");
@@ -197,6 +211,7 @@ impl Log {
             // Nothing recovered is known to be synced yet (the previous process may have died before syncing);
             // the first waiter syncs once.
             commit: GroupCommit::new(first_base.min(log_start)),
+            seal_lock: Mutex::new(()),
             appends: AtomicU64::new(0),
             last_flush_ms: AtomicI64::new(now_ms()),
         })
@@ -378,31 +393,70 @@ impl Log {
     /// Seals the active segment (fdatasync, full index written) and starts a new one at the log end.
     fn roll_locked(&self, st: &mut LogState) -> Result<()> {
         let next_offset = st.next_offset;
+        let sync_now = st.config.durability == Durability::Always;
         let seg = st.active_mut();
-        let file = self.files.get(seg.file_id, &seg.path)?;
-        if let Err(e) = file.sync_data() {
-            self.commit
-                .fail(format!("fdatasync of {} failed: {e}", seg.path.display()));
-            return Err(LogError::Io {
-                path: seg.path.clone(),
-                source: e,
-            });
-        }
-        self.commit.mark_durable(next_offset);
         let index = match std::mem::replace(&mut seg.state, SegmentState::Sealed(Arc::default())) {
             SegmentState::Active { index, .. } => index,
             SegmentState::Sealed(_) => unreachable!("the last segment is always active"),
         };
-        // The index is an optimisation: if writing it fails the segment is rescanned when first read.
-        if let Err(e) = write_atomic(&seg.index_path, &index.encode()) {
-            tracing::warn!(log = %self.name, error = %e, "could not write the index of a sealed segment");
-        }
+        let seal = PendingSeal {
+            file_id: seg.file_id,
+            path: seg.path.clone(),
+            index_path: seg.index_path.clone(),
+            index: index.clone(),
+        };
         seg.state = SegmentState::Sealed(SealedIndex::with(index));
+        if sync_now {
+            // Under `always` nearly everything is synced already: this fdatasync is short.
+            self.seal(&seal)?;
+        } else {
+            // Under `interval` and `os` the whole segment may be unsynced: seal it off the append path (the next
+            // sync round or checkpoint does, before it may claim anything durable).
+            st.pending_seals.push(seal);
+        }
         let new = create_segment(&self.dir, next_offset, &st.config, &self.files)?;
         st.segments.insert(next_offset, new);
         st.generation += 1;
         st.checkpointed_position = 0;
         tracing::debug!(log = %self.name, base = next_offset, "rolled segment");
+        Ok(())
+    }
+
+    /// fdatasyncs a sealed segment and writes its full index (only after the sync, so that an index never
+    /// covers data that is not durable).
+    fn seal(&self, seal: &PendingSeal) -> Result<()> {
+        let file = match self.files.get(seal.file_id, &seal.path) {
+            Ok(f) => f,
+            // Deleted by retention or truncation before it was sealed: nothing left to make durable.
+            Err(LogError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(())
+            }
+            Err(e) => return Err(e),
+        };
+        if let Err(e) = file.sync_data() {
+            self.commit
+                .fail(format!("fdatasync of {} failed: {e}", seal.path.display()));
+            return Err(LogError::Io {
+                path: seal.path.clone(),
+                source: e,
+            });
+        }
+        self.commit.mark_durable(seal.index.coverage().next_offset);
+        // The index is an optimisation: if writing it fails the segment is rescanned when first read.
+        if let Err(e) = write_atomic(&seal.index_path, &seal.index.encode()) {
+            tracing::warn!(log = %self.name, error = %e, "could not write the index of a sealed segment");
+        }
+        Ok(())
+    }
+
+    /// Seals the segments rolled without a sync, oldest first. Holding `seal_lock` throughout keeps a
+    /// concurrent sync round from claiming durability past a segment still being sealed.
+    fn finish_seals(&self) -> Result<()> {
+        let _guard = self.seal_lock.lock();
+        let pending = std::mem::take(&mut self.state.lock().pending_seals);
+        for seal in &pending {
+            self.seal(seal)?;
+        }
         Ok(())
     }
 
@@ -497,12 +551,19 @@ impl Log {
 
     /// One group-commit round, run by its leader: capture the end, fdatasync, publish.
     fn lead_round(&self) -> Result<u64> {
-        let captured = {
+        // Seal rolled segments first, and capture the end only when none is pending: syncing the active segment
+        // proves nothing about an older one that was rolled without a sync.
+        let (file_id, path, end) = loop {
+            if let Err(e) = self.finish_seals() {
+                self.commit.finish(&Err(e.to_string()));
+                return Err(e);
+            }
             let st = self.state.lock();
-            let seg = st.active();
-            (seg.file_id, seg.path.clone(), st.next_offset)
+            if st.pending_seals.is_empty() {
+                let seg = st.active();
+                break (seg.file_id, seg.path.clone(), st.next_offset);
+            }
         };
-        let (file_id, path, end) = captured;
         let result = self
             .files
             .get(file_id, &path)
@@ -876,6 +937,8 @@ impl Log {
     /// Removes every batch whose last offset is `>= offset` (replication uses it to cut a diverged tail).
     /// Returns the new log end, which is the base offset of the first removed batch (`<= offset`).
     pub fn truncate_to(&self, offset: u64) -> Result<u64> {
+        // No seal may be in flight while segments are cut (it would claim durability past the new end).
+        let _seal_guard = self.seal_lock.lock();
         let mut st = self.state.lock();
         if offset >= st.next_offset {
             return Ok(st.next_offset);
@@ -890,6 +953,8 @@ impl Log {
         let Some((&keep_base, _)) = st.segments.range(..=offset).next_back() else {
             unreachable!("log_start is within the first segment")
         };
+        // Seals of the kept and later segments are moot: the kept one is synced and indexed below.
+        st.pending_seals.retain(|p| p.index.base() < keep_base);
         // Drop whole segments after the one holding `offset`.
         let later: Vec<u64> = st
             .segments
@@ -954,20 +1019,24 @@ impl Log {
     /// Writes the active segment's index with its coverage, after syncing the data it covers, so that recovery
     /// after a crash scans only what was appended since. Cheap when nothing changed.
     pub fn checkpoint(&self) -> Result<()> {
-        let (generation, index, file_id, path, index_path) = {
+        let (generation, index, file_id, path, index_path) = loop {
+            self.finish_seals()?;
             let st = self.state.lock();
+            if !st.pending_seals.is_empty() {
+                continue; // rolled again meanwhile; see `lead_round`
+            }
             let seg = st.active();
             let index = active_index(seg);
             if index.coverage().position == st.checkpointed_position {
                 return Ok(());
             }
-            (
+            break (
                 st.generation,
                 index.clone(),
                 seg.file_id,
                 seg.path.clone(),
                 seg.index_path.clone(),
-            )
+            );
         };
         let file = self.files.get(file_id, &path)?;
         if let Err(e) = file.sync_data() {

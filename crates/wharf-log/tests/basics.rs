@@ -351,3 +351,30 @@ fn interval_policy_flushes_in_the_background() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+#[test]
+fn lazy_policies_seal_rolled_segments_off_the_append_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(
+        dir.path(),
+        LogConfig {
+            durability: Durability::Os,
+            ..small_config()
+        },
+    );
+    for n in 0..100u64 {
+        log.append(&payload(n, 300), 1, 0).unwrap();
+    }
+    let files = segment_files(dir.path());
+    assert!(files.len() > 3);
+    // Rolled without a sync: no index file yet for the sealed segments, nothing claimed durable.
+    assert!(!files[0].with_extension("index").exists());
+    assert!(log.offsets().durable < 100);
+    log.sync().unwrap();
+    assert_eq!(log.offsets().durable, 100);
+    for f in &files[..files.len() - 1] {
+        assert!(f.with_extension("index").exists(), "{} sealed", f.display());
+    }
+    // Reads were served from the in-memory index all along, and still are.
+    assert_eq!(read_all(&log, 0).len(), 100);
+}

@@ -5,7 +5,7 @@ mod common;
 
 use common::{open, payload};
 use proptest::prelude::*;
-use wharf_log::{Log, LogConfig};
+use wharf_log::{Durability, Log, LogConfig};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -51,8 +51,14 @@ impl Model {
     }
 }
 
+thread_local! {
+    /// The durability policy of the current property run (rolls seal synchronously only under `always`).
+    static POLICY: std::cell::Cell<Durability> = const { std::cell::Cell::new(Durability::Always) };
+}
+
 fn config() -> LogConfig {
     LogConfig {
+        durability: POLICY.with(|p| p.get()),
         segment_bytes: 4096,
         index_interval_bytes: 300,
         retention_ms: None,
@@ -95,7 +101,8 @@ fn check_read(log: &Log, model: &Model, from: u64, max_bytes: usize) {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
     #[test]
-    fn log_agrees_with_model(ops in proptest::collection::vec(op(), 1..60)) {
+    fn log_agrees_with_model(ops in proptest::collection::vec(op(), 1..60), lazy in any::<bool>()) {
+        POLICY.with(|p| p.set(if lazy { Durability::Os } else { Durability::Always }));
         let dir = tempfile::tempdir().unwrap();
         let mut log = Some(open(dir.path(), config()));
         let mut model = Model::default();
