@@ -469,17 +469,19 @@ impl Log {
         self.roll_locked(&mut st)
     }
 
+    fn failed(&self, reason: String) -> LogError {
+        LogError::Failed {
+            name: self.name.clone(),
+            reason,
+        }
+    }
+
     /// Blocks until every offset below `target` is durable, leading or joining a group-commit round.
     pub fn wait_durable(&self, target: u64) -> Result<()> {
         loop {
             match self.commit.wait_blocking(target) {
                 Step::Done => return Ok(()),
-                Step::Failed(reason) => {
-                    return Err(LogError::Failed {
-                        name: self.name.clone(),
-                        reason,
-                    })
-                }
+                Step::Failed(reason) => return Err(self.failed(reason)),
                 Step::Lead => {
                     let synced = self.lead_round()?;
                     if synced < target {
@@ -498,12 +500,7 @@ impl Log {
             let mut rounds = self.commit.subscribe();
             match self.commit.step(target) {
                 Step::Done => return Ok(()),
-                Step::Failed(reason) => {
-                    return Err(LogError::Failed {
-                        name: self.name.clone(),
-                        reason,
-                    })
-                }
+                Step::Failed(reason) => return Err(self.failed(reason)),
                 Step::Lead => {
                     let this = Arc::clone(self);
                     let synced = tokio::task::spawn_blocking(move || this.lead_round())

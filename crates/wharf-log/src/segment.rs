@@ -226,7 +226,6 @@ pub(crate) fn read_span(
     budget: &mut usize,
     out: &mut Vec<Batch>,
 ) -> Result<ReadStop> {
-    let path = &span.path;
     let mut pos = span.start_pos;
     let mut expected = span.start_offset;
     let refill = (*budget as u64)
@@ -234,30 +233,7 @@ pub(crate) fn read_span(
         .min(READ_WINDOW_BYTES * 16);
     let mut window = Window::new(refill);
     while pos < span.end_pos {
-        let corrupt = |reason: String| LogError::Corrupt {
-            path: path.clone(),
-            position: pos,
-            offset: expected,
-            reason,
-        };
-        if span.end_pos - pos < FRAME_HEADER_LEN as u64 {
-            return Err(corrupt("partial frame header".into()));
-        }
-        let h = window.get(file, path, pos, FRAME_HEADER_LEN as u64, span.end_pos)?;
-        let hb = *header_bytes(&h).ok_or_else(|| corrupt("short read".into()))?;
-        let header = FrameHeader::decode(&hb).map_err(|r| corrupt(r.into()))?;
-        if header.base_offset != expected {
-            return Err(corrupt(format!(
-                "base offset {} where {expected} was expected",
-                header.base_offset
-            )));
-        }
-        let frame_end = pos + header.frame_len();
-        if header.payload_len > BATCH_BYTES_MAX || frame_end > span.end_pos {
-            return Err(corrupt(
-                "batch length runs past the end of valid data".into(),
-            ));
-        }
+        let (hb, header) = checked_header_at(&mut window, file, span, pos, expected)?;
         if header.base_offset >= max_offset {
             return Ok(ReadStop::Full);
         }
@@ -266,10 +242,10 @@ pub(crate) fn read_span(
             if !out.is_empty() && len > *budget {
                 return Ok(ReadStop::Full);
             }
-            let frame = window.get(file, path, pos, header.frame_len(), span.end_pos)?;
+            let frame = window.get(file, &span.path, pos, header.frame_len(), span.end_pos)?;
             let payload = frame.slice(FRAME_HEADER_LEN..);
             if !FrameHeader::crc_matches(&hb, &payload) {
-                return Err(corrupt("CRC mismatch".into()));
+                return Err(corrupt_at(span, pos, expected, "CRC mismatch".into()));
             }
             out.push(Batch {
                 base_offset: header.base_offset,
@@ -283,7 +259,7 @@ pub(crate) fn read_span(
             }
         }
         expected = header.next_offset();
-        pos = frame_end;
+        pos += header.frame_len();
     }
     Ok(ReadStop::SegmentEnd)
 }
@@ -296,26 +272,11 @@ pub(crate) fn find_time_in_span(
     timestamp: i64,
     min_offset: u64,
 ) -> Result<Option<(u64, i64)>> {
-    let path = &span.path;
     let mut pos = span.start_pos;
     let mut expected = span.start_offset;
     let mut window = Window::new(READ_WINDOW_BYTES);
-    while pos + FRAME_HEADER_LEN as u64 <= span.end_pos {
-        let corrupt = |reason: String| LogError::Corrupt {
-            path: path.clone(),
-            position: pos,
-            offset: expected,
-            reason,
-        };
-        let h = window.get(file, path, pos, FRAME_HEADER_LEN as u64, span.end_pos)?;
-        let hb = *header_bytes(&h).ok_or_else(|| corrupt("short read".into()))?;
-        let header = FrameHeader::decode(&hb).map_err(|r| corrupt(r.into()))?;
-        if header.base_offset != expected {
-            return Err(corrupt(format!(
-                "base offset {} where {expected} was expected",
-                header.base_offset
-            )));
-        }
+    while pos < span.end_pos {
+        let (_, header) = checked_header_at(&mut window, file, span, pos, expected)?;
         if header.max_timestamp >= timestamp && header.next_offset() > min_offset {
             return Ok(Some((header.base_offset, header.max_timestamp)));
         }
@@ -323,4 +284,43 @@ pub(crate) fn find_time_in_span(
         pos += header.frame_len();
     }
     Ok(None)
+}
+
+/// Reads the frame header at `pos` of a span of verified data and checks it: decodable, holding offset
+/// `expected`, and ending within the span. Anything else is corruption, reported with file and offset.
+fn checked_header_at(
+    window: &mut Window,
+    file: &File,
+    span: &ReadSpan,
+    pos: u64,
+    expected: u64,
+) -> Result<([u8; FRAME_HEADER_LEN], FrameHeader)> {
+    let corrupt = |reason: String| corrupt_at(span, pos, expected, reason);
+    if span.end_pos - pos < FRAME_HEADER_LEN as u64 {
+        return Err(corrupt("partial frame header".into()));
+    }
+    let h = window.get(file, &span.path, pos, FRAME_HEADER_LEN as u64, span.end_pos)?;
+    let hb = *header_bytes(&h).ok_or_else(|| corrupt("short read".into()))?;
+    let header = FrameHeader::decode(&hb).map_err(|r| corrupt(r.into()))?;
+    if header.base_offset != expected {
+        return Err(corrupt(format!(
+            "base offset {} where {expected} was expected",
+            header.base_offset
+        )));
+    }
+    if header.payload_len > BATCH_BYTES_MAX || pos + header.frame_len() > span.end_pos {
+        return Err(corrupt(
+            "batch length runs past the end of valid data".into(),
+        ));
+    }
+    Ok((hb, header))
+}
+
+fn corrupt_at(span: &ReadSpan, position: u64, offset: u64, reason: String) -> LogError {
+    LogError::Corrupt {
+        path: span.path.clone(),
+        position,
+        offset,
+        reason,
+    }
 }
