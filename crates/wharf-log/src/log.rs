@@ -1154,7 +1154,7 @@ fn remove_if_exists(path: &Path) -> Result<()> {
     }
 }
 
-/// Creates an empty segment file at `base` (and fsyncs the directory so the new entry is durable).
+/// Creates an empty segment file at `base`, fsyncing the file and its directory.
 fn create_segment(dir: &Path, base: u64, config: &LogConfig, files: &FileCache) -> Result<Segment> {
     let (path, index_path) = segment_paths(dir, base);
     let file = OpenOptions::new()
@@ -1164,6 +1164,9 @@ fn create_segment(dir: &Path, base: u64, config: &LogConfig, files: &FileCache) 
         .truncate(true)
         .open(&path)
         .at(&path)?;
+    // The new file's inode and its directory entry are made durable before anything is appended to it, so a
+    // later fdatasync of the data cannot leave an acknowledged batch in a file that vanishes after a crash.
+    file.sync_all().at(&path)?;
     let _ = std::fs::remove_file(&index_path);
     sync_dir(dir)?;
     let file_id = next_file_id();
