@@ -548,6 +548,9 @@ impl Log {
 
     /// One group-commit round, run by its leader: capture the end, fdatasync, publish.
     fn lead_round(&self) -> Result<u64> {
+        // Let appenders released by the previous round append again before the end is captured; without this,
+        // waiters split into two alternating halves and a round covers only about half of them.
+        std::thread::yield_now();
         // Seal rolled segments first, and capture the end only when none is pending: syncing the active segment
         // proves nothing about an older one that was rolled without a sync.
         let (file_id, path, end) = loop {
