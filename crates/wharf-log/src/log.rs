@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use crate::config::{Durability, LogConfig};
 use crate::error::{IoContext, LogError, Result};
 use crate::file_cache::{next_file_id, FileCache};
-use crate::frame::FrameHeader;
+use crate::frame::{FrameHeader, FRAME_HEADER_LEN};
 use crate::fsio::{now_ms, sync_dir, write_atomic, write_two_at};
 use crate::group_commit::{GroupCommit, Step};
 use crate::index::{IndexDecodeError, SegmentIndex, INDEX_VERSION};
@@ -268,6 +268,7 @@ impl Log {
         max_timestamp: i64,
     ) -> Result<Appended> {
         let mut st = self.state.lock();
+        self.check_append(&st, payload.len(), record_count)?;
         self.append_locked(&mut st, payload, record_count, max_timestamp)
     }
 
@@ -317,6 +318,7 @@ impl Log {
         Ok(())
     }
 
+    /// Writes a batch that [`Log::check_append`] has accepted under the same lock.
     fn append_locked(
         &self,
         st: &mut LogState,
@@ -324,8 +326,7 @@ impl Log {
         record_count: u32,
         max_timestamp: i64,
     ) -> Result<Appended> {
-        self.check_append(st, payload.len(), record_count)?;
-        let frame_len = FrameHeader::encode(0, 1, 0, &[]).len() as u64 + payload.len() as u64;
+        let frame_len = FRAME_HEADER_LEN as u64 + payload.len() as u64;
         if self.should_roll(st, frame_len, record_count) {
             self.roll_locked(st)?;
         }
