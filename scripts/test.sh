@@ -9,8 +9,14 @@ if command -v rustup >/dev/null 2>&1; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi
 
-# Nothing else to install yet: the log engine and the binary need only cargo. (The Kafka and AMQP issues add
-# their client libraries here: librdkafka builds from the rdkafka crate with gcc and make.)
+# The Kafka tests use librdkafka, which the rdkafka crate builds from source with gcc and make; it links
+# zlib through pkg-config. Install those from Debian if this machine lacks them.
+if ! pkg-config --exists zlib 2>/dev/null; then
+  echo "installing zlib1g-dev and pkg-config for librdkafka"
+  apt-get install -y -q zlib1g-dev pkg-config >/dev/null || {
+    apt-get update -q >/dev/null && apt-get install -y -q zlib1g-dev pkg-config >/dev/null
+  }
+fi
 
 # 50 SIGKILL cycles of the crash test unless the caller asks for more or fewer.
 export WHARF_CRASH_CYCLES="${WHARF_CRASH_CYCLES:-50}"

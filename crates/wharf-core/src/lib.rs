@@ -1,6 +1,14 @@
-//! The broker model: vhosts, exchanges and bindings, queues (ready / unacknowledged sets, consumers, prefetch
-//! credit, redelivery, TTL, dead-lettering, length limits), topics and partitions, consumer groups and committed
-//! offsets, idempotent-producer state.
+//! The broker model: topics and partitions (today), then consumer groups and committed offsets,
+//! idempotent-producer state, and for AMQP vhosts, exchanges, bindings and queues.
 //!
-//! Filled by the Kafka (issue 3) and AMQP (issue 4) issues. It depends on `wharf-log` for storage and must not
-//! know about sockets or wire formats: protocol crates translate their frames into calls on this model.
+//! It depends on `wharf-log` for storage and must not know about sockets or wire formats: protocol crates
+//! translate their frames into calls on this model and its errors into their protocol's error codes.
+
+pub mod error;
+mod persist;
+pub mod topic_config;
+pub mod topics;
+
+pub use error::{CoreError, Result};
+pub use topic_config::{CleanupPolicy, TimestampType, TopicConfig, TopicDefaults};
+pub use topics::{Partition, Topic, TopicRegistry, PARTITIONS_PER_TOPIC_MAX, TOPIC_NAME_MAX_LEN};

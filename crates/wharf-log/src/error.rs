@@ -76,7 +76,7 @@ pub enum LogError {
         supported: u32,
     },
     /// A log name that is not a safe directory name.
-    #[error("invalid log name {0:?}: use 1-249 characters of [A-Za-z0-9._-], not '.' or '..'")]
+    #[error("invalid log name {0:?}: use 1-255 characters of [A-Za-z0-9._-], not '.' or '..'")]
     InvalidName(String),
     /// The log (or its manager) was closed.
     #[error("log {0} is closed")]

@@ -16,8 +16,9 @@ use crate::file_cache::FileCache;
 use crate::fsio::{now_ms, sync_dir};
 use crate::log::Log;
 
-/// Longest name of a log: it is a directory name (Kafka's topic-name limit is 249 too).
-pub const LOG_NAME_MAX_LEN: usize = 249;
+/// Longest name of a log: it is a directory name, and file systems allow 255 bytes. Kafka caps topic names at
+/// 249 so that `<topic>-<partition>` fits.
+pub const LOG_NAME_MAX_LEN: usize = 255;
 
 /// Opens, owns and maintains every log of a node.
 #[derive(Debug)]
@@ -242,7 +243,7 @@ impl Inner {
     }
 }
 
-/// Checks that `name` is a safe directory name: 1–249 of `[A-Za-z0-9._-]`, not `.` or `..`.
+/// Checks that `name` is a safe directory name: 1–255 of `[A-Za-z0-9._-]`, not `.` or `..`.
 pub fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= LOG_NAME_MAX_LEN

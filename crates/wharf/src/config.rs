@@ -190,6 +190,8 @@ pub struct StorageConfig {
     pub flush_interval_ms: u64,
     /// Cap on segment file descriptors kept open across all logs.
     pub max_open_files: u64,
+    /// How often retention runs over every log (Kafka `log.retention.check.interval.ms`).
+    pub retention_check_interval_ms: u64,
 }
 
 impl Default for StorageConfig {
@@ -204,6 +206,7 @@ impl Default for StorageConfig {
             durability: Durability::Always,
             flush_interval_ms: 1000,
             max_open_files: 1024,
+            retention_check_interval_ms: 300_000,
         }
     }
 }
@@ -233,7 +236,105 @@ impl StorageConfig {
     pub fn manager_config(&self) -> wharf_log::ManagerConfig {
         wharf_log::ManagerConfig {
             max_open_files: usize::try_from(self.max_open_files).unwrap_or(usize::MAX),
+            retention_check_interval: std::time::Duration::from_millis(
+                self.retention_check_interval_ms,
+            ),
             ..wharf_log::ManagerConfig::default()
+        }
+    }
+}
+
+/// The `[kafka]` table: the Kafka front end and topic defaults, named after Kafka's broker settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSection {
+    /// Create unknown topics on Metadata and Produce (`auto.create.topics.enable`).
+    pub auto_create_topics: bool,
+    /// Partitions of an auto-created topic, or one created without a count (`num.partitions`).
+    pub num_partitions: i32,
+    /// Largest record batch a producer may send, unless the topic sets `max.message.bytes`
+    /// (`message.max.bytes`).
+    pub message_max_bytes: i64,
+    /// `CreateTime` or `LogAppendTime`, unless the topic sets `message.timestamp.type`.
+    pub message_timestamp_type: String,
+    /// Largest request, checked before it is read (`socket.request.max.bytes`).
+    pub request_max_bytes: u64,
+    /// Close connections idle this long (`connections.max.idle.ms`).
+    pub connections_max_idle_ms: u64,
+    /// Most client connections at once (`max.connections`).
+    pub max_connections: u64,
+    /// Requests of one connection in flight at once (dispatched, response not yet sent).
+    pub max_inflight_requests: u64,
+    /// `HOST:PORT` clients are told to connect to (`advertised.listeners`); empty = the bound address.
+    pub advertised_listener: String,
+}
+
+impl Default for KafkaSection {
+    fn default() -> Self {
+        let d = wharf_kafka::KafkaConfig::default();
+        Self {
+            auto_create_topics: d.auto_create_topics,
+            num_partitions: 1,
+            message_max_bytes: 1_048_588,
+            message_timestamp_type: "CreateTime".into(),
+            request_max_bytes: d.request_max_bytes as u64,
+            connections_max_idle_ms: d.connections_max_idle_ms,
+            max_connections: d.max_connections as u64,
+            max_inflight_requests: d.max_inflight_requests as u64,
+            advertised_listener: String::new(),
+        }
+    }
+}
+
+impl KafkaSection {
+    /// The advertised host and port, if set.
+    pub fn advertised(&self) -> anyhow::Result<Option<(String, u16)>> {
+        if self.advertised_listener.is_empty() {
+            return Ok(None);
+        }
+        let (host, port) = self
+            .advertised_listener
+            .rsplit_once(':')
+            .context("kafka.advertised_listener must be HOST:PORT")?;
+        let port: u16 = port
+            .parse()
+            .context("kafka.advertised_listener has an invalid port")?;
+        if host.is_empty() || port == 0 {
+            bail!("kafka.advertised_listener must be HOST:PORT with a non-zero port");
+        }
+        Ok(Some((host.trim_matches(['[', ']']).to_string(), port)))
+    }
+
+    /// The Kafka front end's settings.
+    pub fn front_end(&self) -> anyhow::Result<wharf_kafka::KafkaConfig> {
+        Ok(wharf_kafka::KafkaConfig {
+            request_max_bytes: usize::try_from(self.request_max_bytes).unwrap_or(usize::MAX),
+            connections_max_idle_ms: self.connections_max_idle_ms,
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            max_inflight_requests: usize::try_from(self.max_inflight_requests)
+                .unwrap_or(usize::MAX),
+            auto_create_topics: self.auto_create_topics,
+            advertised_address: self.advertised()?,
+        })
+    }
+
+    /// Topic defaults: these settings over the storage section.
+    pub fn topic_defaults(&self, storage: &StorageConfig) -> wharf_core::TopicDefaults {
+        let log = storage.log_config();
+        wharf_core::TopicDefaults {
+            partitions: self.num_partitions,
+            retention_ms: storage.retention_ms,
+            retention_bytes: storage.retention_bytes,
+            segment_bytes: i64::try_from(log.segment_bytes).unwrap_or(i64::MAX),
+            segment_ms: i64::try_from(log.segment_ms).unwrap_or(i64::MAX),
+            max_message_bytes: self.message_max_bytes,
+            timestamp_type: if self.message_timestamp_type == "LogAppendTime" {
+                wharf_core::TimestampType::LogAppendTime
+            } else {
+                wharf_core::TimestampType::CreateTime
+            },
+            index_interval_bytes: log.index_interval_bytes,
+            durability: log.durability,
         }
     }
 }
@@ -265,6 +366,7 @@ pub struct Config {
     pub log_level: LogLevel,
     pub listen: ListenConfig,
     pub storage: StorageConfig,
+    pub kafka: KafkaSection,
     pub limits: LimitsConfig,
 }
 
@@ -275,6 +377,7 @@ impl Default for Config {
             log_level: LogLevel::Info,
             listen: ListenConfig::default(),
             storage: StorageConfig::default(),
+            kafka: KafkaSection::default(),
             limits: LimitsConfig::default(),
         }
     }
@@ -335,8 +438,22 @@ impl Config {
             ("storage.flush_interval_ms", storage.flush_interval_ms),
             ("storage.max_open_files", storage.max_open_files),
             (
+                "storage.retention_check_interval_ms",
+                storage.retention_check_interval_ms,
+            ),
+            (
                 "limits.shutdown_timeout_ms",
                 self.limits.shutdown_timeout_ms,
+            ),
+            ("kafka.request_max_bytes", self.kafka.request_max_bytes),
+            (
+                "kafka.connections_max_idle_ms",
+                self.kafka.connections_max_idle_ms,
+            ),
+            ("kafka.max_connections", self.kafka.max_connections),
+            (
+                "kafka.max_inflight_requests",
+                self.kafka.max_inflight_requests,
             ),
         ];
         for (key, value) in positive {
@@ -352,6 +469,23 @@ impl Config {
                 bail!("{key} must be -1 (unlimited) or at least 0, not {value}");
             }
         }
+        let kafka = &self.kafka;
+        if !(1..=wharf_core::PARTITIONS_PER_TOPIC_MAX).contains(&kafka.num_partitions) {
+            bail!(
+                "kafka.num_partitions must be between 1 and {}",
+                wharf_core::PARTITIONS_PER_TOPIC_MAX
+            );
+        }
+        if !(0..=i64::from(i32::MAX)).contains(&kafka.message_max_bytes) {
+            bail!("kafka.message_max_bytes must be between 0 and {}", i32::MAX);
+        }
+        if !matches!(
+            kafka.message_timestamp_type.as_str(),
+            "CreateTime" | "LogAppendTime"
+        ) {
+            bail!("kafka.message_timestamp_type must be \"CreateTime\" or \"LogAppendTime\"");
+        }
+        kafka.advertised()?;
         // Two protocols on one fixed address would only fail once both are built; say so now.
         let listeners = [
             ("amqp", self.listen.amqp),

@@ -17,6 +17,10 @@ mod serve;
 
 use std::process::ExitCode;
 
+/// Lying length prefixes in requests cost address space, not an abort (see `wharf-alloc`).
+#[global_allocator]
+static ALLOC: wharf_alloc::GuardedAlloc = wharf_alloc::GuardedAlloc;
+
 /// Exit status for an invalid configuration: the same as clap's for a usage error.
 const EXIT_INVALID_CONFIG: u8 = 2;
 /// Exit status when the broker cannot run or cannot shut down cleanly.

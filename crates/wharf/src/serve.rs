@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 use wharf_admin::{AdminError, AdminState};
+use wharf_core::TopicRegistry;
 use wharf_log::LogManager;
 
 use crate::config::{Config, ListenAddr};
@@ -57,12 +58,53 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<
         ready_file::remove(path)?;
     }
 
+    let topics = Arc::new(
+        TopicRegistry::open(
+            Arc::clone(&logs),
+            data_dir.path().join("kafka").join("topics"),
+            config.kafka.topic_defaults(&config.storage),
+        )
+        .context("cannot open the topic registry")?,
+    );
+    let cluster_id = cluster_id(data_dir.path())?;
+
     let mut bound = BoundListeners::default();
     note_unbuilt_protocol("AMQP 0-9-1", config.listen.amqp);
-    note_unbuilt_protocol("Kafka", config.listen.kafka);
 
     let admin_state = AdminState::new();
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mut kafka_task: Option<JoinHandle<()>> = None;
+    match config.listen.kafka {
+        ListenAddr::Off => info!("Kafka listener is off"),
+        ListenAddr::At(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for Kafka on {addr}"))?;
+            let local = listener
+                .local_addr()
+                .context("cannot read the Kafka listener's address")?;
+            bound.insert("kafka", local);
+            let front_end = config.kafka.front_end()?;
+            let (host, port) = front_end
+                .advertised_address
+                .clone()
+                .unwrap_or_else(|| (local.ip().to_string(), local.port()));
+            let broker = Arc::new(wharf_kafka::Broker {
+                topics: Arc::clone(&topics),
+                config: front_end,
+                node: wharf_kafka::NodeInfo {
+                    host,
+                    port,
+                    cluster_id: cluster_id.clone(),
+                },
+            });
+            kafka_task = Some(tokio::spawn(wharf_kafka::server::serve(
+                listener,
+                broker,
+                stop_rx.clone(),
+            )));
+        }
+    }
     let mut admin_task: Option<JoinHandle<Result<(), AdminError>>> = None;
     match config.listen.http {
         ListenAddr::Off => info!("HTTP listener is off"),
@@ -119,6 +161,11 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<
 
     let timeout_ms = config.limits.shutdown_timeout_ms;
     let drain = async {
+        if let Some(task) = kafka_task {
+            if let Err(err) = task.await {
+                error!("the Kafka server task failed: {err}");
+            }
+        }
         if let Some(task) = admin_task {
             if let Err(err) = join_admin(task).await {
                 error!("{err:#}");
@@ -156,6 +203,34 @@ fn note_unbuilt_protocol(protocol: &str, listen: ListenAddr) {
             %addr,
             "{protocol} is not built yet; its listener is configured but not opened"
         ),
+    }
+}
+
+/// The cluster id Kafka clients see: random at the first start, then kept in `<data-dir>/kafka/cluster_id`
+/// for the life of the data directory (22 URL-safe characters, like Kafka's base64 UUIDs).
+fn cluster_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const LEN: usize = 22;
+    let dir = data_dir.join("kafka");
+    let path = dir.join("cluster_id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) => {
+            let id = id.trim().to_string();
+            if id.len() != LEN || !id.bytes().all(|b| ALPHABET.contains(&b)) {
+                bail!("{} does not hold a cluster id", path.display());
+            }
+            Ok(id)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let id: String = (0..LEN)
+                .map(|_| char::from(ALPHABET[rand::random::<usize>() % ALPHABET.len()]))
+                .collect();
+            crate::data_dir::write_atomically(&path, format!("{id}\n").as_bytes())?;
+            Ok(id)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }
 

@@ -1,0 +1,98 @@
+//! The APIs Wharf serves and their version ranges: one row per handler, each range declared by the handler's
+//! own module. ApiVersions advertises exactly this table, nothing more.
+//!
+//! Ranges start at the lowest version the codec has (old clients such as librdkafka before 2.11 enable a
+//! feature only when the advertised range contains specific old versions) and go up to the newest version
+//! the handler implements.
+
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::protocol::VersionRange;
+
+use crate::handlers;
+
+/// Every served API with its version range.
+pub fn supported() -> [(ApiKey, VersionRange); 14] {
+    [
+        (ApiKey::Produce, handlers::produce::VERSIONS),
+        (ApiKey::Fetch, handlers::fetch::VERSIONS),
+        (ApiKey::ListOffsets, handlers::list_offsets::VERSIONS),
+        (ApiKey::Metadata, handlers::metadata::VERSIONS),
+        (ApiKey::ApiVersions, handlers::api_versions::VERSIONS),
+        (
+            ApiKey::CreateTopics,
+            handlers::topics_admin::CREATE_TOPICS_VERSIONS,
+        ),
+        (
+            ApiKey::DeleteTopics,
+            handlers::topics_admin::DELETE_TOPICS_VERSIONS,
+        ),
+        (
+            ApiKey::CreatePartitions,
+            handlers::topics_admin::CREATE_PARTITIONS_VERSIONS,
+        ),
+        (
+            ApiKey::DeleteRecords,
+            handlers::records_admin::DELETE_RECORDS_VERSIONS,
+        ),
+        (
+            ApiKey::OffsetForLeaderEpoch,
+            handlers::records_admin::OFFSET_FOR_LEADER_EPOCH_VERSIONS,
+        ),
+        (
+            ApiKey::DescribeConfigs,
+            handlers::configs::DESCRIBE_CONFIGS_VERSIONS,
+        ),
+        (
+            ApiKey::AlterConfigs,
+            handlers::configs::ALTER_CONFIGS_VERSIONS,
+        ),
+        (
+            ApiKey::IncrementalAlterConfigs,
+            handlers::configs::INCREMENTAL_ALTER_CONFIGS_VERSIONS,
+        ),
+        (
+            ApiKey::DescribeCluster,
+            handlers::cluster::DESCRIBE_CLUSTER_VERSIONS,
+        ),
+    ]
+}
+
+/// The range served for `key`, if it is served at all.
+pub fn range(key: ApiKey) -> Option<VersionRange> {
+    supported()
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, r)| r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_range_lies_within_the_codec() {
+        for (key, range) in supported() {
+            let codec = key.valid_versions();
+            assert!(
+                range.min >= codec.min && range.max <= codec.max,
+                "{key:?}: {range:?} vs {codec:?}"
+            );
+            assert!(range.min <= range.max, "{key:?}");
+        }
+    }
+
+    #[test]
+    fn old_librdkafka_feature_checks_pass() {
+        // librdkafka < 2.11 (src/rdkafka_feature.c) needs these versions inside the advertised ranges.
+        for (key, version) in [
+            (ApiKey::Produce, 3),
+            (ApiKey::Fetch, 4),
+            (ApiKey::Produce, 7),
+            (ApiKey::Fetch, 10),
+            (ApiKey::ApiVersions, 0),
+        ] {
+            let r = range(key).expect("served");
+            assert!(r.min <= version && version <= r.max, "{key:?} v{version}");
+        }
+    }
+}

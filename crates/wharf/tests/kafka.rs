@@ -1,0 +1,732 @@
+//! The Kafka protocol against the real `wharf` process, through librdkafka (the `rdkafka` crate) and raw
+//! sockets: produce and consume, partitions and keys, compression codecs, headers and nulls, a 1 MiB record,
+//! seek by timestamp, topic admin and configs, retention, restart, long polling, and malformed requests that
+//! must close only their own connection.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier,
+    TopicReplication,
+};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::util::Timeout;
+
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+const OP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A running broker with a Kafka listener on a free port; killed on drop.
+struct Wharf {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    kafka: String,
+    extra: Vec<String>,
+}
+
+impl Wharf {
+    fn start(extra: &[&str]) -> Wharf {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Wharf {
+            child: None,
+            dir,
+            kafka: String::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        w.spawn();
+        w
+    }
+
+    fn stderr_path(&self) -> PathBuf {
+        self.dir.path().join("stderr.log")
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.stderr_path()).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) {
+        let ready = self.dir.path().join("ready.json");
+        let _ = std::fs::remove_file(&ready);
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.stderr_path())
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .current_dir(self.dir.path())
+            .args([
+                "serve",
+                "--data-dir",
+                "data",
+                "--amqp-listen",
+                "off",
+                "--http-listen",
+                "off",
+            ])
+            .args(["--kafka-listen", "127.0.0.1:0", "--ready-file"])
+            .arg(&ready)
+            .args(&self.extra)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&ready) {
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                self.kafka = v["kafka"]
+                    .as_str()
+                    .expect("kafka in ready file")
+                    .to_string();
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("wharf exited with {status}; stderr:\n{}", self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "wharf not ready; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, wait for a clean exit, start again on the same data directory.
+    fn restart(&mut self) {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        assert!(
+            status.success(),
+            "unclean exit {status}; stderr:\n{}",
+            self.stderr()
+        );
+        self.spawn();
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().unwrap().try_wait(), Ok(None))
+    }
+
+    fn config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.kafka)
+            .set("broker.address.family", "v4")
+            .set("log_level", "4");
+        c
+    }
+
+    fn producer(&self, extra: &[(&str, &str)]) -> FutureProducer {
+        let mut c = self.config();
+        c.set("acks", "all").set("linger.ms", "5");
+        for (k, v) in extra {
+            c.set(*k, *v);
+        }
+        c.create().expect("producer")
+    }
+
+    fn consumer(&self, extra: &[(&str, &str)]) -> BaseConsumer {
+        let mut c = self.config();
+        // librdkafka's assign() needs a group id even when no group protocol is used.
+        c.set("group.id", "wharf-test")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "100");
+        for (k, v) in extra {
+            c.set(*k, *v);
+        }
+        c.create().expect("consumer")
+    }
+
+    fn admin(&self) -> AdminClient<DefaultClientContext> {
+        self.config().create().expect("admin client")
+    }
+}
+
+impl Drop for Wharf {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Consumes `count` messages from the given partitions, from the beginning; returns them as
+/// (partition, offset, key, payload, headers).
+type Got = (
+    i32,
+    i64,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Vec<(String, Option<Vec<u8>>)>,
+);
+
+fn consume(consumer: &BaseConsumer, topic: &str, partitions: &[i32], count: usize) -> Vec<Got> {
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + OP_TIMEOUT;
+    while got.len() < count {
+        assert!(
+            Instant::now() < deadline,
+            "consumed only {} of {count}",
+            got.len()
+        );
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(e)) => panic!("consume error: {e}"),
+            Some(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_string(), h.value.map(|v| v.to_vec())))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                got.push((
+                    m.partition(),
+                    m.offset(),
+                    m.key().map(|k| k.to_vec()),
+                    m.payload().map(|p| p.to_vec()),
+                    headers,
+                ));
+            }
+        }
+    }
+    got
+}
+
+async fn send(producer: &FutureProducer, record: FutureRecord<'_, [u8], [u8]>) -> (i32, i64) {
+    producer
+        .send(record, Timeout::After(OP_TIMEOUT))
+        .await
+        .map(|d| (d.partition, d.offset))
+        .unwrap_or_else(|(e, _)| panic!("produce failed: {e}"))
+}
+
+async fn create_topic(w: &Wharf, name: &str, partitions: i32, configs: &[(&str, &str)]) {
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        topic = topic.set(k, v);
+    }
+    let results = w
+        .admin()
+        .create_topics(&[topic], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(results[0].is_ok(), "create {name}: {:?}", results[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_consume_round_trip_with_headers_and_nulls() {
+    let w = Wharf::start(&[]);
+    let producer = w.producer(&[]);
+    let mut expected = Vec::new();
+    for i in 0..200u32 {
+        let value = format!("value-{i}").into_bytes();
+        let key = format!("key-{i}").into_bytes();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "dup",
+                value: Some(b"first".as_slice()),
+            })
+            .insert(Header {
+                key: "dup",
+                value: Some(b"second".as_slice()),
+            })
+            .insert(Header {
+                key: "none",
+                value: None::<&[u8]>,
+            });
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to("round-trip").headers(headers);
+        // Every 10th record has a null key, every 15th a null value.
+        if i % 10 != 0 {
+            record = record.key(&key);
+        }
+        if i % 15 != 0 {
+            record = record.payload(&value);
+        }
+        let (partition, offset) = send(&producer, record).await;
+        assert_eq!((partition, offset), (0, i64::from(i)));
+        expected.push(((i % 10 != 0).then_some(key), (i % 15 != 0).then_some(value)));
+    }
+    let got = consume(&w.consumer(&[]), "round-trip", &[0], 200);
+    for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+        assert_eq!(g.1, i as i64);
+        assert_eq!((&g.2, &g.3), (&e.0, &e.1), "record {i}");
+        assert_eq!(
+            g.4,
+            vec![
+                ("dup".to_string(), Some(b"first".to_vec())),
+                ("dup".to_string(), Some(b"second".to_vec())),
+                ("none".to_string(), None)
+            ]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_records_stay_on_one_partition() {
+    let w = Wharf::start(&[]);
+    create_topic(&w, "keyed", 3, &[]).await;
+    let producer = w.producer(&[("partitioner", "murmur2_random")]);
+    let mut sent = std::collections::HashMap::new();
+    for i in 0..300u32 {
+        let key = format!("k{}", i % 12);
+        let payload = i.to_string();
+        let (partition, _) = send(
+            &producer,
+            FutureRecord::to("keyed")
+                .key(key.as_bytes())
+                .payload(payload.as_bytes()),
+        )
+        .await;
+        let first = *sent.entry(key.clone()).or_insert(partition);
+        assert_eq!(first, partition, "key {key} moved partitions");
+    }
+    let used: std::collections::HashSet<i32> = sent.values().copied().collect();
+    assert!(used.len() > 1, "12 keys all hashed to one of 3 partitions");
+    let got = consume(&w.consumer(&[]), "keyed", &[0, 1, 2], 300);
+    for (partition, _, key, _, _) in &got {
+        let key = String::from_utf8(key.clone().unwrap()).unwrap();
+        assert_eq!(sent[&key], *partition);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_compression_codec_round_trips() {
+    let w = Wharf::start(&[]);
+    for codec in ["gzip", "snappy", "lz4", "zstd"] {
+        let topic = format!("codec-{codec}");
+        let producer = w.producer(&[("compression.type", codec), ("linger.ms", "50")]);
+        let payloads: Vec<String> = (0..100)
+            .map(|i| format!("{codec} record {i} {}", "x".repeat(200)))
+            .collect();
+        let sends: Vec<_> = payloads
+            .iter()
+            .map(|p| {
+                producer.send(
+                    FutureRecord::<[u8], [u8]>::to(&topic).payload(p.as_bytes()),
+                    Timeout::After(OP_TIMEOUT),
+                )
+            })
+            .collect();
+        for s in sends {
+            s.await.unwrap_or_else(|(e, _)| panic!("{codec}: {e}"));
+        }
+        let got = consume(&w.consumer(&[]), &topic, &[0], 100);
+        let values: Vec<String> = got
+            .iter()
+            .map(|g| String::from_utf8(g.3.clone().unwrap()).unwrap())
+            .collect();
+        assert_eq!(values, payloads, "{codec}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_mib_record_needs_and_gets_a_larger_topic_limit() {
+    let w = Wharf::start(&[]);
+    let big = vec![7u8; 1024 * 1024];
+    let producer = w.producer(&[
+        ("message.max.bytes", "4000000"),
+        ("compression.type", "none"),
+    ]);
+    // The broker default (1048588 bytes per batch) refuses it, as Kafka does.
+    let refused = producer
+        .send(
+            FutureRecord::<[u8], [u8]>::to("small-limit").payload(&big),
+            Timeout::After(OP_TIMEOUT),
+        )
+        .await;
+    match refused {
+        Err((e, _)) => assert!(
+            e.to_string().contains("too large") || e.to_string().contains("MSG_SIZE_TOO_LARGE"),
+            "{e}"
+        ),
+        Ok(d) => panic!("1 MiB record accepted under the default limit: {d:?}"),
+    }
+    create_topic(&w, "big", 1, &[("max.message.bytes", "2097152")]).await;
+    send(&producer, FutureRecord::to("big").payload(big.as_slice())).await;
+    let got = consume(
+        &w.consumer(&[("fetch.message.max.bytes", "1048576")]),
+        "big",
+        &[0],
+        1,
+    );
+    assert_eq!(got[0].3.as_deref(), Some(big.as_slice()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seek_by_timestamp_finds_the_first_later_record() {
+    let w = Wharf::start(&[]);
+    let producer = w.producer(&[("linger.ms", "0")]);
+    let base = 1_700_000_000_000i64;
+    // Two batches of records with increasing timestamps (each batch holds several records).
+    for batch in 0..2 {
+        let sends: Vec<_> = (0..5)
+            .map(|i| {
+                let ts = base + (batch * 5 + i) * 1000;
+                producer.send(
+                    FutureRecord::<[u8], [u8]>::to("times")
+                        .payload(b"x".as_slice())
+                        .timestamp(ts),
+                    Timeout::After(OP_TIMEOUT),
+                )
+            })
+            .collect();
+        for s in sends {
+            s.await.unwrap();
+        }
+    }
+    let consumer = w.consumer(&[]);
+    for (query, want) in [
+        (base - 1, 0),
+        (base + 2500, 3),
+        (base + 7000, 7),
+        (base + 9000, 9),
+    ] {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("times", 0, Offset::Offset(query))
+            .unwrap();
+        let found = consumer.offsets_for_times(tpl, OP_TIMEOUT).unwrap();
+        let offset = found.find_partition("times", 0).unwrap().offset();
+        assert_eq!(offset, Offset::Offset(want), "query {query}");
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("times", 0, Offset::Offset(base + 60_000))
+        .unwrap();
+    let found = consumer.offsets_for_times(tpl, OP_TIMEOUT).unwrap();
+    assert_eq!(
+        found.find_partition("times", 0).unwrap().offset(),
+        Offset::End
+    );
+}
+
+async fn describe_topic(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+) -> Vec<(String, Option<String>, bool)> {
+    let r = admin
+        .describe_configs(&[ResourceSpecifier::Topic(topic)], &AdminOptions::new())
+        .await
+        .unwrap();
+    let resource = r.into_iter().next().unwrap().unwrap();
+    resource
+        .entries
+        .into_iter()
+        .map(|e| (e.name, e.value, e.is_default))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_admin_create_describe_alter_grow_delete() {
+    let w = Wharf::start(&[]);
+    let admin = w.admin();
+    let opts = AdminOptions::new();
+    create_topic(&w, "admin-t", 2, &[("retention.ms", "3600000")]).await;
+    // Errors: existing topic, illegal name, compaction, replication factor 3.
+    let dup = admin
+        .create_topics(
+            &[NewTopic::new("admin-t", 1, TopicReplication::Fixed(1))],
+            &opts,
+        )
+        .await
+        .unwrap();
+    assert!(
+        format!("{:?}", dup[0]).contains("TopicAlreadyExists"),
+        "{dup:?}"
+    );
+    let bad = admin
+        .create_topics(
+            &[NewTopic::new("bad/name", 1, TopicReplication::Fixed(1))],
+            &opts,
+        )
+        .await
+        .unwrap();
+    assert!(format!("{:?}", bad[0]).contains("InvalidTopic"), "{bad:?}");
+    let compact = admin
+        .create_topics(
+            &[NewTopic::new("compacted", 1, TopicReplication::Fixed(1))
+                .set("cleanup.policy", "compact")],
+            &opts,
+        )
+        .await
+        .unwrap();
+    assert!(
+        format!("{:?}", compact[0]).contains("InvalidConfig"),
+        "{compact:?}"
+    );
+    let rf = admin
+        .create_topics(
+            &[NewTopic::new("rf3", 1, TopicReplication::Fixed(3))],
+            &opts,
+        )
+        .await
+        .unwrap();
+    assert!(
+        format!("{:?}", rf[0]).contains("InvalidReplicationFactor"),
+        "{rf:?}"
+    );
+
+    let before = describe_topic(&admin, "admin-t").await;
+    assert!(
+        before.contains(&("retention.ms".into(), Some("3600000".into()), false)),
+        "{before:?}"
+    );
+    assert!(
+        before.contains(&("cleanup.policy".into(), Some("delete".into()), true)),
+        "{before:?}"
+    );
+    let alter =
+        AlterConfig::new(ResourceSpecifier::Topic("admin-t")).set("segment.bytes", "1048576");
+    let altered = admin.alter_configs(&[alter], &opts).await.unwrap();
+    assert!(altered[0].is_ok(), "{altered:?}");
+    let after = describe_topic(&admin, "admin-t").await;
+    assert!(
+        after.contains(&("segment.bytes".into(), Some("1048576".into()), false)),
+        "{after:?}"
+    );
+
+    let grown = admin
+        .create_partitions(&[NewPartitions::new("admin-t", 5)], &opts)
+        .await
+        .unwrap();
+    assert!(grown[0].is_ok(), "{grown:?}");
+    let shrink = admin
+        .create_partitions(&[NewPartitions::new("admin-t", 3)], &opts)
+        .await
+        .unwrap();
+    assert!(shrink[0].is_err(), "{shrink:?}");
+    let meta = w
+        .consumer(&[])
+        .fetch_metadata(Some("admin-t"), OP_TIMEOUT)
+        .unwrap();
+    assert_eq!(meta.topics()[0].partitions().len(), 5);
+
+    let deleted = admin.delete_topics(&["admin-t"], &opts).await.unwrap();
+    assert!(deleted[0].is_ok(), "{deleted:?}");
+    let again = admin.delete_topics(&["admin-t"], &opts).await.unwrap();
+    assert!(
+        format!("{:?}", again[0]).contains("UnknownTopicOrPart"),
+        "{again:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_and_acknowledged_records_survive_a_restart() {
+    let mut w = Wharf::start(&[]);
+    create_topic(&w, "durable", 2, &[("retention.ms", "-1")]).await;
+    {
+        let producer = w.producer(&[]);
+        for i in 0..50u32 {
+            let p = (i % 2) as i32;
+            send(
+                &producer,
+                FutureRecord::to("durable")
+                    .partition(p)
+                    .payload(i.to_string().as_bytes()),
+            )
+            .await;
+        }
+    }
+    w.restart();
+    let got = consume(&w.consumer(&[]), "durable", &[0, 1], 50);
+    assert_eq!(got.iter().filter(|g| g.0 == 0).count(), 25);
+    let described = w
+        .admin()
+        .describe_configs(&[ResourceSpecifier::Topic("durable")], &AdminOptions::new())
+        .await
+        .unwrap();
+    let entries = &described[0].as_ref().unwrap().entries;
+    assert!(entries
+        .iter()
+        .any(|e| e.name == "retention.ms" && e.value.as_deref() == Some("-1")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_old_segments() {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        "[storage]\nretention_check_interval_ms = 100\n",
+    )
+    .unwrap();
+    let w = Wharf::start(&["--config", config.path().to_str().unwrap()]);
+    // Segments of 4 KiB (the engine's smallest), at most 8 KiB kept per partition.
+    create_topic(
+        &w,
+        "ret",
+        1,
+        &[("segment.bytes", "4096"), ("retention.bytes", "8192")],
+    )
+    .await;
+    let producer = w.producer(&[("linger.ms", "0"), ("compression.type", "none")]);
+    let value = vec![1u8; 1000];
+    for _ in 0..100 {
+        send(&producer, FutureRecord::to("ret").payload(value.as_slice())).await;
+    }
+    let consumer = w.consumer(&[]);
+    let deadline = Instant::now() + OP_TIMEOUT;
+    loop {
+        let (low, high) = consumer.fetch_watermarks("ret", 0, OP_TIMEOUT).unwrap();
+        assert_eq!(high, 100);
+        if low >= 80 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log start still {low} after retention should have run"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Reading from the beginning starts at the new log start.
+    let got = consume(&consumer, "ret", &[0], 1);
+    assert!(got[0].1 >= 80, "first offset read {}", got[0].1);
+}
+
+/// Sends one raw request (size prefix added) and reads one response body, or `None` if the broker closed.
+fn raw_round_trip(stream: &mut TcpStream, request: &[u8]) -> Option<Vec<u8>> {
+    let mut framed = (request.len() as u32).to_be_bytes().to_vec();
+    framed.extend_from_slice(request);
+    stream.write_all(&framed).ok()?;
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).ok()?;
+    let mut body = vec![0u8; u32::from_be_bytes(size) as usize];
+    stream.read_exact(&mut body).ok()?;
+    Some(body)
+}
+
+fn connect(w: &Wharf) -> TcpStream {
+    let s = TcpStream::connect(&w.kafka).unwrap();
+    s.set_read_timeout(Some(OP_TIMEOUT)).unwrap();
+    s
+}
+
+/// True once the broker has closed `stream` (EOF or reset).
+fn closed(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(stream.read(&mut buf), Ok(0) | Err(_))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_close_only_their_connection() {
+    let mut w = Wharf::start(&[]);
+    // A client with an established connection must keep working throughout.
+    let producer = w.producer(&[]);
+    send(
+        &producer,
+        FutureRecord::to("survivor").payload(b"before".as_slice()),
+    )
+    .await;
+
+    // The kafka-protocol allocation trap: DeleteTopics v1 whose topic array claims ~1.1 billion entries.
+    let mut s = connect(&w);
+    assert_eq!(
+        raw_round_trip(
+            &mut s,
+            &[0x00, 0x14, 0x00, 0x01, 0x41, 0x00, 0x01, 0x41, 0x00, 0x00, 0x41, 0x2c, 0x00, 0x00]
+        ),
+        None
+    );
+    // The same claim in a flexible version (compact array of u32::MAX - 1 entries): CreateTopics v5.
+    let mut s = connect(&w);
+    let mut req = vec![0x00, 0x13, 0x00, 0x05, 0, 0, 0, 1, 0x00, 0x00, 0x00];
+    req.extend_from_slice(&[0xfe, 0xff, 0xff, 0xff, 0x0f]);
+    assert_eq!(raw_round_trip(&mut s, &req), None);
+    // A size prefix above socket.request.max.bytes, a negative one, and one too short for a header.
+    for prefix in [200u32 * 1024 * 1024, 0xffff_fff0, 3] {
+        let mut s = connect(&w);
+        s.write_all(&prefix.to_be_bytes()).unwrap();
+        if prefix == 3 {
+            s.write_all(&[0, 0, 0]).unwrap();
+        }
+        assert!(
+            closed(&mut s),
+            "size prefix {prefix:#x} did not close the connection"
+        );
+    }
+    // An unknown API key, and a served API at a version it does not serve.
+    for header in [
+        [0x03, 0xe7, 0, 0, 0, 0, 0, 1],
+        [0x00, 0x00, 0x00, 0x63, 0, 0, 0, 1],
+    ] {
+        let mut s = connect(&w);
+        let mut req = header.to_vec();
+        req.extend_from_slice(&[0xff, 0xff]);
+        assert_eq!(raw_round_trip(&mut s, &req), None, "{header:?}");
+    }
+    // Random garbage of many sizes.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for len in [8usize, 9, 16, 33, 64, 500, 4000] {
+        for key in [0u8, 1, 3, 18, 19, 20, 32, 44] {
+            let mut req = vec![0, key, 0, 1, 0, 0, 0, 9];
+            for _ in 8..len {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                req.push(seed as u8);
+            }
+            let mut s = connect(&w);
+            let _ = raw_round_trip(&mut s, &req);
+        }
+    }
+    assert!(w.alive(), "broker died; stderr:\n{}", w.stderr());
+    // The established client still works, and new clients are served.
+    send(
+        &producer,
+        FutureRecord::to("survivor").payload(b"after".as_slice()),
+    )
+    .await;
+    let got = consume(&w.consumer(&[]), "survivor", &[0], 2);
+    assert_eq!(got[1].3.as_deref(), Some(b"after".as_slice()));
+}
+
+/// ApiVersions v0 request header: api key 18, the version, correlation id 1, client id "t".
+fn api_versions_request(version: i16) -> Vec<u8> {
+    let mut r = vec![0, 18];
+    r.extend_from_slice(&version.to_be_bytes());
+    r.extend_from_slice(&[0, 0, 0, 1, 0, 1, b't']);
+    if version >= 3 {
+        // Header v2 tagged fields, then compact strings client software name/version and body tagged fields.
+        r.extend_from_slice(&[0, 2, b'x', 2, b'1', 0]);
+    }
+    r
+}
+
+#[test]
+fn api_versions_newer_than_served_gets_error_35_in_v0() {
+    let w = Wharf::start(&[]);
+    let mut s = connect(&w);
+    let body = raw_round_trip(&mut s, &api_versions_request(99))
+        .expect("a v0 answer, not a closed connection");
+    // v0: correlation id, error code, array of (key, min, max).
+    assert_eq!(&body[0..4], &[0, 0, 0, 1]);
+    assert_eq!(i16::from_be_bytes([body[4], body[5]]), 35);
+    let count = i32::from_be_bytes([body[6], body[7], body[8], body[9]]) as usize;
+    assert!(count >= 10);
+    assert_eq!(body.len(), 10 + count * 6);
+    // The connection stays usable: a v3 request now succeeds.
+    let body = raw_round_trip(&mut s, &api_versions_request(3)).expect("v3 answer");
+    assert_eq!(&body[0..4], &[0, 0, 0, 1]);
+    assert_eq!(i16::from_be_bytes([body[4], body[5]]), 0);
+}
