@@ -5,10 +5,22 @@
 //! translate their frames into calls on this model and its errors into their protocol's error codes.
 
 pub mod error;
+pub mod groups;
+pub mod offsets;
 mod persist;
 pub mod topic_config;
 pub mod topics;
 
 pub use error::{CoreError, Result};
+pub use groups::{GroupConfig, GroupCoordinator, GroupError, GroupState};
+pub use offsets::{CommittedOffset, OffsetStore};
 pub use topic_config::{CleanupPolicy, TimestampType, TopicConfig, TopicDefaults};
 pub use topics::{Partition, Topic, TopicRegistry, PARTITIONS_PER_TOPIC_MAX, TOPIC_NAME_MAX_LEN};
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -17,7 +17,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tracing::{info, warn};
-use wharf_log::{Log, LogManager};
+use wharf_log::{Log, LogConfig, LogManager};
 
 use crate::error::{CoreError, Result};
 use crate::persist::{remove_durably, write_atomic};
@@ -254,22 +254,31 @@ impl TopicRegistry {
         config: TopicConfig,
     ) -> Result<Arc<Topic>> {
         let log_config = config.log_config(&self.defaults);
-        let mut parts = Vec::with_capacity(partitions.max(0) as usize);
-        for index in 0..partitions {
-            let log = self
-                .logs
-                .open_log(&log_name(name, index), log_config.clone())?;
-            parts.push(Arc::new(Partition {
-                index,
-                log,
-                appended: Notify::new(),
-            }));
-        }
+        let parts = (0..partitions)
+            .map(|index| self.open_partition(name, index, &log_config))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Arc::new(Topic {
             name: name.to_string(),
             id,
             config: RwLock::new(config),
             partitions: RwLock::new(Arc::new(parts)),
+        }))
+    }
+
+    /// Opens (creating if needed) the log of one partition.
+    fn open_partition(
+        &self,
+        topic: &str,
+        index: i32,
+        config: &LogConfig,
+    ) -> Result<Arc<Partition>> {
+        let log = self
+            .logs
+            .open_log(&log_name(topic, index), config.clone())?;
+        Ok(Arc::new(Partition {
+            index,
+            log,
+            appended: Notify::new(),
         }))
     }
 
@@ -389,14 +398,7 @@ impl TopicRegistry {
         let log_config = config.log_config(&self.defaults);
         let mut parts: Vec<Arc<Partition>> = current.iter().cloned().collect();
         for index in have..count {
-            let log = self
-                .logs
-                .open_log(&log_name(name, index), log_config.clone())?;
-            parts.push(Arc::new(Partition {
-                index,
-                log,
-                appended: Notify::new(),
-            }));
+            parts.push(self.open_partition(name, index, &log_config)?);
         }
         *topic.partitions.write() = Arc::new(parts);
         info!(topic = name, partitions = count, "partitions added");

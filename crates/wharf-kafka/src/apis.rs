@@ -11,7 +11,7 @@ use kafka_protocol::protocol::VersionRange;
 use crate::handlers;
 
 /// Every served API with its version range.
-pub fn supported() -> [(ApiKey, VersionRange); 14] {
+pub fn supported() -> [(ApiKey, VersionRange); 25] {
     [
         (ApiKey::Produce, handlers::produce::VERSIONS),
         (ApiKey::Fetch, handlers::fetch::VERSIONS),
@@ -54,6 +54,35 @@ pub fn supported() -> [(ApiKey, VersionRange); 14] {
             ApiKey::DescribeCluster,
             handlers::cluster::DESCRIBE_CLUSTER_VERSIONS,
         ),
+        (
+            ApiKey::FindCoordinator,
+            handlers::groups::FIND_COORDINATOR_VERSIONS,
+        ),
+        (ApiKey::JoinGroup, handlers::groups::JOIN_GROUP_VERSIONS),
+        (ApiKey::SyncGroup, handlers::groups::SYNC_GROUP_VERSIONS),
+        (ApiKey::Heartbeat, handlers::groups::HEARTBEAT_VERSIONS),
+        (ApiKey::LeaveGroup, handlers::groups::LEAVE_GROUP_VERSIONS),
+        (
+            ApiKey::DescribeGroups,
+            handlers::groups::DESCRIBE_GROUPS_VERSIONS,
+        ),
+        (ApiKey::ListGroups, handlers::groups::LIST_GROUPS_VERSIONS),
+        (
+            ApiKey::DeleteGroups,
+            handlers::groups::DELETE_GROUPS_VERSIONS,
+        ),
+        (
+            ApiKey::OffsetCommit,
+            handlers::offsets::OFFSET_COMMIT_VERSIONS,
+        ),
+        (
+            ApiKey::OffsetFetch,
+            handlers::offsets::OFFSET_FETCH_VERSIONS,
+        ),
+        (
+            ApiKey::OffsetDelete,
+            handlers::offsets::OFFSET_DELETE_VERSIONS,
+        ),
     ]
 }
 
@@ -90,6 +119,13 @@ mod tests {
             (ApiKey::Produce, 7),
             (ApiKey::Fetch, 10),
             (ApiKey::ApiVersions, 0),
+            (ApiKey::FindCoordinator, 0),
+            (ApiKey::JoinGroup, 0),
+            (ApiKey::SyncGroup, 0),
+            (ApiKey::Heartbeat, 0),
+            (ApiKey::LeaveGroup, 0),
+            (ApiKey::OffsetCommit, 2),
+            (ApiKey::OffsetFetch, 1),
         ] {
             let r = range(key).expect("served");
             assert!(r.min <= version && version <= r.max, "{key:?} v{version}");

@@ -44,6 +44,8 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let peer = stream.peer_addr().ok();
+    // Kafka shows member hosts as "/<ip>".
+    let peer_host = peer.map(|p| format!("/{}", p.ip())).unwrap_or_default();
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.split();
     let mut buf = BytesMut::with_capacity(READ_BUFFER_INITIAL_BYTES);
@@ -57,7 +59,7 @@ pub async fn serve(
             Err(reason) => break End::Bad(reason),
             Ok(Some(frame)) if pending.len() < max_inflight => {
                 idle_deadline = tokio::time::Instant::now() + idle;
-                match handle(&broker, frame) {
+                match handle(&broker, frame, &peer_host) {
                     Ok(Some(p)) => pending.push_back(p),
                     Ok(None) => {}
                     Err(reason) => break End::Bad(reason),
@@ -144,7 +146,11 @@ fn next_frame(buf: &mut BytesMut, max: usize) -> Result<Option<bytes::Bytes>, St
 }
 
 /// Parses and dispatches one request; returns its pending response, if it has one.
-fn handle(broker: &Arc<Broker>, frame: bytes::Bytes) -> Result<Option<Pending>, String> {
+fn handle(
+    broker: &Arc<Broker>,
+    frame: bytes::Bytes,
+    peer_host: &str,
+) -> Result<Option<Pending>, String> {
     let mut request = match codec::parse_request(frame) {
         Ok(r) => r,
         Err(RequestError::UnsupportedApiVersionsVersion {
@@ -166,7 +172,7 @@ fn handle(broker: &Arc<Broker>, frame: bytes::Bytes) -> Result<Option<Pending>, 
     let api_key = request.api_key;
     let version = request.version;
     let correlation_id = request.header.correlation_id;
-    let reply = handlers::dispatch(broker, &mut request).map_err(|e| e.to_string())?;
+    let reply = handlers::dispatch(broker, &mut request, peer_host).map_err(|e| e.to_string())?;
     let encode = move |body: ResponseKind| -> Option<BytesMut> {
         let mut out = BytesMut::new();
         match codec::encode_response(&mut out, api_key, version, correlation_id, &body) {

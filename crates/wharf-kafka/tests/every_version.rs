@@ -17,11 +17,18 @@ static ALLOC: wharf_alloc::GuardedAlloc = wharf_alloc::GuardedAlloc;
 
 fn broker(dir: &std::path::Path) -> Arc<Broker> {
     let logs = Arc::new(wharf_log::LogManager::open(dir.join("logs"), Default::default()).unwrap());
+    let offsets = Arc::new(wharf_core::OffsetStore::open(&logs, Default::default()).unwrap());
     let topics =
         Arc::new(TopicRegistry::open(logs, dir.join("topics"), TopicDefaults::default()).unwrap());
     topics.create("t", Some(2), TopicConfig::default()).unwrap();
+    let groups = wharf_core::GroupCoordinator::new(wharf_core::GroupConfig {
+        initial_rebalance_delay_ms: 0,
+        ..Default::default()
+    });
     Arc::new(Broker {
         topics,
+        groups,
+        offsets,
         config: KafkaConfig::default(),
         node: NodeInfo {
             host: "127.0.0.1".into(),
@@ -192,6 +199,105 @@ fn request(key: ApiKey, version: i16) -> BytesMut {
             ]),
         ),
         ApiKey::DescribeCluster => RequestKind::DescribeCluster(DescribeClusterRequest::default()),
+        ApiKey::FindCoordinator => RequestKind::FindCoordinator(if version >= 4 {
+            FindCoordinatorRequest::default().with_coordinator_keys(vec![s("g")])
+        } else {
+            FindCoordinatorRequest::default().with_key(s("g"))
+        }),
+        ApiKey::JoinGroup => RequestKind::JoinGroup(
+            JoinGroupRequest::default()
+                .with_group_id(GroupId(s(&format!("join-{version}"))))
+                .with_session_timeout_ms(10_000)
+                .with_rebalance_timeout_ms(if version >= 1 { 10_000 } else { -1 })
+                .with_protocol_type(s("consumer"))
+                .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default(
+                )
+                .with_name(s("range"))
+                .with_metadata(bytes::Bytes::from_static(b"meta"))]),
+        ),
+        ApiKey::SyncGroup => RequestKind::SyncGroup(
+            SyncGroupRequest::default()
+                .with_group_id(GroupId(s("x")))
+                .with_generation_id(1)
+                .with_member_id(s("m")),
+        ),
+        ApiKey::Heartbeat => RequestKind::Heartbeat(
+            HeartbeatRequest::default()
+                .with_group_id(GroupId(s("x")))
+                .with_generation_id(1)
+                .with_member_id(s("m")),
+        ),
+        ApiKey::LeaveGroup => RequestKind::LeaveGroup(if version >= 3 {
+            LeaveGroupRequest::default()
+                .with_group_id(GroupId(s("x")))
+                .with_members(vec![
+                    leave_group_request::MemberIdentity::default().with_member_id(s("m"))
+                ])
+        } else {
+            LeaveGroupRequest::default()
+                .with_group_id(GroupId(s("x")))
+                .with_member_id(s("m"))
+        }),
+        ApiKey::OffsetCommit => RequestKind::OffsetCommit(
+            OffsetCommitRequest::default()
+                .with_group_id(GroupId(s("og")))
+                .with_generation_id_or_member_epoch(-1)
+                .with_topics(vec![
+                    offset_commit_request::OffsetCommitRequestTopic::default()
+                        .with_name(name("t"))
+                        .with_partitions(vec![
+                            offset_commit_request::OffsetCommitRequestPartition::default()
+                                .with_partition_index(0)
+                                .with_committed_offset(5)
+                                .with_committed_metadata(Some(s("m"))),
+                            offset_commit_request::OffsetCommitRequestPartition::default()
+                                .with_partition_index(9)
+                                .with_committed_offset(1),
+                        ]),
+                ]),
+        ),
+        ApiKey::OffsetFetch => RequestKind::OffsetFetch(if version >= 8 {
+            OffsetFetchRequest::default().with_groups(vec![
+                offset_fetch_request::OffsetFetchRequestGroup::default()
+                    .with_group_id(GroupId(s("og")))
+                    .with_topics(Some(vec![
+                        offset_fetch_request::OffsetFetchRequestTopics::default()
+                            .with_name(name("t"))
+                            .with_partition_indexes(vec![0, 1]),
+                    ])),
+            ])
+        } else {
+            OffsetFetchRequest::default()
+                .with_group_id(GroupId(s("og")))
+                .with_topics(Some(vec![
+                    offset_fetch_request::OffsetFetchRequestTopic::default()
+                        .with_name(name("t"))
+                        .with_partition_indexes(vec![0, 1]),
+                ]))
+        }),
+        ApiKey::DescribeGroups => {
+            RequestKind::DescribeGroups(DescribeGroupsRequest::default().with_groups(vec![
+                GroupId(s("og")),
+                GroupId(s("join-3")),
+                GroupId(s("nope")),
+            ]))
+        }
+        ApiKey::ListGroups => RequestKind::ListGroups(ListGroupsRequest::default()),
+        ApiKey::DeleteGroups => RequestKind::DeleteGroups(
+            DeleteGroupsRequest::default().with_groups_names(vec![GroupId(s("nope"))]),
+        ),
+        ApiKey::OffsetDelete => RequestKind::OffsetDelete(
+            OffsetDeleteRequest::default()
+                .with_group_id(GroupId(s("og")))
+                .with_topics(vec![
+                    offset_delete_request::OffsetDeleteRequestTopic::default()
+                        .with_name(name("t"))
+                        .with_partitions(vec![
+                            offset_delete_request::OffsetDeleteRequestPartition::default()
+                                .with_partition_index(0),
+                        ]),
+                ]),
+        ),
         other => panic!("no sample request for {other:?}"),
     };
     let header = RequestHeader::default()
@@ -246,8 +352,8 @@ async fn every_served_version_round_trips() {
             let frame = request(key, version).freeze();
             let mut req =
                 parse_request(frame).unwrap_or_else(|e| panic!("{key:?} v{version}: {e}"));
-            let reply =
-                dispatch(&broker, &mut req).unwrap_or_else(|e| panic!("{key:?} v{version}: {e}"));
+            let reply = dispatch(&broker, &mut req, "/127.0.0.1")
+                .unwrap_or_else(|e| panic!("{key:?} v{version}: {e}"));
             let body = match reply {
                 Reply::Now(b) => b,
                 Reply::Later(f) => f.await,

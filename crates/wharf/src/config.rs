@@ -267,6 +267,14 @@ pub struct KafkaSection {
     pub max_inflight_requests: u64,
     /// `HOST:PORT` clients are told to connect to (`advertised.listeners`); empty = the bound address.
     pub advertised_listener: String,
+    /// Delay of an empty group's first rebalance (`group.initial.rebalance.delay.ms`).
+    pub group_initial_rebalance_delay_ms: u64,
+    /// Smallest session timeout a group member may ask for (`group.min.session.timeout.ms`).
+    pub group_min_session_timeout_ms: u64,
+    /// Largest session timeout a group member may ask for (`group.max.session.timeout.ms`).
+    pub group_max_session_timeout_ms: u64,
+    /// Most members in one consumer group (`group.max.size`).
+    pub group_max_size: u64,
 }
 
 impl Default for KafkaSection {
@@ -282,6 +290,10 @@ impl Default for KafkaSection {
             max_connections: d.max_connections as u64,
             max_inflight_requests: d.max_inflight_requests as u64,
             advertised_listener: String::new(),
+            group_initial_rebalance_delay_ms: 3000,
+            group_min_session_timeout_ms: 6000,
+            group_max_session_timeout_ms: 1_800_000,
+            group_max_size: 10_000,
         }
     }
 }
@@ -316,6 +328,16 @@ impl KafkaSection {
             auto_create_topics: self.auto_create_topics,
             advertised_address: self.advertised()?,
         })
+    }
+
+    /// The group coordinator's settings.
+    pub fn group_config(&self) -> wharf_core::GroupConfig {
+        wharf_core::GroupConfig {
+            initial_rebalance_delay_ms: self.group_initial_rebalance_delay_ms,
+            min_session_timeout_ms: self.group_min_session_timeout_ms,
+            max_session_timeout_ms: self.group_max_session_timeout_ms,
+            max_members: usize::try_from(self.group_max_size).unwrap_or(usize::MAX),
+        }
     }
 
     /// Topic defaults: these settings over the storage section.
@@ -486,6 +508,9 @@ impl Config {
             bail!("kafka.message_timestamp_type must be \"CreateTime\" or \"LogAppendTime\"");
         }
         kafka.advertised()?;
+        if kafka.group_min_session_timeout_ms > kafka.group_max_session_timeout_ms {
+            bail!("kafka.group_min_session_timeout_ms is larger than kafka.group_max_session_timeout_ms");
+        }
         // Two protocols on one fixed address would only fail once both are built; say so now.
         let listeners = [
             ("amqp", self.listen.amqp),

@@ -66,6 +66,14 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<
         )
         .context("cannot open the topic registry")?,
     );
+    let offsets = Arc::new(
+        wharf_core::OffsetStore::open(&logs, config.storage.log_config())
+            .context("cannot open the committed-offsets log")?,
+    );
+    let groups = wharf_core::GroupCoordinator::new(config.kafka.group_config());
+    tokio::spawn(wharf_core::GroupCoordinator::run_timers(Arc::downgrade(
+        &groups,
+    )));
     let cluster_id = cluster_id(data_dir.path())?;
 
     let mut bound = BoundListeners::default();
@@ -91,6 +99,8 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<
                 .unwrap_or_else(|| (local.ip().to_string(), local.port()));
             let broker = Arc::new(wharf_kafka::Broker {
                 topics: Arc::clone(&topics),
+                groups: Arc::clone(&groups),
+                offsets: Arc::clone(&offsets),
                 config: front_end,
                 node: wharf_kafka::NodeInfo {
                     host,

@@ -141,7 +141,8 @@ impl Wharf {
 
     fn consumer(&self, extra: &[(&str, &str)]) -> BaseConsumer {
         let mut c = self.config();
-        // librdkafka's assign() needs a group id even when no group protocol is used.
+        // librdkafka's assign() needs a group id even when no group protocol is used; tests that use a
+        // group override it.
         c.set("group.id", "wharf-test")
             .set("enable.auto.commit", "false")
             .set("fetch.wait.max.ms", "100");
@@ -729,4 +730,154 @@ fn api_versions_newer_than_served_gets_error_35_in_v0() {
     let body = raw_round_trip(&mut s, &api_versions_request(3)).expect("v3 answer");
     assert_eq!(&body[0..4], &[0, 0, 0, 1]);
     assert_eq!(i16::from_be_bytes([body[4], body[5]]), 0);
+}
+
+/// A broker whose groups rebalance without the initial delay, so group tests do not wait 3 s per group.
+fn start_for_groups() -> (Wharf, tempfile::NamedTempFile) {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        "[kafka]\ngroup_initial_rebalance_delay_ms = 0\n",
+    )
+    .unwrap();
+    let w = Wharf::start(&["--config", config.path().to_str().unwrap()]);
+    (w, config)
+}
+
+fn group_consumer(w: &Wharf, group: &str) -> BaseConsumer {
+    w.consumer(&[
+        ("group.id", group),
+        ("auto.offset.reset", "earliest"),
+        ("session.timeout.ms", "6000"),
+        ("heartbeat.interval.ms", "200"),
+    ])
+}
+
+fn assigned(c: &BaseConsumer) -> Vec<i32> {
+    let mut parts: Vec<i32> = c
+        .assignment()
+        .unwrap()
+        .elements()
+        .iter()
+        .map(|e| e.partition())
+        .collect();
+    parts.sort();
+    parts
+}
+
+/// Polls every consumer until `done` holds for their assignments, failing after OP_TIMEOUT.
+fn poll_until(consumers: &[&BaseConsumer], what: &str, done: impl Fn(&[Vec<i32>]) -> bool) {
+    let deadline = Instant::now() + OP_TIMEOUT;
+    loop {
+        for c in consumers {
+            let _ = c.poll(Duration::from_millis(50));
+        }
+        let assignments: Vec<Vec<i32>> = consumers.iter().map(|c| assigned(c)).collect();
+        if done(&assignments) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: assignments {assignments:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_two_splits_partitions_and_rebalances_when_one_leaves() {
+    let (w, _config) = start_for_groups();
+    create_topic(&w, "shared", 4, &[]).await;
+    let a = group_consumer(&w, "pair");
+    a.subscribe(&["shared"]).unwrap();
+    poll_until(&[&a], "first member gets every partition", |s| {
+        s[0] == [0, 1, 2, 3]
+    });
+    let b = group_consumer(&w, "pair");
+    b.subscribe(&["shared"]).unwrap();
+    poll_until(&[&a, &b], "two members split the partitions", |s| {
+        let mut all: Vec<i32> = s.iter().flatten().copied().collect();
+        all.sort();
+        s[0].len() == 2 && s[1].len() == 2 && all == [0, 1, 2, 3]
+    });
+    // ListGroups + DescribeGroups, as a lag tool reads them.
+    let groups = a.fetch_group_list(Some("pair"), OP_TIMEOUT).unwrap();
+    let g = &groups.groups()[0];
+    assert_eq!(
+        (g.name(), g.state(), g.protocol_type()),
+        ("pair", "Stable", "consumer")
+    );
+    assert_eq!(g.members().len(), 2);
+    // A closing consumer sends LeaveGroup: the other takes everything back without waiting for a session
+    // timeout.
+    drop(b);
+    poll_until(&[&a], "the remaining member gets every partition", |s| {
+        s[0] == [0, 1, 2, 3]
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_are_resumed_after_a_broker_restart() {
+    let (mut w, _config) = start_for_groups();
+    create_topic(&w, "resume", 1, &[]).await;
+    let producer = w.producer(&[]);
+    for i in 0..20u32 {
+        send(
+            &producer,
+            FutureRecord::to("resume").payload(i.to_string().as_bytes()),
+        )
+        .await;
+    }
+    drop(producer);
+    {
+        let c = group_consumer(&w, "resumers");
+        c.subscribe(&["resume"]).unwrap();
+        let mut seen = 0;
+        let deadline = Instant::now() + OP_TIMEOUT;
+        while seen < 10 {
+            assert!(Instant::now() < deadline, "consumed {seen}");
+            if let Some(m) = c.poll(Duration::from_millis(100)) {
+                let m = m.unwrap();
+                assert_eq!(m.offset(), seen);
+                seen += 1;
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("resume", 0, Offset::Offset(10))
+            .unwrap();
+        c.commit(&tpl, rdkafka::consumer::CommitMode::Sync).unwrap();
+    }
+    w.restart();
+    let c = group_consumer(&w, "resumers");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition("resume", 0);
+    let committed = c.committed_offsets(tpl, OP_TIMEOUT).unwrap();
+    assert_eq!(
+        committed.find_partition("resume", 0).unwrap().offset(),
+        Offset::Offset(10)
+    );
+    c.subscribe(&["resume"]).unwrap();
+    let deadline = Instant::now() + OP_TIMEOUT;
+    let first = loop {
+        assert!(Instant::now() < deadline, "nothing consumed after restart");
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            break m.unwrap().offset();
+        }
+    };
+    assert_eq!(first, 10, "the group resumed from its committed offset");
+    drop(c);
+    // With no members left the group can be deleted, and its offsets go with it.
+    let deleted = w
+        .admin()
+        .delete_groups(&["resumers"], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(deleted[0].is_ok(), "{deleted:?}");
+    let c = group_consumer(&w, "resumers");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition("resume", 0);
+    let committed = c.committed_offsets(tpl, OP_TIMEOUT).unwrap();
+    assert_eq!(
+        committed.find_partition("resume", 0).unwrap().offset(),
+        Offset::Invalid
+    );
 }

@@ -6,8 +6,10 @@ pub mod api_versions;
 pub mod cluster;
 pub mod configs;
 pub mod fetch;
+pub mod groups;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offsets;
 pub mod produce;
 pub mod records_admin;
 pub mod topics_admin;
@@ -19,13 +21,15 @@ use std::sync::Arc;
 use kafka_protocol::messages::{ApiKey, ResponseKind, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use wharf_core::{CoreError, TopicRegistry};
+use wharf_core::{CoreError, GroupCoordinator, OffsetStore, TopicRegistry};
 
 use crate::codec::{decode_body, Request, RequestError};
 use crate::config::KafkaConfig;
 
 /// The only node of a single-node cluster.
 pub const NODE_ID: i32 = 0;
+/// Error code 0: no error.
+pub const NO_ERROR: i16 = 0;
 /// The leader epoch of every partition until replication exists.
 pub const LEADER_EPOCH: i32 = 0;
 
@@ -45,10 +49,23 @@ pub struct NodeInfo {
 pub struct Broker {
     /// Topics and partitions.
     pub topics: Arc<TopicRegistry>,
+    /// Consumer-group membership.
+    pub groups: Arc<GroupCoordinator>,
+    /// Committed offsets.
+    pub offsets: Arc<OffsetStore>,
     /// Kafka front-end settings.
     pub config: KafkaConfig,
     /// This node.
     pub node: NodeInfo,
+}
+
+/// Who sent a request: the header's client id and the peer's address (for group member descriptions).
+#[derive(Clone, Debug, Default)]
+pub struct ClientInfo {
+    /// `client.id` from the request header.
+    pub client_id: String,
+    /// The peer's host, as Kafka shows it (`/127.0.0.1`).
+    pub host: String,
 }
 
 /// A response that is ready later (produce waiting for durability, fetch long polling).
@@ -68,8 +85,21 @@ pub enum Reply {
 }
 
 /// Decodes the body of `request` and runs its handler.
-pub fn dispatch(broker: &Arc<Broker>, request: &mut Request) -> Result<Reply, RequestError> {
+pub fn dispatch(
+    broker: &Arc<Broker>,
+    request: &mut Request,
+    peer_host: &str,
+) -> Result<Reply, RequestError> {
     let v = request.version;
+    let client = ClientInfo {
+        client_id: request
+            .header
+            .client_id
+            .as_ref()
+            .map(|c| c.to_string())
+            .unwrap_or_default(),
+        host: peer_host.to_string(),
+    };
     Ok(match request.api_key {
         ApiKey::ApiVersions => Reply::Now(ResponseKind::ApiVersions(api_versions::handle(
             decode_body(request)?,
@@ -116,6 +146,37 @@ pub fn dispatch(broker: &Arc<Broker>, request: &mut Request) -> Result<Reply, Re
         ApiKey::DescribeCluster => Reply::Now(ResponseKind::DescribeCluster(
             cluster::describe_cluster(broker, decode_body(request)?, v),
         )),
+        ApiKey::FindCoordinator => Reply::Now(ResponseKind::FindCoordinator(
+            groups::find_coordinator(broker, decode_body(request)?, v),
+        )),
+        ApiKey::JoinGroup => groups::join_group(broker, decode_body(request)?, v, &client),
+        ApiKey::SyncGroup => groups::sync_group(broker, decode_body(request)?, v),
+        ApiKey::Heartbeat => Reply::Now(ResponseKind::Heartbeat(groups::heartbeat(
+            broker,
+            decode_body(request)?,
+            v,
+        ))),
+        ApiKey::LeaveGroup => Reply::Now(ResponseKind::LeaveGroup(groups::leave_group(
+            broker,
+            decode_body(request)?,
+            v,
+        ))),
+        ApiKey::DescribeGroups => Reply::Now(ResponseKind::DescribeGroups(
+            groups::describe_groups(broker, decode_body(request)?, v),
+        )),
+        ApiKey::ListGroups => Reply::Now(ResponseKind::ListGroups(groups::list_groups(
+            broker,
+            decode_body(request)?,
+            v,
+        ))),
+        ApiKey::DeleteGroups => groups::delete_groups(broker, decode_body(request)?, v),
+        ApiKey::OffsetCommit => offsets::offset_commit(broker, decode_body(request)?, v),
+        ApiKey::OffsetFetch => Reply::Now(ResponseKind::OffsetFetch(offsets::offset_fetch(
+            broker,
+            decode_body(request)?,
+            v,
+        ))),
+        ApiKey::OffsetDelete => offsets::offset_delete(broker, decode_body(request)?, v),
         other => return Err(RequestError::UnknownApi(other as i16)),
     })
 }
