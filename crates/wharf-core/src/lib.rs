@@ -8,12 +8,14 @@ pub mod error;
 pub mod groups;
 pub mod offsets;
 mod persist;
+pub mod producers;
 pub mod topic_config;
 pub mod topics;
 
 pub use error::{CoreError, Result};
 pub use groups::{GroupConfig, GroupCoordinator, GroupError, GroupState};
 pub use offsets::{CommittedOffset, OffsetStore};
+pub use producers::{BatchProducer, ProducerError, ProducerIds, ProducerTable, SequenceCheck};
 pub use topic_config::{CleanupPolicy, TimestampType, TopicConfig, TopicDefaults};
 pub use topics::{Partition, Topic, TopicRegistry, PARTITIONS_PER_TOPIC_MAX, TOPIC_NAME_MAX_LEN};
 

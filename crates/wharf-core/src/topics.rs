@@ -21,6 +21,7 @@ use wharf_log::{Log, LogConfig, LogManager};
 
 use crate::error::{CoreError, Result};
 use crate::persist::{remove_durably, write_atomic};
+use crate::producers::{load_snapshot, save_snapshot, BatchProducer, ProducerTable};
 use crate::topic_config::{TopicConfig, TopicDefaults};
 
 /// Kafka's limit on topic name length (so that `<topic>-<partition>` fits a 255-byte file name).
@@ -57,12 +58,20 @@ pub fn validate_topic_name(name: &str) -> Result<()> {
     }
 }
 
-/// One partition: a log, and a signal that wakes long-polling readers when it grows.
+/// Reads the idempotent-producer fields out of a stored batch (`None` for batches without a producer id).
+/// Supplied by the protocol layer, which knows the batch format.
+pub type ProducerFields = fn(&[u8]) -> Option<BatchProducer>;
+
+/// One partition: a log, a signal that wakes long-polling readers when it grows, and the idempotence state
+/// of its producers.
 #[derive(Debug)]
 pub struct Partition {
     index: i32,
     log: Arc<Log>,
     appended: Notify,
+    producers: Mutex<ProducerTable>,
+    producers_dirty: std::sync::atomic::AtomicBool,
+    snapshot_path: PathBuf,
 }
 
 impl Partition {
@@ -79,6 +88,51 @@ impl Partition {
     /// Wakes every reader waiting in [`Partition::appended`]; call after each append.
     pub fn notify_appended(&self) {
         self.appended.notify_waiters();
+    }
+
+    /// The idempotence state, locked: hold the guard across check, append and record, so that two retries of
+    /// one batch cannot both be appended.
+    pub fn producers(&self) -> parking_lot::MutexGuard<'_, ProducerTable> {
+        self.producers_dirty
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.producers.lock()
+    }
+
+    /// Writes the producer snapshot if the state changed since the last one.
+    pub fn snapshot_producers(&self) -> Result<()> {
+        if !self
+            .producers_dirty
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(());
+        }
+        let table = self.producers.lock();
+        // Under the table lock no idempotent append is in flight, so the log end matches the table.
+        let log_end = self.log.offsets().log_end;
+        save_snapshot(&self.snapshot_path, log_end, &table)
+    }
+
+    /// Rebuilds the idempotence state from the snapshot and the batches appended after it.
+    fn rebuild_producers(&self, fields: ProducerFields) -> Result<()> {
+        let offsets = self.log.offsets();
+        let (mut from, mut table) = match load_snapshot(&self.snapshot_path) {
+            Some((end, table)) if end <= offsets.log_end && end >= offsets.log_start => {
+                (end, table)
+            }
+            _ => (offsets.log_start, ProducerTable::default()),
+        };
+        while from < offsets.log_end {
+            let batches = self.log.read(from, 4 * 1024 * 1024, None)?;
+            let Some(last) = batches.last() else { break };
+            from = last.next_offset();
+            for b in &batches {
+                if let Some(p) = fields(&b.payload) {
+                    table.record(&p, b.base_offset);
+                }
+            }
+        }
+        *self.producers.lock() = table;
+        Ok(())
     }
 
     /// A future that completes at the next [`Partition::notify_appended`]. Create it (and `enable` it) before
@@ -150,6 +204,9 @@ pub struct TopicRegistry {
     defaults: TopicDefaults,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     admin: Mutex<()>,
+    producer_fields: ProducerFields,
+    /// Producer snapshots, one file per partition log (`<log name>.json`), beside the topics directory.
+    producers_dir: PathBuf,
 }
 
 fn log_name(topic: &str, partition: i32) -> String {
@@ -178,21 +235,32 @@ impl TopicRegistry {
         logs: Arc<LogManager>,
         dir: impl Into<PathBuf>,
         defaults: TopicDefaults,
+        producer_fields: ProducerFields,
     ) -> Result<Self> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir).map_err(|source| CoreError::Meta {
-            path: dir.clone(),
-            source,
-        })?;
+        let producers_dir = dir.with_file_name("producers");
+        for d in [&dir, &producers_dir] {
+            std::fs::create_dir_all(d).map_err(|source| CoreError::Meta {
+                path: d.clone(),
+                source,
+            })?;
+        }
         let registry = TopicRegistry {
             logs,
             dir,
+            producers_dir,
             defaults,
             topics: RwLock::new(BTreeMap::new()),
             admin: Mutex::new(()),
+            producer_fields,
         };
         registry.load()?;
         registry.delete_orphans()?;
+        for topic in registry.list() {
+            for partition in topic.partitions().iter() {
+                partition.rebuild_producers(registry.producer_fields)?;
+            }
+        }
         Ok(registry)
     }
 
@@ -272,13 +340,15 @@ impl TopicRegistry {
         index: i32,
         config: &LogConfig,
     ) -> Result<Arc<Partition>> {
-        let log = self
-            .logs
-            .open_log(&log_name(topic, index), config.clone())?;
+        let name = log_name(topic, index);
+        let log = self.logs.open_log(&name, config.clone())?;
         Ok(Arc::new(Partition {
             index,
             log,
             appended: Notify::new(),
+            producers: Mutex::new(ProducerTable::default()),
+            producers_dirty: std::sync::atomic::AtomicBool::new(false),
+            snapshot_path: self.producers_dir.join(format!("{name}.json")),
         }))
     }
 
@@ -306,6 +376,17 @@ impl TopicRegistry {
             reason: e.to_string(),
         })?;
         write_atomic(&path, &bytes)
+    }
+
+    /// Writes the producer snapshot of every partition whose idempotence state changed (periodically and at
+    /// shutdown), so that the next start scans only the batches appended after it.
+    pub fn snapshot_producers(&self) -> Result<()> {
+        for topic in self.list() {
+            for partition in topic.partitions().iter() {
+                partition.snapshot_producers()?;
+            }
+        }
+        Ok(())
     }
 
     /// The broker defaults topics fall back to.
@@ -369,6 +450,7 @@ impl TopicRegistry {
         remove_durably(&self.meta_path(name))?;
         for partition in topic.partitions().iter() {
             self.logs.delete_log(&log_name(name, partition.index))?;
+            remove_durably(&partition.snapshot_path)?;
             // Wake long-polling readers so they notice the partition is gone.
             partition.notify_appended();
         }
@@ -480,7 +562,7 @@ mod tests {
 
     fn registry(dir: &Path) -> TopicRegistry {
         let logs = Arc::new(LogManager::open(dir.join("logs"), ManagerConfig::default()).unwrap());
-        TopicRegistry::open(logs, dir.join("topics"), TopicDefaults::default()).unwrap()
+        TopicRegistry::open(logs, dir.join("topics"), TopicDefaults::default(), |_| None).unwrap()
     }
 
     #[test]

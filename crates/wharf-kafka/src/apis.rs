@@ -11,7 +11,7 @@ use kafka_protocol::protocol::VersionRange;
 use crate::handlers;
 
 /// Every served API with its version range.
-pub fn supported() -> [(ApiKey, VersionRange); 25] {
+pub fn supported() -> [(ApiKey, VersionRange); 27] {
     [
         (ApiKey::Produce, handlers::produce::VERSIONS),
         (ApiKey::Fetch, handlers::fetch::VERSIONS),
@@ -83,6 +83,14 @@ pub fn supported() -> [(ApiKey, VersionRange); 25] {
             ApiKey::OffsetDelete,
             handlers::offsets::OFFSET_DELETE_VERSIONS,
         ),
+        (
+            ApiKey::InitProducerId,
+            handlers::producers::INIT_PRODUCER_ID_VERSIONS,
+        ),
+        (
+            ApiKey::DescribeProducers,
+            handlers::producers::DESCRIBE_PRODUCERS_VERSIONS,
+        ),
     ]
 }
 
@@ -126,6 +134,7 @@ mod tests {
             (ApiKey::LeaveGroup, 0),
             (ApiKey::OffsetCommit, 2),
             (ApiKey::OffsetFetch, 1),
+            (ApiKey::InitProducerId, 0),
         ] {
             let r = range(key).expect("served");
             assert!(r.min <= version && version <= r.max, "{key:?} v{version}");

@@ -66,6 +66,27 @@ pub struct BatchHeader {
 }
 
 impl BatchHeader {
+    /// The producer fields, for batches of an idempotent producer (`producer_id >= 0`).
+    pub fn producer(&self) -> Option<wharf_core::BatchProducer> {
+        if self.producer_id < 0 {
+            return None;
+        }
+        // The last sequence wraps past i32::MAX like the sequence itself.
+        let last = i64::from(self.base_sequence) + i64::from(self.last_offset_delta);
+        let last_seq = if last > i64::from(i32::MAX) {
+            (last - i64::from(i32::MAX) - 1) as i32
+        } else {
+            last as i32
+        };
+        Some(wharf_core::BatchProducer {
+            producer_id: self.producer_id,
+            epoch: self.producer_epoch,
+            first_seq: self.base_sequence,
+            last_seq,
+            max_timestamp: self.max_timestamp,
+        })
+    }
+
     /// True when the batch is part of a transaction.
     pub fn is_transactional(&self) -> bool {
         self.attributes & ATTR_TRANSACTIONAL != 0
@@ -144,17 +165,7 @@ pub fn check(bytes: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, BatchE
             format!("batch CRC mismatch: stored {stored_crc:#010x}, computed {crc:#010x}"),
         ));
     }
-    let header = BatchHeader {
-        size,
-        attributes: be_i16(batch, 21),
-        last_offset_delta: be_i32(batch, 23),
-        base_timestamp: be_i64(batch, 27),
-        max_timestamp: be_i64(batch, 35),
-        producer_id: be_i64(batch, 43),
-        producer_epoch: be_i16(batch, 51),
-        base_sequence: be_i32(batch, 53),
-        record_count: be_i32(batch, 57),
-    };
+    let header = header_of(batch);
     if header.record_count < 1
         || i64::from(header.last_offset_delta) != i64::from(header.record_count) - 1
     {
@@ -213,6 +224,30 @@ pub fn stamp(
         batch[35..43].copy_from_slice(&now.to_be_bytes());
         let crc = crc32c::crc32c(&batch[CRC_FROM..]);
         batch[CRC_AT..CRC_FROM].copy_from_slice(&crc.to_be_bytes());
+    }
+}
+
+/// The idempotent-producer fields of a stored batch, for rebuilding producer state at start-up; `None` for
+/// batches without a producer id (or too short to be a batch, which a checked log never holds).
+pub fn producer_fields(stored: &[u8]) -> Option<wharf_core::BatchProducer> {
+    if stored.len() < HEADER_LEN || stored[MAGIC_AT] != 2 {
+        return None;
+    }
+    let header = header_of(stored);
+    header.producer().filter(|p| p.producer_id >= 0)
+}
+
+fn header_of(batch: &[u8]) -> BatchHeader {
+    BatchHeader {
+        size: batch.len(),
+        attributes: be_i16(batch, 21),
+        last_offset_delta: be_i32(batch, 23),
+        base_timestamp: be_i64(batch, 27),
+        max_timestamp: be_i64(batch, 35),
+        producer_id: be_i64(batch, 43),
+        producer_epoch: be_i16(batch, 51),
+        base_sequence: be_i32(batch, 53),
+        record_count: be_i32(batch, 57),
     }
 }
 

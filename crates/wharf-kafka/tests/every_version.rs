@@ -18,8 +18,15 @@ static ALLOC: wharf_alloc::GuardedAlloc = wharf_alloc::GuardedAlloc;
 fn broker(dir: &std::path::Path) -> Arc<Broker> {
     let logs = Arc::new(wharf_log::LogManager::open(dir.join("logs"), Default::default()).unwrap());
     let offsets = Arc::new(wharf_core::OffsetStore::open(&logs, Default::default()).unwrap());
-    let topics =
-        Arc::new(TopicRegistry::open(logs, dir.join("topics"), TopicDefaults::default()).unwrap());
+    let topics = Arc::new(
+        TopicRegistry::open(
+            logs,
+            dir.join("topics"),
+            TopicDefaults::default(),
+            wharf_kafka::batch::producer_fields,
+        )
+        .unwrap(),
+    );
     topics.create("t", Some(2), TopicConfig::default()).unwrap();
     let groups = wharf_core::GroupCoordinator::new(wharf_core::GroupConfig {
         initial_rebalance_delay_ms: 0,
@@ -29,6 +36,7 @@ fn broker(dir: &std::path::Path) -> Arc<Broker> {
         topics,
         groups,
         offsets,
+        producer_ids: Arc::new(wharf_core::ProducerIds::open(dir.join("producer_ids")).unwrap()),
         config: KafkaConfig::default(),
         node: NodeInfo {
             host: "127.0.0.1".into(),
@@ -298,6 +306,18 @@ fn request(key: ApiKey, version: i16) -> BytesMut {
                         ]),
                 ]),
         ),
+        ApiKey::InitProducerId => RequestKind::InitProducerId(
+            InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(60_000),
+        ),
+        ApiKey::DescribeProducers => {
+            RequestKind::DescribeProducers(DescribeProducersRequest::default().with_topics(vec![
+                describe_producers_request::TopicRequest::default()
+                    .with_name(name("t"))
+                    .with_partition_indexes(vec![0, 5]),
+            ]))
+        }
         other => panic!("no sample request for {other:?}"),
     };
     let header = RequestHeader::default()

@@ -63,6 +63,7 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<
             Arc::clone(&logs),
             data_dir.path().join("kafka").join("topics"),
             config.kafka.topic_defaults(&config.storage),
+            wharf_kafka::batch::producer_fields,
         )
         .context("cannot open the topic registry")?,
     );
@@ -74,6 +75,11 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<
     tokio::spawn(wharf_core::GroupCoordinator::run_timers(Arc::downgrade(
         &groups,
     )));
+    let producer_ids = Arc::new(
+        wharf_core::ProducerIds::open(data_dir.path().join("kafka").join("producer_ids"))
+            .context("cannot open the producer id reservation")?,
+    );
+    tokio::spawn(snapshot_producers_periodically(Arc::downgrade(&topics)));
     let cluster_id = cluster_id(data_dir.path())?;
 
     let mut bound = BoundListeners::default();
@@ -101,6 +107,7 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<
                 topics: Arc::clone(&topics),
                 groups: Arc::clone(&groups),
                 offsets: Arc::clone(&offsets),
+                producer_ids: Arc::clone(&producer_ids),
                 config: front_end,
                 node: wharf_kafka::NodeInfo {
                     host,
@@ -181,6 +188,9 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<
                 error!("{err:#}");
             }
         }
+        if let Err(err) = topics.snapshot_producers() {
+            error!("cannot write producer snapshots: {err}");
+        }
         shutdown_storage(&data_dir, &logs).await
     };
     tokio::select! {
@@ -213,6 +223,25 @@ fn note_unbuilt_protocol(protocol: &str, listen: ListenAddr) {
             %addr,
             "{protocol} is not built yet; its listener is configured but not opened"
         ),
+    }
+}
+
+/// How often changed idempotent-producer state is snapshotted, bounding what start-up after a crash rescans.
+const PRODUCER_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Writes producer snapshots every [`PRODUCER_SNAPSHOT_INTERVAL`] until the registry is gone.
+async fn snapshot_producers_periodically(topics: std::sync::Weak<TopicRegistry>) {
+    let mut tick = tokio::time::interval(PRODUCER_SNAPSHOT_INTERVAL);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(topics) = topics.upgrade() else {
+            return;
+        };
+        let outcome = tokio::task::spawn_blocking(move || topics.snapshot_producers()).await;
+        if let Ok(Err(err)) = outcome {
+            warn!("cannot write producer snapshots: {err}");
+        }
     }
 }
 

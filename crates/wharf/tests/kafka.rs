@@ -881,3 +881,170 @@ async fn committed_offsets_are_resumed_after_a_broker_restart() {
         Offset::Invalid
     );
 }
+
+/// Sends `body` as a request of `key` at `version` and decodes the response, through the kafka-protocol codec.
+fn call<Req, Resp>(stream: &mut TcpStream, key: i16, version: i16, body: &Req) -> Resp
+where
+    Req: kafka_protocol::protocol::Encodable,
+    Resp: kafka_protocol::protocol::Decodable,
+{
+    use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+    let api = ApiKey::try_from(key).unwrap();
+    let mut out = bytes::BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(key)
+        .with_request_api_version(version)
+        .with_correlation_id(1)
+        .with_client_id(Some(StrBytes::from_static_str("raw")))
+        .encode(&mut out, api.request_header_version(version))
+        .unwrap();
+    body.encode(&mut out, version).unwrap();
+    let response = raw_round_trip(stream, &out).expect("a response");
+    let mut bytes = bytes::Bytes::from(response);
+    ResponseHeader::decode(&mut bytes, api.response_header_version(version)).unwrap();
+    Resp::decode(&mut bytes, version).unwrap()
+}
+
+/// An uncompressed batch of `count` one-byte records from an idempotent producer.
+fn idempotent_batch(producer_id: i64, epoch: i16, first_seq: i32, count: i32) -> bytes::Bytes {
+    use bytes::BufMut;
+    let mut b = bytes::BytesMut::new();
+    b.put_i64(0);
+    b.put_i32(0);
+    b.put_i32(-1);
+    b.put_i8(2);
+    b.put_u32(0);
+    b.put_i16(0);
+    b.put_i32(count - 1);
+    b.put_i64(1000);
+    b.put_i64(1000);
+    b.put_i64(producer_id);
+    b.put_i16(epoch);
+    b.put_i32(first_seq);
+    b.put_i32(count);
+    for i in 0..count {
+        // length 7: attributes, ts delta 0, offset delta i, null key, 1-byte value, no headers (zigzag varints)
+        b.put_slice(&[14, 0, 0, (i as u8) << 1, 1, 2, b'x', 0]);
+    }
+    let len = (b.len() - 12) as i32;
+    b[8..12].copy_from_slice(&len.to_be_bytes());
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b.freeze()
+}
+
+fn produce_idempotent(stream: &mut TcpStream, topic: &str, batch: bytes::Bytes) -> (i16, i64) {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let request = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.into())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(batch))])]);
+    let response: ProduceResponse = call(stream, 0, 7, &request);
+    let p = &response.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+fn init_producer_id(stream: &mut TcpStream, reuse: Option<(i64, i16)>) -> (i64, i16) {
+    use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
+    let mut request = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(60_000);
+    if let Some((id, epoch)) = reuse {
+        request = request
+            .with_producer_id(ProducerId(id))
+            .with_producer_epoch(epoch);
+    }
+    let response: InitProducerIdResponse = call(stream, 22, 4, &request);
+    assert_eq!(response.error_code, 0);
+    (response.producer_id.0, response.producer_epoch)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_retries_are_written_once_even_across_a_restart() {
+    let mut w = Wharf::start(&[]);
+    create_topic(&w, "idem", 1, &[]).await;
+    let mut s = connect(&w);
+    let (pid, epoch) = init_producer_id(&mut s, None);
+    assert_eq!(epoch, 0);
+    // A batch, then the same batch again as a retry after a lost response: same offsets, written once.
+    assert_eq!(
+        produce_idempotent(&mut s, "idem", idempotent_batch(pid, 0, 0, 3)),
+        (0, 0)
+    );
+    assert_eq!(
+        produce_idempotent(&mut s, "idem", idempotent_batch(pid, 0, 0, 3)),
+        (0, 0)
+    );
+    assert_eq!(
+        produce_idempotent(&mut s, "idem", idempotent_batch(pid, 0, 3, 2)),
+        (0, 3)
+    );
+    // A gap in the sequence is refused.
+    assert_eq!(
+        produce_idempotent(&mut s, "idem", idempotent_batch(pid, 0, 9, 1)).0,
+        45
+    );
+    // A new epoch fences the old one.
+    let (_, epoch1) = init_producer_id(&mut s, Some((pid, 0)));
+    assert_eq!(epoch1, 1);
+    assert_eq!(
+        produce_idempotent(&mut s, "idem", idempotent_batch(pid, 1, 0, 1)),
+        (0, 5)
+    );
+    assert_eq!(
+        produce_idempotent(&mut s, "idem", idempotent_batch(pid, 0, 5, 1)).0,
+        47
+    );
+    // The producer state survives a restart: the last batch retried afterwards is still a duplicate.
+    drop(s);
+    w.restart();
+    let mut s = connect(&w);
+    assert_eq!(
+        produce_idempotent(&mut s, "idem", idempotent_batch(pid, 1, 0, 1)),
+        (0, 5)
+    );
+    assert_eq!(
+        produce_idempotent(&mut s, "idem", idempotent_batch(pid, 1, 1, 1)),
+        (0, 6)
+    );
+    let consumer = w.consumer(&[]);
+    assert_eq!(
+        consumer.fetch_watermarks("idem", 0, OP_TIMEOUT).unwrap(),
+        (0, 7)
+    );
+    // New producer ids are never reused after a restart.
+    let (pid2, _) = init_producer_id(&mut s, None);
+    assert_ne!(pid2, pid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librdkafka_idempotent_producer_round_trips() {
+    let w = Wharf::start(&[]);
+    let producer = w.producer(&[("enable.idempotence", "true"), ("linger.ms", "2")]);
+    let payloads: Vec<String> = (0..500u32).map(|i| i.to_string()).collect();
+    let sends: Vec<_> = payloads
+        .iter()
+        .map(|p| {
+            producer.send(
+                FutureRecord::<[u8], [u8]>::to("idem-rd").payload(p.as_bytes()),
+                Timeout::After(OP_TIMEOUT),
+            )
+        })
+        .collect();
+    for s in sends {
+        s.await.unwrap_or_else(|(e, _)| panic!("{e}"));
+    }
+    let got = consume(&w.consumer(&[]), "idem-rd", &[0], 500);
+    let values: Vec<String> = got
+        .iter()
+        .map(|g| String::from_utf8(g.3.clone().unwrap()).unwrap())
+        .collect();
+    assert_eq!(values, (0..500).map(|i| i.to_string()).collect::<Vec<_>>());
+}

@@ -11,6 +11,7 @@ pub mod list_offsets;
 pub mod metadata;
 pub mod offsets;
 pub mod produce;
+pub mod producers;
 pub mod records_admin;
 pub mod topics_admin;
 
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use kafka_protocol::messages::{ApiKey, ResponseKind, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use wharf_core::{CoreError, GroupCoordinator, OffsetStore, TopicRegistry};
+use wharf_core::{CoreError, GroupCoordinator, OffsetStore, ProducerIds, TopicRegistry};
 
 use crate::codec::{decode_body, Request, RequestError};
 use crate::config::KafkaConfig;
@@ -53,6 +54,8 @@ pub struct Broker {
     pub groups: Arc<GroupCoordinator>,
     /// Committed offsets.
     pub offsets: Arc<OffsetStore>,
+    /// Producer ids for InitProducerId.
+    pub producer_ids: Arc<ProducerIds>,
     /// Kafka front-end settings.
     pub config: KafkaConfig,
     /// This node.
@@ -177,6 +180,12 @@ pub fn dispatch(
             v,
         ))),
         ApiKey::OffsetDelete => offsets::offset_delete(broker, decode_body(request)?, v),
+        ApiKey::InitProducerId => Reply::Now(ResponseKind::InitProducerId(
+            producers::init_producer_id(broker, decode_body(request)?, v),
+        )),
+        ApiKey::DescribeProducers => Reply::Now(ResponseKind::DescribeProducers(
+            producers::describe_producers(broker, decode_body(request)?, v),
+        )),
         other => return Err(RequestError::UnknownApi(other as i16)),
     })
 }

@@ -16,7 +16,7 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind};
 use kafka_protocol::protocol::VersionRange;
 use kafka_protocol::ResponseError;
-use wharf_core::{Partition, TimestampType, Topic};
+use wharf_core::{Partition, ProducerError, SequenceCheck, TimestampType, Topic};
 use wharf_log::Log;
 
 use super::{core_error, log_error, message, now_ms, Broker, Reply, LEADER_EPOCH};
@@ -149,14 +149,42 @@ fn append(
         buf.clear();
         buf.extend_from_slice(bytes);
         let max_ts = log_append_time.unwrap_or(header.max_timestamp);
-        let appended = log
-            .append_with(&mut buf, header.record_count as u32, max_ts, |base, b| {
+        let append = |buf: &mut BytesMut| {
+            log.append_with(buf, header.record_count as u32, max_ts, |base, b| {
                 batch::stamp(b, base, LEADER_EPOCH, log_append_time)
             })
             .map_err(|e| {
                 tracing::error!(log = log.name(), "append failed: {e}");
                 (log_error(&e), Some(e.to_string()))
-            })?;
+            })
+        };
+        let appended = match header.producer() {
+            None => append(&mut buf)?,
+            Some(producer) => {
+                // Check, append and record under the partition's producer lock, so two copies of one retried
+                // batch cannot both be appended.
+                let mut table = partition.producers();
+                match table.check(&producer) {
+                    Ok(SequenceCheck::Duplicate { base_offset }) => {
+                        // Answer with the first copy's offsets; wait for its durability like an append.
+                        first_base.get_or_insert(base_offset);
+                        next = next.max(base_offset + header.record_count as u64);
+                        continue;
+                    }
+                    Ok(SequenceCheck::Append) => {
+                        let appended = append(&mut buf)?;
+                        table.record(&producer, appended.base_offset);
+                        appended
+                    }
+                    Err(e @ ProducerError::OutOfOrder { .. }) => {
+                        return Err((ResponseError::OutOfOrderSequenceNumber, Some(e.to_string())))
+                    }
+                    Err(e @ ProducerError::InvalidEpoch { .. }) => {
+                        return Err((ResponseError::InvalidProducerEpoch, Some(e.to_string())))
+                    }
+                }
+            }
+        };
         first_base.get_or_insert(appended.base_offset);
         next = appended.next_offset;
     }
