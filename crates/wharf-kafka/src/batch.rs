@@ -13,12 +13,14 @@
 
 use kafka_protocol::ResponseError;
 
+/// Where the batch CRC's coverage starts: everything the broker may stamp (base offset, leader epoch) lies
+/// before it, so the checked CRC still describes `batch[CRC_FROM..]` after stamping under `CreateTime`.
+pub const CRC_FROM: usize = 21;
 /// Size of the v2 batch header; also the smallest legal batch.
 pub const HEADER_LEN: usize = 61;
 /// Offset of the magic byte — at the same place in message sets v0/v1, so old formats are recognised.
 const MAGIC_AT: usize = 16;
 const CRC_AT: usize = 17;
-const CRC_FROM: usize = 21;
 /// Attribute bit: timestamps are the broker's (LogAppendTime).
 const ATTR_LOG_APPEND_TIME: i16 = 1 << 3;
 /// Attribute bit: part of a transaction.
@@ -47,6 +49,8 @@ fn be_i64(b: &[u8], at: usize) -> i64 {
 pub struct BatchHeader {
     /// Total size of the batch in bytes (header and records).
     pub size: usize,
+    /// The batch's CRC32C of bytes 21.. (checked by [`check`]).
+    pub crc: u32,
     /// Attribute bits (compression codec in bits 0–2).
     pub attributes: i16,
     /// Offset delta of the last record; `record_count - 1` for every batch a producer builds.
@@ -240,6 +244,7 @@ pub fn producer_fields(stored: &[u8]) -> Option<wharf_core::BatchProducer> {
 fn header_of(batch: &[u8]) -> BatchHeader {
     BatchHeader {
         size: batch.len(),
+        crc: be_i32(batch, CRC_AT) as u32,
         attributes: be_i16(batch, 21),
         last_offset_delta: be_i32(batch, 23),
         base_timestamp: be_i64(batch, 27),

@@ -121,6 +121,31 @@ pub fn decode_body<T: Decodable>(request: &mut Request) -> Result<T, RequestErro
     })
 }
 
+/// Decodes the body with the codec for the request's API and runs Wharf's own record-batch checks on produce
+/// data, without executing anything: what the fuzz targets and the decoding tests exercise.
+pub fn decode_and_check(request: &mut Request) -> Result<(), RequestError> {
+    let kind = kafka_protocol::messages::RequestKind::decode(
+        request.api_key,
+        &mut request.body,
+        request.version,
+    )
+    .map_err(|e| RequestError::Malformed {
+        api: request.api_key,
+        version: request.version,
+        reason: format!("{e:#}"),
+    })?;
+    if let kafka_protocol::messages::RequestKind::Produce(produce) = kind {
+        for topic in &produce.topic_data {
+            for partition in &topic.partition_data {
+                if let Some(records) = &partition.records {
+                    let _ = crate::batch::split(records, usize::MAX);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Appends one size-prefixed response frame to `out`.
 pub fn encode_response(
     out: &mut BytesMut,

@@ -1,18 +1,26 @@
 //! Throughput of the commit log against the raw bandwidth of the same file system, measured in the same run.
 //!
 //! `cargo bench -p wharf-log --bench log_bench` runs:
-//! 1. raw sequential writes (page cache, and one fdatasync per chunk) with the chunk sizes the log cases use,
-//!    each measured right before the log case it is compared with;
-//! 2. append throughput of 1 KiB records in 16 KiB and 1 MiB batches under `always`, `interval(10)` and `os`;
+//! 1. raw sequential writes (page cache, and one fdatasync per chunk) with the chunk sizes the log cases use:
+//!    a plain `write(2)` loop of `chunk`-byte writes into a fresh file, the same total, in the same directory;
+//! 2. append throughput of 1 KiB records in 16 KiB and 1 MiB batches under `os`, `interval(10)` and `always`.
+//!    Every log runs under a `LogManager` with the default settings, as the broker runs it (tail flusher,
+//!    maintenance thread). The `os` rows come twice: `os` (`append`: the log computes each frame's CRC32C) and
+//!    `os, known CRC` (`append_with_known_crc`: the caller passes the CRC32C of bytes 21.., as the Kafka layer
+//!    can with the CRC it verifies; the caller stamps the base offset into bytes 0..8 like Kafka's). A
+//!    diagnostic `os, no hold` row runs with `tail_flush_interval` 0: every frame written whole at once,
+//!    unaligned, as before the held tail; and a diagnostic `raw, gathered` row compares a raw loop of 64 KiB writes
+//!    (the blocks the log gathers 16 KiB frames into) with the 16 KiB loop, without any log. Each page-cache row
+//!    is 5 raw/log pairs in alternating order;
 //! 3. durable appends (1 KiB, `wait_durable`) from 1, 8 and 64 threads on one log: appends/s and appends per
 //!    fdatasync (group commit);
 //! 4. sequential reads of a ~512 MiB log with a 1 MiB budget (page cache warm);
-//! 5. a diagnostic `os` case without rolls, against raw writes framed like the log's (32 extra bytes each);
 //!
 //! then a few small criterion groups (per-append latency of 16 KiB batches under each policy), and finally a
 //! plain table of the headline figures with PASS/MISS against the goals.
 //!
-//! Everything is written under `CARGO_TARGET_TMPDIR` (the target dir's file system, not a tmpfs `/tmp`).
+//! Everything is written under `CARGO_TARGET_TMPDIR` (the target dir's file system, not a tmpfs `/tmp`). The log
+//! writes 32 bytes of frame header per batch more than the raw loop; only payload bytes are counted for both.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -22,8 +30,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use wharf_log::frame::FRAME_HEADER_LEN;
-use wharf_log::{Durability, FileCache, Log, LogConfig, LogManager, ManagerConfig};
+use wharf_log::{Durability, KnownCrc, Log, LogConfig, LogManager, ManagerConfig};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
@@ -119,20 +126,7 @@ fn raw_write(
     total: usize,
     deadline: Option<Duration>,
 ) -> Run {
-    raw_write_framed(path, chunk, 0, sync, total, deadline)
-}
-
-/// Like [`raw_write`], but every write also carries `frame` extra bytes (as the log's 32-byte frame header
-/// does), so writes are no longer page-aligned; only the `chunk` bytes are counted.
-fn raw_write_framed(
-    path: &Path,
-    chunk: usize,
-    frame: usize,
-    sync: bool,
-    total: usize,
-    deadline: Option<Duration>,
-) -> Run {
-    let buf = payload(chunk + frame);
+    let buf = payload(chunk);
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -161,16 +155,39 @@ fn raw_write_framed(
     }
 }
 
-/// Appends `chunk`-sized batches of 1 KiB records to `log`, waiting as its policy requires after each.
-fn append_loop(log: &Log, chunk: usize, total: usize, deadline: Option<Duration>) -> Run {
-    let buf = payload(chunk);
+/// Where the Kafka record-batch CRC starts (bytes 21..); the known-CRC rows pass a CRC over the same range.
+const KAFKA_CRC_FROM: usize = 21;
+
+/// Appends `chunk`-sized batches of 1 KiB records to `log`, waiting as its policy requires after each. With
+/// `known_crc`, each append goes through `append_with_known_crc` as the Kafka layer's can: the base offset is
+/// stamped into bytes 0..8 and the CRC32C of bytes 21.. (computed once here, as the producer computes it) is
+/// passed in; otherwise through `append`, and the log computes the whole CRC.
+fn append_loop(
+    log: &Log,
+    chunk: usize,
+    total: usize,
+    deadline: Option<Duration>,
+    known_crc: bool,
+) -> Run {
+    let mut buf = payload(chunk);
+    let known = KnownCrc {
+        from: KAFKA_CRC_FROM,
+        crc32c: crc32c::crc32c(&buf[KAFKA_CRC_FROM..]),
+    };
     let records = (chunk / RECORD) as u32;
     let start = Instant::now();
     let mut written = 0usize;
     let mut stall_secs = 0.0;
     while written < total && deadline.is_none_or(|d| start.elapsed() < d) {
         timed(&mut stall_secs, || {
-            let a = log.append(&buf, records, now_ms()).expect("append");
+            let a = if known_crc {
+                log.append_with_known_crc(&mut buf, records, now_ms(), known, |base, p| {
+                    p[..8].copy_from_slice(&base.to_be_bytes())
+                })
+            } else {
+                log.append(&buf, records, now_ms())
+            }
+            .expect("append");
             log.wait_for_policy(a.next_offset).expect("wait_for_policy");
         });
         written += chunk;
@@ -182,12 +199,20 @@ fn append_loop(log: &Log, chunk: usize, total: usize, deadline: Option<Duration>
     }
 }
 
-fn open_log(dir: &Path, durability: Durability) -> Log {
-    open_log_with(dir, log_config(durability))
+/// A log in `dir` under a [`LogManager`] with the default settings (tail flusher included), as the broker runs
+/// it. Drop the manager after the log.
+fn open_log(dir: &Path, durability: Durability) -> (LogManager, Arc<Log>) {
+    open_log_with(dir, log_config(durability), ManagerConfig::default())
 }
 
-fn open_log_with(dir: &Path, config: LogConfig) -> Log {
-    Log::open(dir, "bench", config, Arc::new(FileCache::new(64))).expect("open log")
+fn open_log_with(
+    dir: &Path,
+    config: LogConfig,
+    manager_config: ManagerConfig,
+) -> (LogManager, Arc<Log>) {
+    let manager = LogManager::open(dir, manager_config).expect("open manager");
+    let log = manager.open_log("bench", config).expect("open log");
+    (manager, log)
 }
 
 /// Raw and log figures of one policy and batch size.
@@ -203,52 +228,96 @@ struct WriteCase {
     segments: usize,
 }
 
-/// `policy` is `os`, `interval(10)` or the diagnostic `os, no roll` (a 1 GiB segment that never rolls).
-fn page_cache_case(root: &Path, chunk: usize, policy: &'static str) -> WriteCase {
+/// The page-cache rows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    /// `os` as the broker runs it, the log computing each frame's CRC (`append`).
+    Os,
+    /// `os`, the caller passing the CRC32C of bytes 21.. (`append_with_known_crc`), as Kafka produce can.
+    OsKnownCrc,
+    /// Diagnostic: `os` with `tail_flush_interval` 0, so every frame is written whole at once (no held tail),
+    /// as before page-aligned appends.
+    OsWriteThrough,
+    /// `interval(10)`.
+    Interval,
+    /// Diagnostic, no log at all: a raw loop of writes four times the chunk size (at most 64 KiB, as the log
+    /// gathers frames) against the raw loop of chunk-sized writes: how much gathering alone is worth.
+    RawGathered,
+}
+
+/// Size of the writes of the [`Variant::RawGathered`] loop for `chunk`: four chunks, at most 64 KiB, at least
+/// the chunk (the largest block the log's held tail gathers frames into).
+fn gathered(chunk: usize) -> usize {
+    (4 * chunk).min(64 * KIB).max(chunk)
+}
+
+impl Variant {
+    fn label(self) -> &'static str {
+        match self {
+            Variant::Os => "os",
+            Variant::OsKnownCrc => "os, known CRC",
+            Variant::OsWriteThrough => "os, no hold",
+            Variant::Interval => "interval(10)",
+            Variant::RawGathered => "raw, gathered",
+        }
+    }
+}
+
+/// One page-cache row: `REPS` pairs of a raw write loop and the log, in alternating order (raw first in even
+/// pairs, log first in odd ones) so that neither side always runs on the page cache the other just freed.
+fn page_cache_case(root: &Path, chunk: usize, variant: Variant) -> WriteCase {
     let mut raws = Vec::new();
     let mut logs = Vec::new();
     let mut syncs = 0;
     let mut segments = 0;
     for rep in 0..REPS {
         let raw_path = root.join("raw.dat");
-        // The diagnostic row compares against writes framed like the log's, isolating the engine's own cost.
-        let frame = if policy == "os, no roll" {
-            FRAME_HEADER_LEN
-        } else {
-            0
-        };
-        raws.push(raw_write_framed(
-            &raw_path,
-            chunk,
-            frame,
-            false,
-            PAGE_CACHE_TOTAL,
-            None,
-        ));
         let dir = root.join(format!("case-{chunk}-{rep}"));
-        let run = if policy.starts_with("os") {
-            let segment_bytes = if policy == "os" {
-                SEGMENT_BYTES
-            } else {
-                4 * SEGMENT_BYTES
+        let mut log_run = || {
+            let (durability, tail_flush_interval) = match variant {
+                Variant::RawGathered => {
+                    let path = root.join("gathered.dat");
+                    return raw_write(&path, gathered(chunk), false, PAGE_CACHE_TOTAL, None);
+                }
+                Variant::Os | Variant::OsKnownCrc => {
+                    (Durability::Os, ManagerConfig::default().tail_flush_interval)
+                }
+                Variant::OsWriteThrough => (Durability::Os, Duration::ZERO),
+                Variant::Interval => (
+                    Durability::Interval { ms: 10 },
+                    ManagerConfig::default().tail_flush_interval,
+                ),
             };
-            let log = open_log_with(&dir, log_config_with(Durability::Os, segment_bytes));
-            let run = append_loop(&log, chunk, PAGE_CACHE_TOTAL, None);
+            let (manager, log) = open_log_with(
+                &dir,
+                log_config(durability),
+                ManagerConfig {
+                    tail_flush_interval,
+                    ..ManagerConfig::default()
+                },
+            );
+            let run = append_loop(
+                &log,
+                chunk,
+                PAGE_CACHE_TOTAL,
+                None,
+                variant == Variant::OsKnownCrc,
+            );
             let st = log.stats();
             (syncs, segments) = (st.syncs, st.segments);
-            run
-        } else {
-            let manager = LogManager::open(&dir, ManagerConfig::default()).expect("open manager");
-            let log = manager
-                .open_log("bench", log_config(Durability::Interval { ms: 10 }))
-                .expect("open log");
-            let run = append_loop(&log, chunk, PAGE_CACHE_TOTAL, None);
-            let st = log.stats();
-            (syncs, segments) = (st.syncs, st.segments);
+            drop(log);
+            drop(manager);
+            cleanup(&dir);
             run
         };
-        logs.push(run);
-        cleanup(&dir);
+        let raw_run = || raw_write(&raw_path, chunk, false, PAGE_CACHE_TOTAL, None);
+        if rep % 2 == 0 {
+            raws.push(raw_run());
+            logs.push(log_run());
+        } else {
+            logs.push(log_run());
+            raws.push(raw_run());
+        }
     }
     let mut pcts: Vec<f64> = raws
         .iter()
@@ -258,13 +327,9 @@ fn page_cache_case(root: &Path, chunk: usize, policy: &'static str) -> WriteCase
     pcts.sort_by(f64::total_cmp);
     WriteCase {
         pct: pcts[pcts.len() / 2],
-        policy,
+        policy: variant.label(),
         chunk,
-        raw_label: if policy == "os, no roll" {
-            "page cache +32 B"
-        } else {
-            "page cache"
-        },
+        raw_label: "page cache",
         raw: median(raws),
         log: median(logs),
         syncs,
@@ -281,10 +346,11 @@ fn durable_case(root: &Path, chunk: usize) -> WriteCase {
         Some(DURABLE_TIME),
     );
     let dir = root.join(format!("always-{chunk}"));
-    let log = open_log(&dir, Durability::Always);
-    let run = append_loop(&log, chunk, DURABLE_TOTAL, Some(DURABLE_TIME));
+    let (manager, log) = open_log(&dir, Durability::Always);
+    let run = append_loop(&log, chunk, DURABLE_TOTAL, Some(DURABLE_TIME), false);
     let st = log.stats();
     drop(log);
+    drop(manager);
     cleanup(&dir);
     WriteCase {
         policy: "always",
@@ -311,7 +377,7 @@ struct ConcurrentCase {
 /// `threads` appenders of 1 KiB batches on one `always` log, each waiting for durability after every append.
 fn concurrent_case(root: &Path, threads: usize) -> ConcurrentCase {
     let dir = root.join(format!("concurrent-{threads}"));
-    let log = Arc::new(open_log(&dir, Durability::Always));
+    let (manager, log) = open_log(&dir, Durability::Always);
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let barrier = Arc::new(Barrier::new(threads + 1));
@@ -346,6 +412,7 @@ fn concurrent_case(root: &Path, threads: usize) -> ConcurrentCase {
         w.join().expect("appender thread");
     }
     drop(log);
+    drop(manager);
     cleanup(&dir);
     ConcurrentCase {
         threads,
@@ -367,8 +434,8 @@ struct ReadCase {
 /// the segment files with a plain 1 MiB read loop for comparison. Best of three passes, page cache warm.
 fn read_case(root: &Path) -> ReadCase {
     let dir = root.join("read");
-    let log = open_log(&dir, Durability::Os);
-    append_loop(&log, MIB, PAGE_CACHE_TOTAL, None);
+    let (manager, log) = open_log(&dir, Durability::Os);
+    append_loop(&log, MIB, PAGE_CACHE_TOTAL, None, false);
     let end = log.offsets().log_end;
     let log_bytes = log.stats().size_bytes;
     let mut logs = Vec::new();
@@ -390,7 +457,7 @@ fn read_case(root: &Path) -> ReadCase {
             stall_secs: 0.0,
         });
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+    let mut files: Vec<PathBuf> = std::fs::read_dir(log.dir())
         .expect("list log dir")
         .map(|e| e.expect("dir entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "log"))
@@ -418,6 +485,7 @@ fn read_case(root: &Path) -> ReadCase {
         });
     }
     drop(log);
+    drop(manager);
     cleanup(&dir);
     let best = |runs: Vec<Run>| {
         runs.into_iter()
@@ -506,13 +574,23 @@ fn main() {
 
     let mut writes = Vec::new();
     for chunk in [16 * KIB, MIB] {
-        for policy in ["os", "os, no roll", "interval(10)"] {
+        for variant in [
+            Variant::Os,
+            Variant::OsKnownCrc,
+            Variant::OsWriteThrough,
+            Variant::RawGathered,
+            Variant::Interval,
+        ] {
+            if variant == Variant::RawGathered && gathered(chunk) == chunk {
+                continue; // nothing to gather: it would compare the raw loop with itself
+            }
             eprintln!(
-                "[{:>5.1}s] {policy} {}",
+                "[{:>5.1}s] {} {}",
                 t0.elapsed().as_secs_f64(),
+                variant.label(),
                 size_label(chunk)
             );
-            writes.push(page_cache_case(root, chunk, policy));
+            writes.push(page_cache_case(root, chunk, variant));
         }
         eprintln!(
             "[{:>5.1}s] always {}",
@@ -542,7 +620,7 @@ fn main() {
     println!();
     println!("1-2. Append throughput, 1 KiB records, segment_bytes 256 MiB; raw = same chunk size, same total, measured right before");
     println!(
-        "{:<13} {:>7} {:>6} {:>9} {:>16} {:>9} {:>7} {:>6} {:>5} {:>11}  goal",
+        "{:<14} {:>7} {:>6} {:>9} {:>16} {:>9} {:>7} {:>6} {:>5} {:>11}  goal",
         "policy",
         "batch",
         "MiB",
@@ -558,11 +636,12 @@ fn main() {
     for w in &writes {
         let pct = w.pct;
         let goal = match (w.policy, w.chunk) {
-            ("os", _) => {
+            ("os" | "os, known CRC", _) => {
                 let ok = pct >= 90.0;
                 goals.push((
                     format!(
-                        "os {} >= 90% of raw page-cache bandwidth",
+                        "{} {} >= 90% of raw page-cache bandwidth",
+                        w.policy,
                         size_label(w.chunk)
                     ),
                     ok,
@@ -580,7 +659,7 @@ fn main() {
             _ => String::new(),
         };
         println!(
-            "{:<13} {:>7} {:>6.0} {:>9.1} {:>16} {:>9.1} {:>6.1}% {:>6} {:>5} {:>5.2}/{:<5.2}  {}",
+            "{:<14} {:>7} {:>6.0} {:>9.1} {:>16} {:>9.1} {:>6.1}% {:>6} {:>5} {:>5.2}/{:<5.2}  {}",
             w.policy,
             size_label(w.chunk),
             w.log.bytes as f64 / MIB as f64,
@@ -600,7 +679,10 @@ fn main() {
         DURABLE_TOTAL / MIB,
         DURABLE_TIME
     );
-    println!(" `os, no roll` is a diagnostic: 1 GiB segment, raw writes carry 32 extra bytes like the log's frames;");
+    println!(" `os` = append, the log computes the CRC32C; `os, known CRC` = append_with_known_crc, the caller passes the");
+    println!(" CRC32C of bytes 21.. it has already verified (as Kafka produce can), so the log does not read the payload;");
+    println!(" `os, no hold` is a diagnostic: tail_flush_interval 0, so every frame is written whole at once, unaligned;");
+    println!(" `raw, gathered` is a diagnostic without a log: a raw loop of 64 KiB writes against the 16 KiB loop;");
     println!(
         " syncs = group-commit fdatasyncs (roll syncs not counted); segs = segments at the end;"
     );

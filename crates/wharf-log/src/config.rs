@@ -8,16 +8,19 @@ pub enum Durability {
     /// Every acknowledged append has been fdatasync'ed. Concurrent appenders share one fdatasync (group
     /// commit). Loses nothing that was acknowledged, through process crash, kernel crash or power loss.
     Always,
-    /// Appends are acknowledged once written to the page cache; the manager fdatasyncs every log with unsynced
-    /// data every `ms` milliseconds. A process crash loses nothing; a kernel crash or power loss loses up to the
-    /// last `ms` milliseconds of acknowledged appends.
+    /// Appends are acknowledged once the log has them (in the page cache, or in the log's held tail for at
+    /// most [`ManagerConfig::tail_flush_interval`]); the manager fdatasyncs every log with unsynced data every
+    /// `ms` milliseconds. A process crash loses at most the held tail: the batches ending in the last < 128 KiB
+    /// of the log appended within the last `tail_flush_interval` (5 ms by default); a kernel crash or power loss
+    /// loses up to the last `ms` milliseconds of acknowledged appends.
     Interval {
         /// Flush period in milliseconds.
         ms: u64,
     },
-    /// Appends are acknowledged once written to the page cache; the kernel writes them back when it likes
-    /// (segments are still fsynced when they roll and at checkpoints and shutdown). A process crash loses
-    /// nothing; a kernel crash or power loss loses whatever the kernel had not yet written (typically up to 30 s).
+    /// Appends are acknowledged once the log has them (as under `Interval`); the kernel writes the page cache
+    /// back when it likes (segments are still fsynced when they roll and at checkpoints and shutdown). A process
+    /// crash loses at most the held tail (as under `Interval`); a kernel crash or power loss loses whatever the
+    /// kernel had not yet written (typically up to 30 s).
     Os,
 }
 
@@ -103,7 +106,20 @@ pub struct ManagerConfig {
     pub checkpoint_interval: Duration,
     /// How often retention runs over all logs (Kafka `log.retention.check.interval.ms`).
     pub retention_check_interval: Duration,
+    /// How long appended bytes may stay in a log's held tail before they are written to the page cache.
+    ///
+    /// A log under the manager keeps the bytes past the last aligned boundary of its active segment (under
+    /// 128 KiB; about four batches at most) in memory and sends them in front of the next batch, so that every
+    /// write is a whole, aligned block (far cheaper for the kernel than a write per batch ending mid-page). A
+    /// process crash loses held bytes, so under `interval` and `os` this bounds what a process crash can lose:
+    /// the batches ending in the held tail, appended within this interval. `always` loses nothing acknowledged
+    /// either way (every sync writes the held bytes first). Zero holds nothing back: every batch is written at
+    /// once, as a log opened without a manager does, and a process crash loses nothing.
+    pub tail_flush_interval: Duration,
 }
+
+/// Default of [`ManagerConfig::tail_flush_interval`].
+pub const TAIL_FLUSH_INTERVAL_DEFAULT: Duration = Duration::from_millis(5);
 
 impl Default for ManagerConfig {
     fn default() -> Self {
@@ -111,6 +127,7 @@ impl Default for ManagerConfig {
             max_open_files: 1024,
             checkpoint_interval: Duration::from_secs(30),
             retention_check_interval: Duration::from_secs(300),
+            tail_flush_interval: TAIL_FLUSH_INTERVAL_DEFAULT,
         }
     }
 }

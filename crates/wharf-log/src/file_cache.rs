@@ -54,13 +54,17 @@ impl FileCache {
     pub fn get(&self, id: FileId, path: &Path) -> Result<Arc<File>> {
         {
             let mut inner = self.inner.lock();
-            inner.tick += 1;
-            let tick = inner.tick;
+            let last = inner.tick;
             if let Some((file, used)) = inner.files.get_mut(&id) {
                 let file = file.clone();
-                let old = std::mem::replace(used, tick);
-                inner.by_use.remove(&old);
-                inner.by_use.insert(tick, id);
+                // Already the most recently used (a busy log appending): the order is right as it is.
+                if *used != last {
+                    let tick = last + 1;
+                    let old = std::mem::replace(used, tick);
+                    inner.tick = tick;
+                    inner.by_use.remove(&old);
+                    inner.by_use.insert(tick, id);
+                }
                 return Ok(file);
             }
         }

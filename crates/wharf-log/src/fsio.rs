@@ -9,31 +9,41 @@ use std::path::Path;
 
 use crate::error::{IoContext, Result};
 
-/// Writes `a` then `b` at `pos` with as few `pwritev` calls as the kernel allows (normally one).
-pub fn write_two_at(file: &File, a: &[u8], b: &[u8], pos: u64) -> io::Result<()> {
-    let total = a.len() + b.len();
+/// Most slices one [`write_all_at_vectored`] call takes (the held tail, a frame header, a payload).
+const MAX_PARTS: usize = 4;
+
+/// Writes `parts` back to back at `pos` with as few `pwritev` calls as the kernel allows (normally one).
+pub fn write_all_at_vectored(file: &File, parts: &[&[u8]], pos: u64) -> io::Result<()> {
+    if parts.len() > MAX_PARTS {
+        return Err(io::Error::other("too many slices for one vectored write"));
+    }
+    let total: usize = parts.iter().map(|p| p.len()).sum();
     let mut done = 0usize;
     while done < total {
-        let (first, second): (&[u8], &[u8]) = if done < a.len() {
-            (&a[done..], b)
-        } else {
-            (&b[done - a.len()..], &[])
-        };
-        let iov = [
-            libc::iovec {
-                iov_base: first.as_ptr() as *mut libc::c_void,
-                iov_len: first.len(),
-            },
-            libc::iovec {
-                iov_base: second.as_ptr() as *mut libc::c_void,
-                iov_len: second.len(),
-            },
-        ];
-        let count = if second.is_empty() { 1 } else { 2 };
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_PARTS];
+        let mut count = 0;
+        let mut skip = done;
+        for part in parts {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            let rest = &part[skip..];
+            skip = 0;
+            iov[count] = libc::iovec {
+                iov_base: rest.as_ptr() as *mut libc::c_void,
+                iov_len: rest.len(),
+            };
+            count += 1;
+        }
         let offset = libc::off_t::try_from(pos + done as u64)
             .map_err(|_| io::Error::other("file offset overflow"))?;
-        // SAFETY: the iovecs point into `a` and `b`, which outlive the call; the fd is open.
-        let n = unsafe { libc::pwritev(file.as_raw_fd(), iov.as_ptr(), count, offset) };
+        // SAFETY: the first `count` iovecs point into `parts`, which outlive the call; the fd is open.
+        let n =
+            unsafe { libc::pwritev(file.as_raw_fd(), iov.as_ptr(), count as libc::c_int, offset) };
         if n < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {

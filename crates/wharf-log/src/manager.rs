@@ -1,5 +1,5 @@
 //! The node-wide set of logs: one shared file-descriptor cache, one background thread for interval flushes,
-//! index checkpoints and retention, and name-to-directory mapping.
+//! index checkpoints and retention, one for timed writes of held tails, and name-to-directory mapping.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +15,7 @@ use crate::error::{IoContext, LogError, Result};
 use crate::file_cache::FileCache;
 use crate::fsio::{now_ms, sync_dir};
 use crate::log::Log;
+use crate::tail_flush::TailFlusher;
 
 /// Longest name of a log: it is a directory name, and file systems allow 255 bytes. Kafka caps topic names at
 /// 249 so that `<topic>-<partition>` fits.
@@ -25,6 +26,15 @@ pub const LOG_NAME_MAX_LEN: usize = 255;
 pub struct LogManager {
     inner: Arc<Inner>,
     worker: Mutex<Option<JoinHandle<()>>>,
+    /// The held-tail writer and its thread; `None` when `tail_flush_interval` is zero (logs hold nothing).
+    tail_flusher: Option<TailFlushThread>,
+}
+
+/// The tail flusher and the thread running it.
+#[derive(Debug)]
+struct TailFlushThread {
+    flusher: Arc<TailFlusher>,
+    handle: Mutex<Option<JoinHandle<()>>>,
 }
 
 #[derive(Debug)]
@@ -52,14 +62,34 @@ impl LogManager {
             wake: Condvar::new(),
         });
         let worker_inner = Arc::clone(&inner);
+        // The tail flusher has its own thread, not the maintenance one: checkpoints and retention can take
+        // seconds, and the held-tail window must not stretch with them.
+        let tail_flusher = if inner.config.tail_flush_interval.is_zero() {
+            None
+        } else {
+            let flusher = Arc::new(TailFlusher::new(inner.config.tail_flush_interval));
+            let thread_flusher = Arc::clone(&flusher);
+            let handle = std::thread::Builder::new()
+                .name("wharf-log-tail-flush".into())
+                .spawn(move || thread_flusher.run())
+                .at(Path::new("<thread>"))?;
+            Some(TailFlushThread {
+                flusher,
+                handle: Mutex::new(Some(handle)),
+            })
+        };
+        let manager = LogManager {
+            inner: Arc::clone(&inner),
+            worker: Mutex::new(None),
+            tail_flusher,
+        };
+        // Dropping `manager` on this error stops the flusher thread again.
         let worker = std::thread::Builder::new()
             .name("wharf-log-maintenance".into())
             .spawn(move || worker_inner.run())
             .at(Path::new("<thread>"))?;
-        Ok(LogManager {
-            inner,
-            worker: Mutex::new(Some(worker)),
-        })
+        *manager.worker.lock() = Some(worker);
+        Ok(manager)
     }
 
     /// The shared file cache (for metrics).
@@ -98,12 +128,18 @@ impl LogManager {
             log.set_config(config);
             return Ok(Arc::clone(log));
         }
-        let log = Arc::new(Log::open(
+        let log = Log::open(
             self.inner.root.join(name),
             name,
             config,
             Arc::clone(&self.inner.files),
-        )?);
+        )?;
+        let log = match &self.tail_flusher {
+            Some(TailFlushThread { flusher, .. }) => {
+                Arc::new_cyclic(|me| log.with_tail_flusher(Arc::clone(flusher), me.clone()))
+            }
+            None => Arc::new(log),
+        };
         logs.insert(name.to_string(), Arc::clone(&log));
         Ok(log)
     }
@@ -149,13 +185,9 @@ impl LogManager {
         Ok(())
     }
 
-    /// Stops the background thread, then syncs and checkpoints every log so the next open scans nothing.
+    /// Stops the background threads, then syncs and checkpoints every log so the next open scans nothing.
     pub fn close(&self) -> Result<()> {
-        *self.inner.stop.lock() = true;
-        self.inner.wake.notify_all();
-        if let Some(worker) = self.worker.lock().take() {
-            let _ = worker.join();
-        }
+        self.stop_threads();
         let logs: Vec<Arc<Log>> = self.inner.logs.read().values().cloned().collect();
         let mut first_error = None;
         for log in logs {
@@ -168,13 +200,27 @@ impl LogManager {
     }
 }
 
-impl Drop for LogManager {
-    fn drop(&mut self) {
+impl LogManager {
+    /// Stops the maintenance thread and the tail flusher, which writes every queued held tail before it ends
+    /// (logs still open afterwards hold nothing back).
+    fn stop_threads(&self) {
         *self.inner.stop.lock() = true;
         self.inner.wake.notify_all();
         if let Some(worker) = self.worker.lock().take() {
             let _ = worker.join();
         }
+        if let Some(TailFlushThread { flusher, handle }) = &self.tail_flusher {
+            flusher.stop();
+            if let Some(handle) = handle.lock().take() {
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+impl Drop for LogManager {
+    fn drop(&mut self) {
+        self.stop_threads();
     }
 }
 

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -14,6 +15,7 @@ use crate::file_cache::FileId;
 use crate::frame::{header_bytes, FrameHeader, FRAME_HEADER_LEN};
 use crate::fsio::read_at;
 use crate::index::SegmentIndex;
+use crate::tail::HeldBytes;
 
 /// How much a scan or read pulls from the file per `pread`.
 const READ_WINDOW_BYTES: u64 = 1024 * 1024;
@@ -72,8 +74,9 @@ pub(crate) enum SegmentState {
     /// The segment appends go to; its index lives in memory and is extended on every append.
     Active {
         index: SegmentIndex,
-        /// Wall-clock time of the first append since the segment was created or reopened (for `segment_ms`).
-        first_append_ms: Option<i64>,
+        /// When the first append since the segment was created or reopened happened (for `segment_ms`; a
+        /// monotonic clock, so a wall-clock jump neither rolls early nor holds a roll back).
+        first_append: Option<Instant>,
     },
     /// A read-only segment; its index is loaded (and verified, or rebuilt) on first use.
     Sealed(Arc<SealedIndex>),
@@ -118,7 +121,7 @@ pub(crate) fn scan(
         if file_len - pos < FRAME_HEADER_LEN as u64 {
             return Ok((index, Some(stop("partial frame header at end of file"))));
         }
-        let h = window.get(file, path, pos, FRAME_HEADER_LEN as u64, file_len)?;
+        let h = window.get(file, path, None, pos, FRAME_HEADER_LEN as u64, file_len)?;
         let Some(&hb) = header_bytes(&h) else {
             return Ok((index, Some(stop("short read"))));
         };
@@ -146,7 +149,7 @@ pub(crate) fn scan(
         if header.next_offset() - index.base() > u64::from(u32::MAX) {
             return Ok((index, Some(stop("offsets overflow the segment"))));
         }
-        let frame = window.get(file, path, pos, header.frame_len(), file_len)?;
+        let frame = window.get(file, path, None, pos, header.frame_len(), file_len)?;
         if !FrameHeader::crc_matches(&hb, &frame[FRAME_HEADER_LEN..]) {
             return Ok((index, Some(stop("CRC mismatch"))));
         }
@@ -162,8 +165,9 @@ pub(crate) fn scan(
     Ok((index, None))
 }
 
-/// A read window over a file: serves byte ranges from one `pread` buffer, refilling when a range falls outside.
-/// Served ranges are slices of the shared buffer, so batches are never copied after the read.
+/// A read window over a segment: serves byte ranges from one `pread` buffer, refilling when a range falls outside.
+/// Served ranges are slices of the shared buffer, so batches are never copied after the read. Bytes at or past
+/// the held tail's start come from the reader's copy of the held tail instead of the file.
 struct Window {
     start: u64,
     buf: Bytes,
@@ -181,17 +185,58 @@ impl Window {
     }
 
     /// Bytes `[pos, pos+len)`; the caller has checked that `pos + len <= limit`, the end of valid data.
-    fn get(&mut self, file: &File, path: &Path, pos: u64, len: u64, limit: u64) -> Result<Bytes> {
+    fn get(
+        &mut self,
+        file: &File,
+        path: &Path,
+        held: Option<&HeldBytes>,
+        pos: u64,
+        len: u64,
+        limit: u64,
+    ) -> Result<Bytes> {
         debug_assert!(pos + len <= limit);
         let have_end = self.start + self.buf.len() as u64;
         if pos < self.start || pos + len > have_end {
             let want = len.max(self.refill_bytes).min(limit - pos);
-            self.buf = Bytes::from(read_at(file, path, pos, want as usize)?);
+            self.buf = fill(file, path, held, pos, want)?;
             self.start = pos;
         }
         let from = (pos - self.start) as usize;
         Ok(self.buf.slice(from..from + len as usize))
     }
+}
+
+/// Reads `want` bytes of a segment at `pos`: from the file below the held tail's start, from the held copy at and
+/// past it.
+fn fill(file: &File, path: &Path, held: Option<&HeldBytes>, pos: u64, want: u64) -> Result<Bytes> {
+    let Some(held) = held.filter(|h| pos + want > h.start) else {
+        return Ok(Bytes::from(read_at(file, path, pos, want as usize)?));
+    };
+    // The caller never asks past the end of valid data, which is the held tail's end; a range that does is a
+    // bug, reported like a read past the end of the file rather than a panic.
+    let past_end = || LogError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "read past the end of the held tail",
+        ),
+    };
+    if pos >= held.start {
+        let from = (pos - held.start) as usize;
+        let to = from + want as usize;
+        if to > held.bytes.len() {
+            return Err(past_end());
+        }
+        return Ok(held.bytes.slice(from..to));
+    }
+    let in_file = (held.start - pos) as usize;
+    let mut buf = read_at(file, path, pos, in_file)?;
+    let rest = held
+        .bytes
+        .get(..want as usize - in_file)
+        .ok_or_else(past_end)?;
+    buf.extend_from_slice(rest);
+    Ok(Bytes::from(buf))
 }
 
 /// What a read of one segment needs, captured under the log's lock and used outside it.
@@ -204,6 +249,8 @@ pub(crate) struct ReadSpan {
     pub start_offset: u64,
     /// End of valid data in the segment.
     pub end_pos: u64,
+    /// The active segment's held tail (bytes not, or not only, in the file), copied under the lock.
+    pub held: Option<HeldBytes>,
 }
 
 /// Why a segment read stopped.
@@ -242,7 +289,14 @@ pub(crate) fn read_span(
             if !out.is_empty() && len > *budget {
                 return Ok(ReadStop::Full);
             }
-            let frame = window.get(file, &span.path, pos, header.frame_len(), span.end_pos)?;
+            let frame = window.get(
+                file,
+                &span.path,
+                span.held.as_ref(),
+                pos,
+                header.frame_len(),
+                span.end_pos,
+            )?;
             let payload = frame.slice(FRAME_HEADER_LEN..);
             if !FrameHeader::crc_matches(&hb, &payload) {
                 return Err(corrupt_at(span, pos, expected, "CRC mismatch".into()));
@@ -299,7 +353,14 @@ fn checked_header_at(
     if span.end_pos - pos < FRAME_HEADER_LEN as u64 {
         return Err(corrupt("partial frame header".into()));
     }
-    let h = window.get(file, &span.path, pos, FRAME_HEADER_LEN as u64, span.end_pos)?;
+    let h = window.get(
+        file,
+        &span.path,
+        span.held.as_ref(),
+        pos,
+        FRAME_HEADER_LEN as u64,
+        span.end_pos,
+    )?;
     let hb = *header_bytes(&h).ok_or_else(|| corrupt("short read".into()))?;
     let header = FrameHeader::decode(&hb).map_err(|r| corrupt(r.into()))?;
     if header.base_offset != expected {

@@ -192,6 +192,9 @@ pub struct StorageConfig {
     pub max_open_files: u64,
     /// How often retention runs over every log (Kafka `log.retention.check.interval.ms`).
     pub retention_check_interval_ms: u64,
+    /// Under `interval` and `os`, the partial last page of a log's writes is held in memory (so writes stay
+    /// page-aligned) for at most this long; 0 writes every append through at once.
+    pub tail_flush_interval_ms: u64,
 }
 
 impl Default for StorageConfig {
@@ -207,6 +210,7 @@ impl Default for StorageConfig {
             flush_interval_ms: 1000,
             max_open_files: 1024,
             retention_check_interval_ms: 300_000,
+            tail_flush_interval_ms: 5,
         }
     }
 }
@@ -239,6 +243,7 @@ impl StorageConfig {
             retention_check_interval: std::time::Duration::from_millis(
                 self.retention_check_interval_ms,
             ),
+            tail_flush_interval: std::time::Duration::from_millis(self.tail_flush_interval_ms),
             ..wharf_log::ManagerConfig::default()
         }
     }

@@ -17,6 +17,7 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind};
 use kafka_protocol::protocol::VersionRange;
 use kafka_protocol::ResponseError;
 use wharf_core::{Partition, ProducerError, SequenceCheck, TimestampType, Topic};
+use wharf_log::frame::KnownCrc;
 use wharf_log::Log;
 
 use super::{core_error, log_error, message, now_ms, Broker, Reply, LEADER_EPOCH};
@@ -150,9 +151,21 @@ fn append(
         buf.extend_from_slice(bytes);
         let max_ts = log_append_time.unwrap_or(header.max_timestamp);
         let append = |buf: &mut BytesMut| {
-            log.append_with(buf, header.record_count as u32, max_ts, |base, b| {
-                batch::stamp(b, base, LEADER_EPOCH, log_append_time)
-            })
+            let stamp = |base, b: &mut [u8]| batch::stamp(b, base, LEADER_EPOCH, log_append_time);
+            let count = header.record_count as u32;
+            match log_append_time {
+                // The batch CRC was checked and stamping leaves its coverage alone: the log reuses it for its
+                // frame instead of running CRC32C over the batch a second time.
+                None => {
+                    let known = KnownCrc {
+                        from: batch::CRC_FROM,
+                        crc32c: header.crc,
+                    };
+                    log.append_with_known_crc(buf, count, max_ts, known, stamp)
+                }
+                // LogAppendTime rewrites covered bytes (and the batch CRC): the log computes its own.
+                Some(_) => log.append_with(buf, count, max_ts, stamp),
+            }
             .map_err(|e| {
                 tracing::error!(log = log.name(), "append failed: {e}");
                 (log_error(&e), Some(e.to_string()))

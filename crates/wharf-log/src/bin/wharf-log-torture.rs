@@ -1,12 +1,14 @@
-//! `wharf-log-torture DIR THREADS`: appends self-describing batches to the log in DIR from THREADS threads with
-//! durability `always`, forever, and prints `ACK <base> <count> <id> <len>` for each append only after it is
-//! durable. The crash test SIGKILLs it at random moments and checks that every acknowledged batch survived.
+//! `wharf-log-torture DIR THREADS [always|os]`: appends self-describing batches to the log `DIR/torture` (under a
+//! `LogManager`, as the broker runs it, so appends hold their tail back) from THREADS threads, forever, and prints
+//! `ACK <base> <count> <id> <len>` for each append once the policy allows acknowledging it: after fdatasync under
+//! `always` (the default), at once under `os`. The crash tests SIGKILL it at random moments and check what
+//! survived.
 
 use std::io::Write;
 use std::sync::Arc;
 
 use wharf_log::testing::pattern;
-use wharf_log::{Durability, FileCache, Log, LogConfig};
+use wharf_log::{Durability, LogConfig, LogManager, ManagerConfig};
 
 fn main() {
     if let Err(e) = run() {
@@ -17,24 +19,23 @@ fn main() {
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let dir = args.next().ok_or("usage: wharf-log-torture DIR THREADS")?;
-    let threads: u64 = args
-        .next()
-        .ok_or("usage: wharf-log-torture DIR THREADS")?
-        .parse()?;
+    const USAGE: &str = "usage: wharf-log-torture DIR THREADS [always|os]";
+    let dir = args.next().ok_or(USAGE)?;
+    let threads: u64 = args.next().ok_or(USAGE)?.parse()?;
+    let durability = match args.next().as_deref() {
+        None | Some("always") => Durability::Always,
+        Some("os") => Durability::Os,
+        Some(_) => return Err(USAGE.into()),
+    };
     let config = LogConfig {
         segment_bytes: 256 * 1024,
         index_interval_bytes: 1024,
-        durability: Durability::Always,
+        durability,
         retention_ms: None,
         ..LogConfig::default()
     };
-    let log = Arc::new(Log::open(
-        &dir,
-        "torture",
-        config,
-        Arc::new(FileCache::new(64)),
-    )?);
+    let manager = LogManager::open(&dir, ManagerConfig::default())?;
+    let log = manager.open_log("torture", config)?;
     // Ids continue across runs: each run gets a fresh range from the pid and the clock.
     let run_id = u64::from(std::process::id()) << 32
         ^ (std::time::UNIX_EPOCH.elapsed()?.as_nanos() as u64) << 40;
