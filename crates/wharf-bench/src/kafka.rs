@@ -31,7 +31,7 @@ use crate::stats::{cpu_time, percentile};
 pub enum Mode {
     /// Producer throughput.
     Produce,
-    /// Consumer throughput (produces first if the topic is empty).
+    /// Consumer throughput of records already in `--topic` (e.g. from an earlier `produce` run).
     Consume,
     /// End-to-end latency at `--rate`.
     Latency,
@@ -127,8 +127,7 @@ fn consumer(args: &KafkaArgs) -> anyhow::Result<BaseConsumer> {
     c.set("group.id", "wharf-bench")
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "100")
-        .set("fetch.max.bytes", "52428800")
-        .set("max.partition.fetch.bytes", "10485760");
+        .set("fetch.max.bytes", "52428800");
     Ok(c.create()?)
 }
 
@@ -208,7 +207,7 @@ pub fn run(args: KafkaArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("wharf-bench-{now}"));
     ensure_topic(&args, &topic).context("creating the topic")?;
-    if matches!(args.mode, Mode::Produce | Mode::Consume | Mode::All) {
+    if matches!(args.mode, Mode::Produce | Mode::All) {
         produce(&args, &topic)?;
     }
     if matches!(args.mode, Mode::Consume | Mode::All) {

@@ -174,7 +174,7 @@ fn handle(
     let correlation_id = request.header.correlation_id;
     let reply = handlers::dispatch(broker, &mut request, peer_host).map_err(|e| e.to_string())?;
     let encode = move |body: ResponseKind| -> Option<BytesMut> {
-        let mut out = BytesMut::new();
+        let mut out = BytesMut::with_capacity(size_hint(&body));
         match codec::encode_response(&mut out, api_key, version, correlation_id, &body) {
             Ok(()) => Some(out),
             Err(e) => {
@@ -190,4 +190,22 @@ fn handle(
         Reply::Later(future) => Some(Box::pin(future.map(encode))),
         Reply::None => None,
     })
+}
+
+/// Bytes to reserve for a response before encoding it: a fetch response is mostly its record data, and
+/// growing a multi-megabyte buffer by doubling would copy it several times.
+fn size_hint(body: &ResponseKind) -> usize {
+    const OVERHEAD_BYTES: usize = 4096;
+    match body {
+        ResponseKind::Fetch(fetch) => {
+            let records: usize = fetch
+                .responses
+                .iter()
+                .flat_map(|t| t.partitions.iter())
+                .map(|p| p.records.as_ref().map_or(0, |r| r.len()) + 64)
+                .sum();
+            records + OVERHEAD_BYTES
+        }
+        _ => OVERHEAD_BYTES,
+    }
 }

@@ -63,9 +63,44 @@ pub fn write_all_at_vectored(file: &File, parts: &[&[u8]], pos: u64) -> io::Resu
 }
 
 /// Reads exactly `len` bytes at `pos` into a new buffer.
+///
+/// The buffer is not zeroed first: `pread` fills its spare capacity and the length grows only by what was
+/// read. Zeroing a fresh multi-megabyte buffer on every fetch cost as much as the read itself.
 pub fn read_at(file: &File, path: &Path, pos: u64, len: usize) -> Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    file.read_exact_at(&mut buf, pos).at(path)?;
+    use std::os::fd::AsRawFd;
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    while buf.len() < len {
+        let filled = buf.len();
+        let offset = libc::off_t::try_from(pos + filled as u64)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "read offset overflows off_t"))
+            .at(path)?;
+        // SAFETY: the destination is the vector's spare capacity, `len - filled` bytes starting right after
+        // its initialised part; pread writes at most that many bytes there and nothing else.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                buf.as_mut_ptr().add(filled).cast(),
+                len - filled,
+                offset,
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err).at(path);
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file ended before the requested range",
+            ))
+            .at(path);
+        }
+        // SAFETY: pread initialised `n` more bytes, and `filled + n <= len <= capacity`.
+        unsafe { buf.set_len(filled + n as usize) };
+    }
     Ok(buf)
 }
 
