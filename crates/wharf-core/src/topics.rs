@@ -399,6 +399,11 @@ impl TopicRegistry {
         self.topics.read().get(name).cloned()
     }
 
+    /// The topic with Kafka topic id `id`, if any (requests of newer versions name topics by id).
+    pub fn get_by_id(&self, id: &[u8; 16]) -> Option<Arc<Topic>> {
+        self.topics.read().values().find(|t| &t.id == id).cloned()
+    }
+
     /// Every topic, by name.
     pub fn list(&self) -> Vec<Arc<Topic>> {
         self.topics.read().values().cloned().collect()

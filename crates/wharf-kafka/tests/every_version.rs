@@ -55,7 +55,8 @@ fn s(v: &str) -> StrBytes {
 }
 
 /// A representative request of `key` at `version`, encoded with its header.
-fn request(key: ApiKey, version: i16) -> BytesMut {
+/// `t` is the id of topic "t", for versions that name topics by id.
+fn request(key: ApiKey, version: i16, t: uuid::Uuid) -> BytesMut {
     let body: RequestKind = match key {
         ApiKey::ApiVersions => RequestKind::ApiVersions(if version >= 3 {
             ApiVersionsRequest::default()
@@ -80,9 +81,13 @@ fn request(key: ApiKey, version: i16) -> BytesMut {
             let part = produce_request::PartitionProduceData::default()
                 .with_index(0)
                 .with_records(Some(records));
-            let topic = produce_request::TopicProduceData::default()
-                .with_name(name("t"))
-                .with_partition_data(vec![part]);
+            let topic =
+                produce_request::TopicProduceData::default().with_partition_data(vec![part]);
+            let topic = if version >= 13 {
+                topic.with_topic_id(t)
+            } else {
+                topic.with_name(name("t"))
+            };
             RequestKind::Produce(
                 ProduceRequest::default()
                     .with_acks(1)
@@ -98,9 +103,12 @@ fn request(key: ApiKey, version: i16) -> BytesMut {
             let missing = fetch_request::FetchPartition::default()
                 .with_partition(7)
                 .with_partition_max_bytes(1 << 20);
-            let topic = fetch_request::FetchTopic::default()
-                .with_topic(name("t"))
-                .with_partitions(vec![part, missing]);
+            let topic = fetch_request::FetchTopic::default().with_partitions(vec![part, missing]);
+            let topic = if version >= 13 {
+                topic.with_topic_id(t)
+            } else {
+                topic.with_topic(name("t"))
+            };
             RequestKind::Fetch(
                 FetchRequest::default()
                     .with_max_wait_ms(0)
@@ -109,7 +117,7 @@ fn request(key: ApiKey, version: i16) -> BytesMut {
             )
         }
         ApiKey::ListOffsets => {
-            let parts = [-1i64, -2, 0]
+            let parts = [-1i64, -2, 0, -3, -4]
                 .iter()
                 .map(|&ts| {
                     list_offsets_request::ListOffsetsPartition::default()
@@ -366,10 +374,11 @@ fn one_batch() -> bytes::Bytes {
 async fn every_served_version_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let broker = broker(dir.path());
+    let t_id = uuid::Uuid::from_bytes(broker.topics.get("t").unwrap().id());
     let mut checked = 0;
     for (key, range) in apis::supported() {
         for version in range.min..=range.max {
-            let frame = request(key, version).freeze();
+            let frame = request(key, version, t_id).freeze();
             let mut req =
                 parse_request(frame).unwrap_or_else(|e| panic!("{key:?} v{version}: {e}"));
             let reply = dispatch(&broker, &mut req, "/127.0.0.1")

@@ -23,8 +23,8 @@ use wharf_core::Partition;
 
 use super::{log_error, Broker, Reply};
 
-/// Served versions: v4 (record batches) up to v12; v13 names topics by id only.
-pub const VERSIONS: VersionRange = VersionRange { min: 4, max: 12 };
+/// Served versions: v4 (record batches) up to v17; from v13 topics are named by id.
+pub const VERSIONS: VersionRange = VersionRange { min: 4, max: 17 };
 
 /// Longest a fetch waits, whatever `max_wait_ms` asks (it also bounds how long shutdown waits for one).
 const MAX_WAIT_MS_CAP: i32 = 30_000;
@@ -37,7 +37,8 @@ struct Wanted {
 }
 
 struct Plan {
-    topics: Vec<(TopicName, Vec<Wanted>)>,
+    /// Per topic: the name (v4–12) or id (v13+) to answer with, and the partitions wanted.
+    topics: Vec<(TopicName, uuid::Uuid, Vec<Wanted>)>,
     min_bytes: usize,
     max_bytes: usize,
     version: i16,
@@ -49,7 +50,11 @@ pub fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -> Repl
         .topics
         .into_iter()
         .map(|t| {
-            let topic = broker.topics.get(&t.topic);
+            let topic = if version >= 13 {
+                broker.topics.get_by_id(t.topic_id.as_bytes())
+            } else {
+                broker.topics.get(&t.topic)
+            };
             let wanted = t
                 .partitions
                 .into_iter()
@@ -60,7 +65,7 @@ pub fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -> Repl
                     partition_max_bytes: p.partition_max_bytes,
                 })
                 .collect();
-            (t.topic, wanted)
+            (t.topic, t.topic_id, wanted)
         })
         .collect();
     let plan = Plan {
@@ -83,7 +88,7 @@ async fn long_poll(plan: Plan, max_wait_ms: i32) -> ResponseKind {
     let partitions: Vec<Arc<Partition>> = plan
         .topics
         .iter()
-        .flat_map(|(_, w)| w.iter().filter_map(|w| w.partition.clone()))
+        .flat_map(|(_, _, w)| w.iter().filter_map(|w| w.partition.clone()))
         .collect();
     loop {
         // Register for wake-ups before reading, so an append between the read and the wait is not missed.
@@ -112,10 +117,14 @@ fn read(plan: &Plan) -> (FetchResponse, usize, bool) {
     let mut total = 0usize;
     let mut errors = false;
     let mut responses = Vec::with_capacity(plan.topics.len());
-    for (name, wanted) in &plan.topics {
+    for (name, id, wanted) in &plan.topics {
         let mut partitions = Vec::with_capacity(wanted.len());
         for w in wanted {
             let mut data = read_partition(w, &mut remaining, total == 0);
+            if plan.version >= 13 && w.partition.is_none() {
+                // Topics named by id that do not exist (any more).
+                data.error_code = ResponseError::UnknownTopicId.code();
+            }
             if plan.version < 5 {
                 // The log start offset field exists from v5.
                 data.log_start_offset = -1;
@@ -126,11 +135,12 @@ fn read(plan: &Plan) -> (FetchResponse, usize, bool) {
             total += data.records.as_ref().map_or(0, Bytes::len);
             partitions.push(data);
         }
-        responses.push(
-            FetchableTopicResponse::default()
-                .with_topic(name.clone())
-                .with_partitions(partitions),
-        );
+        let response = FetchableTopicResponse::default().with_partitions(partitions);
+        responses.push(if plan.version >= 13 {
+            response.with_topic_id(*id)
+        } else {
+            response.with_topic(name.clone())
+        });
     }
     (
         FetchResponse::default()

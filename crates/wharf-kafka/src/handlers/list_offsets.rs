@@ -14,11 +14,14 @@ use wharf_core::Partition;
 use super::{log_error, Broker, LEADER_EPOCH};
 use crate::batch;
 
-/// Served versions (v7 adds the max-timestamp query, -3).
-pub const VERSIONS: VersionRange = VersionRange { min: 1, max: 6 };
+/// Served versions: v7 adds the max-timestamp query (-3, refused per partition: no index keeps it yet), v8 the
+/// earliest-local query (-4, the log start: all data is local).
+pub const VERSIONS: VersionRange = VersionRange { min: 1, max: 8 };
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+const EARLIEST_LOCAL: i64 = -4;
 
 /// Answers ListOffsets.
 pub fn handle(
@@ -67,7 +70,10 @@ fn lookup(
     let base = base.with_leader_epoch(epoch).with_timestamp(-1);
     match timestamp {
         LATEST => base.with_offset(offsets.log_end as i64),
-        EARLIEST => base.with_offset(offsets.log_start as i64),
+        EARLIEST | EARLIEST_LOCAL => base.with_offset(offsets.log_start as i64),
+        MAX_TIMESTAMP => base
+            .with_error_code(ResponseError::UnsupportedVersion.code())
+            .with_offset(-1),
         t if t < 0 => base
             .with_error_code(ResponseError::UnsupportedVersion.code())
             .with_offset(-1),

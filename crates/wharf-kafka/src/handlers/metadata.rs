@@ -13,8 +13,8 @@ use wharf_core::{CoreError, Topic};
 
 use super::{core_error, topic_name, Broker, LEADER_EPOCH, NODE_ID};
 
-/// Served versions (v13 only adds a top-level error code; topic ids are served from v10).
-pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 12 };
+/// Served versions (topic ids from v10; v13 adds a top-level error code, always 0 here).
+pub const VERSIONS: VersionRange = VersionRange { min: 0, max: 13 };
 
 /// "Not requested" value of the authorized-operations fields.
 const OPERATIONS_NOT_REQUESTED: i32 = i32::MIN;

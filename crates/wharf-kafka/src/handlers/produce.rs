@@ -23,8 +23,8 @@ use wharf_log::Log;
 use super::{core_error, log_error, message, now_ms, Broker, Reply, LEADER_EPOCH};
 use crate::batch;
 
-/// Served versions: v3 (record batches) up to v12; v13 names topics by id only.
-pub const VERSIONS: VersionRange = VersionRange { min: 3, max: 12 };
+/// Served versions: v3 (record batches) up to v13, which names topics by id.
+pub const VERSIONS: VersionRange = VersionRange { min: 3, max: 13 };
 
 fn failed(index: i32, error: ResponseError, text: Option<String>) -> PartitionProduceResponse {
     PartitionProduceResponse::default()
@@ -41,10 +41,16 @@ pub fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Re
     let mut responses = Vec::with_capacity(request.topic_data.len());
     for topic_data in request.topic_data {
         let name = topic_data.name.clone();
+        let topic_id = topic_data.topic_id;
         let topic = if !(-1..=1).contains(&acks) {
             Err(ResponseError::InvalidRequiredAcks)
         } else if request.transactional_id.is_some() {
             Err(ResponseError::TransactionalIdAuthorizationFailed)
+        } else if version >= 13 {
+            broker
+                .topics
+                .get_by_id(topic_id.as_bytes())
+                .ok_or(ResponseError::UnknownTopicId)
         } else {
             match broker.topics.get(&name) {
                 Some(t) => Ok(t),
@@ -82,11 +88,12 @@ pub fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Re
             };
             partitions.push(result);
         }
-        responses.push(
-            TopicProduceResponse::default()
-                .with_name(name)
-                .with_partition_responses(partitions),
-        );
+        let response = TopicProduceResponse::default().with_partition_responses(partitions);
+        responses.push(if version >= 13 {
+            response.with_topic_id(topic_id)
+        } else {
+            response.with_name(name)
+        });
     }
     for t in &mut responses {
         for p in &mut t.partition_responses {
