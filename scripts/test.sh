@@ -18,6 +18,12 @@ if ! pkg-config --exists zlib 2>/dev/null; then
   }
 fi
 
+# kafka-python, a second, independent Kafka client (pure Python) for crates/wharf/tests/kafka.rs.
+if ! python3 -c "import kafka" 2>/dev/null; then
+  echo "installing kafka-python"
+  python3 -m pip install -q "kafka-python==3.0.12"
+fi
+
 # 50 SIGKILL cycles of the crash test unless the caller asks for more or fewer.
 export WHARF_CRASH_CYCLES="${WHARF_CRASH_CYCLES:-50}"
 log=$(mktemp)

@@ -1048,3 +1048,49 @@ async fn librdkafka_idempotent_producer_round_trips() {
         .collect();
     assert_eq!(values, (0..500).map(|i| i.to_string()).collect::<Vec<_>>());
 }
+
+/// kafka-python, a pure-Python client that shares no code with librdkafka and infers the broker's version from
+/// ApiVersions (installed by scripts/test.sh): admin, gzip producer with headers, group consumer, commit and
+/// resume, group listing — see tests/clients/kafka_python_smoke.py.
+#[test]
+fn kafka_python_client_works() {
+    let (w, _config) = start_for_groups();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/kafka_python_smoke.py"
+    );
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(&w.kafka)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "kafka-python smoke test failed:\n{}\n{}\nbroker stderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        w.stderr()
+    );
+}
+
+#[test]
+fn idle_connections_are_closed_after_connections_max_idle_ms() {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "[kafka]\nconnections_max_idle_ms = 300\n").unwrap();
+    let w = Wharf::start(&["--config", config.path().to_str().unwrap()]);
+    let mut idle = connect(&w);
+    assert!(raw_round_trip(&mut idle, &api_versions_request(0)).is_some());
+    let started = Instant::now();
+    assert!(closed(&mut idle), "the idle connection was not closed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
+    // A connection that keeps sending is not idle.
+    let mut busy = connect(&w);
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(raw_round_trip(&mut busy, &api_versions_request(0)).is_some());
+    }
+}
