@@ -9,6 +9,7 @@ pub mod groups;
 pub mod offsets;
 mod persist;
 pub mod producers;
+pub mod queues;
 pub mod topic_config;
 pub mod topics;
 

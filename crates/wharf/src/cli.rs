@@ -57,12 +57,12 @@ pub struct ServeArgs {
     #[arg(long, env = "WHARF_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// Address for AMQP 0-9-1 clients, or 'off' (the protocol is not built yet: validated, not opened)
+    /// Address for AMQP 0-9-1 clients, or 'off'
     /// [default: 127.0.0.1:5672]
     #[arg(long, env = "WHARF_AMQP_LISTEN", value_name = "ADDR", value_parser = parse_listen_addr)]
     pub amqp_listen: Option<ListenAddr>,
 
-    /// Address for Kafka clients, or 'off' (the protocol is not built yet: validated, not opened)
+    /// Address for Kafka clients, or 'off'
     /// [default: 127.0.0.1:9092]
     #[arg(long, env = "WHARF_KAFKA_LISTEN", value_name = "ADDR", value_parser = parse_listen_addr)]
     pub kafka_listen: Option<ListenAddr>,

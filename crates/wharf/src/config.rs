@@ -366,6 +366,54 @@ impl KafkaSection {
     }
 }
 
+/// The `[amqp]` table: limits of the AMQP 0-9-1 front end, named after RabbitMQ's settings and defaulting
+/// to RabbitMQ's values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmqpSection {
+    /// Largest frame offered in connection.tune and accepted (`frame_max`); a bigger frame closes the
+    /// connection before its payload is read. At least 8192.
+    pub frame_max: u32,
+    /// Highest channel number a connection may open (`channel_max`).
+    pub channel_max: u16,
+    /// Heartbeat interval offered in connection.tune, in seconds (`heartbeat`); 0 disables heartbeats.
+    pub heartbeat_s: u16,
+    /// Most client connections at once; more wait in the accept queue.
+    pub max_connections: u64,
+    /// Largest message body a publisher may send (`max_message_size`); a larger one is a 406 channel error.
+    pub max_message_bytes: u64,
+    /// Time a new connection has to finish the handshake (`handshake_timeout`).
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for AmqpSection {
+    fn default() -> Self {
+        let d = wharf_amqp::AmqpConfig::default();
+        Self {
+            frame_max: d.frame_max,
+            channel_max: d.channel_max,
+            heartbeat_s: d.heartbeat_s,
+            max_connections: d.max_connections as u64,
+            max_message_bytes: d.max_message_bytes,
+            handshake_timeout_ms: d.handshake_timeout_ms,
+        }
+    }
+}
+
+impl AmqpSection {
+    /// The AMQP front end's settings.
+    pub fn front_end(&self) -> wharf_amqp::AmqpConfig {
+        wharf_amqp::AmqpConfig {
+            frame_max: self.frame_max,
+            channel_max: self.channel_max,
+            heartbeat_s: self.heartbeat_s,
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            max_message_bytes: self.max_message_bytes,
+            handshake_timeout_ms: self.handshake_timeout_ms,
+        }
+    }
+}
+
 /// The `[limits]` table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -394,6 +442,7 @@ pub struct Config {
     pub listen: ListenConfig,
     pub storage: StorageConfig,
     pub kafka: KafkaSection,
+    pub amqp: AmqpSection,
     pub limits: LimitsConfig,
 }
 
@@ -405,6 +454,7 @@ impl Default for Config {
             listen: ListenConfig::default(),
             storage: StorageConfig::default(),
             kafka: KafkaSection::default(),
+            amqp: AmqpSection::default(),
             limits: LimitsConfig::default(),
         }
     }
@@ -478,6 +528,10 @@ impl Config {
                 self.kafka.connections_max_idle_ms,
             ),
             ("kafka.max_connections", self.kafka.max_connections),
+            ("amqp.max_connections", self.amqp.max_connections),
+            ("amqp.max_message_bytes", self.amqp.max_message_bytes),
+            ("amqp.handshake_timeout_ms", self.amqp.handshake_timeout_ms),
+            ("amqp.channel_max", u64::from(self.amqp.channel_max)),
             (
                 "kafka.max_inflight_requests",
                 self.kafka.max_inflight_requests,
@@ -495,6 +549,12 @@ impl Config {
             if value < -1 {
                 bail!("{key} must be -1 (unlimited) or at least 0, not {value}");
             }
+        }
+        if self.amqp.frame_max < wharf_amqp::config::FRAME_MAX_MIN {
+            bail!(
+                "amqp.frame_max must be at least {}",
+                wharf_amqp::config::FRAME_MAX_MIN
+            );
         }
         let kafka = &self.kafka;
         if !(1..=wharf_core::PARTITIONS_PER_TOPIC_MAX).contains(&kafka.num_partitions) {

@@ -83,10 +83,28 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<
     let cluster_id = cluster_id(data_dir.path())?;
 
     let mut bound = BoundListeners::default();
-    note_unbuilt_protocol("AMQP 0-9-1", config.listen.amqp);
 
     let admin_state = AdminState::new();
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mut amqp_task: Option<JoinHandle<()>> = None;
+    match config.listen.amqp {
+        ListenAddr::Off => info!("AMQP listener is off"),
+        ListenAddr::At(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for AMQP on {addr}"))?;
+            let local = listener
+                .local_addr()
+                .context("cannot read the AMQP listener's address")?;
+            bound.insert("amqp", local);
+            let broker = wharf_amqp::Broker::new(config.amqp.front_end());
+            amqp_task = Some(tokio::spawn(wharf_amqp::serve(
+                listener,
+                broker,
+                stop_rx.clone(),
+            )));
+        }
+    }
     let mut kafka_task: Option<JoinHandle<()>> = None;
     match config.listen.kafka {
         ListenAddr::Off => info!("Kafka listener is off"),
@@ -178,6 +196,11 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<
 
     let timeout_ms = config.limits.shutdown_timeout_ms;
     let drain = async {
+        if let Some(task) = amqp_task {
+            if let Err(err) = task.await {
+                error!("the AMQP server task failed: {err}");
+            }
+        }
         if let Some(task) = kafka_task {
             if let Err(err) = task.await {
                 error!("the Kafka server task failed: {err}");
@@ -213,17 +236,6 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<
     }
     info!("wharf stopped cleanly");
     Ok(())
-}
-
-/// Validates-and-keeps is all a protocol that is not built yet gets: no listener is opened for it.
-fn note_unbuilt_protocol(protocol: &str, listen: ListenAddr) {
-    match listen {
-        ListenAddr::Off => info!("{protocol} listener is off"),
-        ListenAddr::At(addr) => info!(
-            %addr,
-            "{protocol} is not built yet; its listener is configured but not opened"
-        ),
-    }
 }
 
 /// How often changed idempotent-producer state is snapshotted, bounding what start-up after a crash rescans.

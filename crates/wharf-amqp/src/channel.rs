@@ -1,0 +1,673 @@
+//! Channels: their state (consumers, unacknowledged deliveries, a publish being assembled) and the
+//! channel-level methods of the classes built so far (channel, queue, basic). Errors come back as a
+//! [`Fault`] with the channel number; the session closes the channel or the connection as the fault says.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use amq_protocol::protocol::{basic, channel as ch, exchange, queue, AMQPClass};
+use bytes::{Bytes, BytesMut};
+use wharf_core::queues::{
+    ConsumeOptions, ConsumerId, Delivery, Message, Queue, QueueEvent, QueueSpec, VHost,
+};
+
+use crate::frame::Frame;
+use crate::reply::*;
+use crate::session::Session;
+
+/// Class id of `basic`, the only content class.
+const BASIC_CLASS_ID: u16 = 60;
+
+/// A delivery awaiting ack / nack / reject.
+#[derive(Debug)]
+struct Unacked {
+    queue: Arc<Queue>,
+    consumer: Option<ConsumerId>,
+    position: u64,
+    message: Arc<wharf_core::queues::Message>,
+}
+
+impl Unacked {
+    fn requeue(self) {
+        self.queue
+            .requeue(self.consumer, self.position, self.message);
+    }
+
+    fn settle(self) {
+        self.queue.settle(self.consumer);
+    }
+}
+
+#[derive(Debug)]
+struct ConsumerRef {
+    id: ConsumerId,
+    queue: Arc<Queue>,
+    no_ack: bool,
+}
+
+/// basic.publish waiting for its content header and body.
+#[derive(Debug)]
+struct Publish {
+    exchange: String,
+    routing_key: String,
+    mandatory: bool,
+    /// Set by the content header.
+    body_size: Option<u64>,
+    properties: Bytes,
+    body: BytesMut,
+}
+
+/// One open channel.
+#[derive(Debug, Default)]
+pub struct Channel {
+    /// channel.close was sent; waiting for close-ok, other frames are dropped.
+    pub closing: bool,
+    /// basic.qos prefetch for consumers created from now on (0 = unlimited).
+    prefetch: u16,
+    next_delivery_tag: u64,
+    unacked: BTreeMap<u64, Unacked>,
+    consumers: HashMap<String, ConsumerRef>,
+    publish: Option<Publish>,
+    /// The queue last declared on this channel: an empty queue name in later methods means it.
+    last_queue: String,
+}
+
+impl Channel {
+    /// Cancels this channel's consumers, then requeues its unacknowledged messages (in that order, so
+    /// requeued messages are not dispatched back to them).
+    pub fn release(&mut self, vhost: &VHost) {
+        for (_, consumer) in self.consumers.drain() {
+            vhost.cancel(&consumer.queue, consumer.id);
+        }
+        for (_, unacked) in std::mem::take(&mut self.unacked) {
+            unacked.requeue();
+        }
+        self.publish = None;
+    }
+
+    fn next_tag(&mut self) -> u64 {
+        self.next_delivery_tag += 1;
+        self.next_delivery_tag
+    }
+
+    /// Removes the deliveries an ack / nack / reject names; an unknown tag is 406.
+    fn take(&mut self, tag: u64, multiple: bool) -> Result<Vec<Unacked>, Fault> {
+        let unknown = || Fault::channel(PRECONDITION_FAILED, format!("unknown delivery tag {tag}"));
+        if multiple {
+            if tag != 0 && !self.unacked.contains_key(&tag) {
+                return Err(unknown());
+            }
+            let rest = if tag == 0 {
+                BTreeMap::new()
+            } else {
+                self.unacked.split_off(&(tag + 1))
+            };
+            let taken = std::mem::replace(&mut self.unacked, rest);
+            return Ok(taken.into_values().collect());
+        }
+        self.unacked
+            .remove(&tag)
+            .map(|u| vec![u])
+            .ok_or_else(unknown)
+    }
+
+    fn queue_name(&self, name: &str) -> Result<String, Fault> {
+        if !name.is_empty() {
+            return Ok(name.to_string());
+        }
+        if self.last_queue.is_empty() {
+            return Err(Fault::channel(NOT_FOUND, "no previously declared queue"));
+        }
+        Ok(self.last_queue.clone())
+    }
+}
+
+type ChannelResult = Result<(), (u16, Fault)>;
+
+/// A frame on a channel other than 0.
+pub fn handle(session: &mut Session, frame: Frame) -> ChannelResult {
+    let id = match &frame {
+        Frame::Method(id, _)
+        | Frame::Header(id, ..)
+        | Frame::Body(id, _)
+        | Frame::Heartbeat(id) => *id,
+    };
+    let hard = |fault: Fault| {
+        Err((
+            id,
+            Fault {
+                hard: true,
+                ..fault
+            },
+        ))
+    };
+    let Some(channel) = session.channels.get_mut(&id) else {
+        return match frame {
+            Frame::Method(_, class) => match *class {
+                AMQPClass::Channel(ch::AMQPMethod::Open(_)) => {
+                    if id > session.channel_max() {
+                        return hard(Fault::connection(
+                            CHANNEL_ERROR,
+                            format!(
+                                "channel {id} is above channel_max {}",
+                                session.channel_max()
+                            ),
+                        ));
+                    }
+                    session.channels.insert(id, Channel::default());
+                    session.send(
+                        id,
+                        AMQPClass::Channel(ch::AMQPMethod::OpenOk(ch::OpenOk {})),
+                    );
+                    Ok(())
+                }
+                class => hard(
+                    Fault::connection(
+                        CHANNEL_ERROR,
+                        format!("expected 'channel.open' on channel {id}"),
+                    )
+                    .at(class.get_amqp_class_id(), class.get_amqp_method_id()),
+                ),
+            },
+            _ => hard(Fault::connection(
+                CHANNEL_ERROR,
+                format!("frame on channel {id}, which is not open"),
+            )),
+        };
+    };
+    if channel.closing {
+        if let Frame::Method(_, class) = frame {
+            match *class {
+                AMQPClass::Channel(ch::AMQPMethod::CloseOk(_)) => {
+                    session.channels.remove(&id);
+                }
+                AMQPClass::Channel(ch::AMQPMethod::Close(_)) => {
+                    session.channels.remove(&id);
+                    session.send(
+                        id,
+                        AMQPClass::Channel(ch::AMQPMethod::CloseOk(ch::CloseOk {})),
+                    );
+                }
+                _ => {}
+            }
+        }
+        return Ok(());
+    }
+    if channel.publish.is_some() {
+        return content(session, id, frame);
+    }
+    match frame {
+        Frame::Method(_, class) => {
+            let (class_id, method_id) = (class.get_amqp_class_id(), class.get_amqp_method_id());
+            method(session, id, *class).map_err(|fault| (id, fault.at(class_id, method_id)))
+        }
+        _ => hard(Fault::connection(
+            UNEXPECTED_FRAME,
+            format!("content frame on channel {id} without basic.publish"),
+        )),
+    }
+}
+
+/// Content header and body frames of a publish in progress.
+fn content(session: &mut Session, id: u16, frame: Frame) -> ChannelResult {
+    let max = session.broker.config.max_message_bytes;
+    let hard = |fault: Fault| Err((id, fault));
+    let Some(publish) = session
+        .channels
+        .get_mut(&id)
+        .and_then(|c| c.publish.as_mut())
+    else {
+        return Ok(());
+    };
+    match frame {
+        Frame::Header(_, header, properties) if publish.body_size.is_none() => {
+            if header.class_id != BASIC_CLASS_ID {
+                return hard(Fault::connection(
+                    FRAME_ERROR,
+                    format!("content header of class {}", header.class_id),
+                ));
+            }
+            if header.body_size > max {
+                // Checked before any body is buffered; the body frames that follow are dropped with
+                // the closing channel.
+                return Err((
+                    id,
+                    Fault::channel(
+                        PRECONDITION_FAILED,
+                        format!(
+                            "message size {} is larger than configured max size {max}",
+                            header.body_size
+                        ),
+                    )
+                    .at(BASIC_CLASS_ID, 40),
+                ));
+            }
+            publish.body_size = Some(header.body_size);
+            publish.properties = properties;
+        }
+        Frame::Body(_, bytes) if publish.body_size.is_some() => {
+            let size = publish.body_size.unwrap_or(0);
+            if publish.body.len() as u64 + bytes.len() as u64 > size {
+                return hard(Fault::connection(
+                    FRAME_ERROR,
+                    "content body is longer than its header said",
+                ));
+            }
+            if publish.body.is_empty() && bytes.len() as u64 == size {
+                // A single-frame body: keep the received bytes without copying.
+                publish.body = BytesMut::new();
+                return finish_publish(session, id, bytes);
+            }
+            publish.body.extend_from_slice(&bytes);
+        }
+        _ => {
+            return hard(Fault::connection(
+                UNEXPECTED_FRAME,
+                format!("expected content on channel {id}"),
+            ))
+        }
+    }
+    if publish.body_size == Some(publish.body.len() as u64) {
+        let body = std::mem::take(&mut publish.body).freeze();
+        return finish_publish(session, id, body);
+    }
+    Ok(())
+}
+
+fn finish_publish(session: &mut Session, id: u16, body: Bytes) -> ChannelResult {
+    let Some(publish) = session.channels.get_mut(&id).and_then(|c| c.publish.take()) else {
+        return Ok(());
+    };
+    let message = Message {
+        exchange: publish.exchange,
+        routing_key: publish.routing_key,
+        properties: publish.properties,
+        body,
+    };
+    let returned = (!session.broker.vhost.publish_default(message.clone())).then_some(message);
+    if let (Some(message), true) = (returned, publish.mandatory) {
+        session.send(
+            id,
+            AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                reply_code: NO_ROUTE,
+                reply_text: "NO_ROUTE".into(),
+                exchange: message.exchange.clone().into(),
+                routing_key: message.routing_key.clone().into(),
+            })),
+        );
+        session.send_content(id, &message.properties, &message.body);
+    }
+    Ok(())
+}
+
+fn channel_mut(session: &mut Session, id: u16) -> Result<&mut Channel, Fault> {
+    session
+        .channels
+        .get_mut(&id)
+        .ok_or_else(|| Fault::connection(CHANNEL_ERROR, format!("channel {id} is not open")))
+}
+
+fn not_built(what: &str) -> Fault {
+    Fault::connection(NOT_IMPLEMENTED, format!("{what} is not built yet in Wharf"))
+}
+
+/// A method on an open channel.
+fn method(session: &mut Session, id: u16, class: AMQPClass) -> Result<(), Fault> {
+    let vhost = Arc::clone(&session.broker.vhost);
+    let conn = session.id;
+    match class {
+        AMQPClass::Channel(ch::AMQPMethod::Close(_)) => {
+            if let Some(mut channel) = session.channels.remove(&id) {
+                channel.release(&vhost);
+            }
+            session.send(
+                id,
+                AMQPClass::Channel(ch::AMQPMethod::CloseOk(ch::CloseOk {})),
+            );
+        }
+        AMQPClass::Channel(ch::AMQPMethod::CloseOk(_)) => {}
+        AMQPClass::Channel(ch::AMQPMethod::Open(_)) => {
+            return Err(Fault::connection(
+                CHANNEL_ERROR,
+                format!("second 'channel.open' seen on channel {id}"),
+            ))
+        }
+        AMQPClass::Channel(ch::AMQPMethod::Flow(flow)) => {
+            session.send(
+                id,
+                AMQPClass::Channel(ch::AMQPMethod::FlowOk(ch::FlowOk {
+                    active: flow.active,
+                })),
+            );
+        }
+        AMQPClass::Queue(queue::AMQPMethod::Declare(declare)) => {
+            let spec = QueueSpec {
+                durable: declare.durable,
+                exclusive: declare.exclusive,
+                auto_delete: declare.auto_delete,
+                arguments: format!("{:?}", declare.arguments.inner()),
+            };
+            let name = declare.queue.as_str();
+            let ok = vhost.declare_queue(conn, name, declare.passive, spec)?;
+            channel_mut(session, id)?.last_queue = ok.queue.name().to_string();
+            if !declare.nowait {
+                session.send(
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                        queue: ok.queue.name().to_string().into(),
+                        message_count: ok.message_count,
+                        consumer_count: ok.consumer_count,
+                    })),
+                );
+            }
+        }
+        AMQPClass::Queue(queue::AMQPMethod::Delete(delete)) => {
+            let name = channel_mut(session, id)?.queue_name(delete.queue.as_str())?;
+            let message_count =
+                vhost.delete_queue(conn, &name, delete.if_unused, delete.if_empty)?;
+            if !delete.nowait {
+                session.send(
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                        message_count,
+                    })),
+                );
+            }
+        }
+        AMQPClass::Queue(queue::AMQPMethod::Purge(purge)) => {
+            let name = channel_mut(session, id)?.queue_name(purge.queue.as_str())?;
+            let message_count = vhost.purge_queue(conn, &name)?;
+            if !purge.nowait {
+                session.send(
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk { message_count })),
+                );
+            }
+        }
+        AMQPClass::Queue(queue::AMQPMethod::Bind(queue::Bind { exchange, .. }))
+        | AMQPClass::Queue(queue::AMQPMethod::Unbind(queue::Unbind { exchange, .. })) => {
+            return Err(no_exchange_binding(exchange.as_str()));
+        }
+        AMQPClass::Exchange(exchange::AMQPMethod::Declare(declare))
+            if declare.passive && declare.exchange.as_str().is_empty() =>
+        {
+            if !declare.nowait {
+                session.send(
+                    id,
+                    AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})),
+                );
+            }
+        }
+        AMQPClass::Exchange(exchange::AMQPMethod::Declare(declare)) if declare.passive => {
+            return Err(Fault::channel(
+                NOT_FOUND,
+                format!("no exchange '{}' in vhost '/'", declare.exchange.as_str()),
+            ))
+        }
+        AMQPClass::Exchange(_) => {
+            return Err(not_built("declaring, deleting and binding exchanges"))
+        }
+        AMQPClass::Basic(method) => return basic_method(session, id, method),
+        AMQPClass::Confirm(_) => return Err(not_built("publisher confirms (confirm.select)")),
+        AMQPClass::Tx(_) => return Err(not_built("transactions (tx.select)")),
+        other => {
+            return Err(Fault::connection(
+                COMMAND_INVALID,
+                format!("unexpected method {other:?}"),
+            ))
+        }
+    }
+    Ok(())
+}
+
+fn no_exchange_binding(exchange: &str) -> Fault {
+    if exchange.is_empty() {
+        Fault::channel(
+            ACCESS_REFUSED,
+            "operation not permitted on the default exchange",
+        )
+    } else {
+        Fault::channel(NOT_FOUND, format!("no exchange '{exchange}' in vhost '/'"))
+    }
+}
+
+fn basic_method(session: &mut Session, id: u16, method: basic::AMQPMethod) -> Result<(), Fault> {
+    let vhost = Arc::clone(&session.broker.vhost);
+    let conn = session.id;
+    match method {
+        basic::AMQPMethod::Qos(qos) => {
+            // Per consumer (RabbitMQ's per_consumer_qos); `global` is treated the same in this increment.
+            channel_mut(session, id)?.prefetch = qos.prefetch_count;
+            session.send(
+                id,
+                AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+            );
+        }
+        basic::AMQPMethod::Publish(publish) => {
+            if publish.immediate {
+                return Err(Fault::connection(NOT_IMPLEMENTED, "immediate=true"));
+            }
+            let exchange = publish.exchange.as_str();
+            if !exchange.is_empty() {
+                return Err(Fault::channel(
+                    NOT_FOUND,
+                    format!("no exchange '{exchange}' in vhost '/'"),
+                ));
+            }
+            channel_mut(session, id)?.publish = Some(Publish {
+                exchange: String::new(),
+                routing_key: publish.routing_key.as_str().to_string(),
+                mandatory: publish.mandatory,
+                body_size: None,
+                properties: Bytes::new(),
+                body: BytesMut::new(),
+            });
+        }
+        basic::AMQPMethod::Consume(consume) => {
+            let channel = channel_mut(session, id)?;
+            let queue_name = channel.queue_name(consume.queue.as_str())?;
+            let tag = if consume.consumer_tag.as_str().is_empty() {
+                format!("amq.ctag-{:016x}", rand::random::<u64>())
+            } else {
+                consume.consumer_tag.as_str().to_string()
+            };
+            if channel.consumers.contains_key(&tag) {
+                return Err(Fault::connection(
+                    NOT_ALLOWED,
+                    format!("attempt to reuse consumer tag '{tag}'"),
+                ));
+            }
+            let options = ConsumeOptions {
+                consumer_tag: tag.clone(),
+                channel: id,
+                no_ack: consume.no_ack,
+                exclusive: consume.exclusive,
+                prefetch: channel.prefetch,
+            };
+            // Reply first: deliveries the consume triggers reach this connection as events, which are
+            // handled after this frame, so consume-ok always precedes them.
+            let (queue, consumer) =
+                vhost.consume(conn, &queue_name, options, session.sink.clone())?;
+            channel_mut(session, id)?.consumers.insert(
+                tag.clone(),
+                ConsumerRef {
+                    id: consumer,
+                    queue,
+                    no_ack: consume.no_ack,
+                },
+            );
+            if !consume.nowait {
+                session.send(
+                    id,
+                    AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                        consumer_tag: tag.into(),
+                    })),
+                );
+            }
+        }
+        basic::AMQPMethod::Cancel(cancel) => {
+            let tag = cancel.consumer_tag.as_str().to_string();
+            if let Some(consumer) = channel_mut(session, id)?.consumers.remove(&tag) {
+                vhost.cancel(&consumer.queue, consumer.id);
+            }
+            if !cancel.nowait {
+                session.send(
+                    id,
+                    AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                        consumer_tag: tag.into(),
+                    })),
+                );
+            }
+        }
+        basic::AMQPMethod::Get(get) => {
+            let name = channel_mut(session, id)?.queue_name(get.queue.as_str())?;
+            match vhost.get(conn, &name)? {
+                None => session.send(
+                    id,
+                    AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+                ),
+                Some(delivery) => {
+                    let channel = channel_mut(session, id)?;
+                    let tag = channel.next_tag();
+                    let message = Arc::clone(&delivery.message);
+                    if !get.no_ack {
+                        channel.unacked.insert(tag, unacked(&delivery));
+                    }
+                    session.send(
+                        id,
+                        AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
+                            delivery_tag: tag,
+                            redelivered: delivery.redelivered,
+                            exchange: message.exchange.clone().into(),
+                            routing_key: message.routing_key.clone().into(),
+                            message_count: delivery.remaining,
+                        })),
+                    );
+                    session.send_content(id, &message.properties, &message.body);
+                }
+            }
+        }
+        basic::AMQPMethod::Ack(ack) => {
+            for u in channel_mut(session, id)?.take(ack.delivery_tag, ack.multiple)? {
+                u.settle();
+            }
+        }
+        basic::AMQPMethod::Nack(nack) => {
+            settle_or_requeue(
+                channel_mut(session, id)?.take(nack.delivery_tag, nack.multiple)?,
+                nack.requeue,
+            );
+        }
+        basic::AMQPMethod::Reject(reject) => {
+            settle_or_requeue(
+                channel_mut(session, id)?.take(reject.delivery_tag, false)?,
+                reject.requeue,
+            );
+        }
+        basic::AMQPMethod::Recover(_) | basic::AMQPMethod::RecoverAsync(_) => {
+            let reply = matches!(method, basic::AMQPMethod::Recover(_));
+            let all = std::mem::take(&mut channel_mut(session, id)?.unacked);
+            for (_, u) in all {
+                u.requeue();
+            }
+            if reply {
+                session.send(
+                    id,
+                    AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
+                );
+            }
+        }
+        other => {
+            return Err(Fault::connection(
+                COMMAND_INVALID,
+                format!("unexpected method basic.{other:?}"),
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// Rejected messages are requeued (marked redelivered) or dropped; dead-lettering is a later increment.
+fn settle_or_requeue(taken: Vec<Unacked>, requeue: bool) {
+    for u in taken {
+        if requeue {
+            u.requeue();
+        } else {
+            u.settle();
+        }
+    }
+}
+
+fn unacked(delivery: &Delivery) -> Unacked {
+    Unacked {
+        queue: Arc::clone(&delivery.queue),
+        consumer: delivery.consumer,
+        position: delivery.position,
+        message: Arc::clone(&delivery.message),
+    }
+}
+
+/// A queue event for this connection: a delivery to write out (or to requeue if its consumer or channel
+/// is gone), or a consumer cancelled by the queue's deletion.
+pub fn event(session: &mut Session, id: u16, event: QueueEvent) {
+    match event {
+        QueueEvent::Deliver(delivery) => {
+            let no_ack = session
+                .channels
+                .get(&id)
+                .filter(|c| !c.closing)
+                .and_then(|c| {
+                    c.consumers
+                        .get(&delivery.consumer_tag)
+                        .filter(|r| Some(r.id) == delivery.consumer)
+                        .map(|r| r.no_ack)
+                });
+            let (Some(no_ack), Some(channel)) = (no_ack, session.channels.get_mut(&id)) else {
+                delivery
+                    .queue
+                    .requeue(delivery.consumer, delivery.position, delivery.message);
+                return;
+            };
+            let tag = channel.next_tag();
+            if !no_ack {
+                channel.unacked.insert(tag, unacked(&delivery));
+            }
+            let message = delivery.message;
+            session.send(
+                id,
+                AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+                    consumer_tag: delivery.consumer_tag.into(),
+                    delivery_tag: tag,
+                    redelivered: delivery.redelivered,
+                    exchange: message.exchange.clone().into(),
+                    routing_key: message.routing_key.clone().into(),
+                })),
+            );
+            session.send_content(id, &message.properties, &message.body);
+        }
+        QueueEvent::Cancelled {
+            consumer,
+            consumer_tag,
+        } => {
+            let Some(channel) = session.channels.get_mut(&id) else {
+                return;
+            };
+            if channel
+                .consumers
+                .get(&consumer_tag)
+                .is_some_and(|r| r.id == consumer)
+            {
+                channel.consumers.remove(&consumer_tag);
+                if session.capabilities.consumer_cancel_notify {
+                    session.send(
+                        id,
+                        AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                            consumer_tag: consumer_tag.into(),
+                            nowait: true,
+                        })),
+                    );
+                }
+            }
+        }
+    }
+}

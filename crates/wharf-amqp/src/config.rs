@@ -1,0 +1,38 @@
+//! Limits of the AMQP front end, named after RabbitMQ's settings and defaulting to RabbitMQ's values.
+
+/// Settings of the AMQP listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AmqpConfig {
+    /// Largest frame (header, payload and end byte) the server accepts and offers in connection.tune
+    /// (`frame_max`, RabbitMQ 131072). A bigger frame is refused before its payload is read.
+    pub frame_max: u32,
+    /// Highest channel number a connection may open (`channel_max`, RabbitMQ 2047).
+    pub channel_max: u16,
+    /// Heartbeat interval offered in connection.tune, in seconds; 0 disables heartbeats (`heartbeat`, 60).
+    /// A peer silent for two intervals is disconnected.
+    pub heartbeat_s: u16,
+    /// Most client connections at once; further ones wait in the accept queue.
+    pub max_connections: usize,
+    /// Largest message body a publisher may send (`max_message_size`, RabbitMQ 128 MiB); checked against
+    /// the content header's body size before any body frame is buffered.
+    pub max_message_bytes: u64,
+    /// Time a new connection has to finish the handshake (protocol header to connection.open-ok)
+    /// (`handshake_timeout`, RabbitMQ 10 s).
+    pub handshake_timeout_ms: u64,
+}
+
+/// Smallest `frame_max` the protocol allows (`FRAME_MIN_SIZE`).
+pub const FRAME_MAX_MIN: u32 = amq_protocol::protocol::constants::FRAME_MIN_SIZE;
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        Self {
+            frame_max: 131_072,
+            channel_max: 2047,
+            heartbeat_s: 60,
+            max_connections: 10_000,
+            max_message_bytes: 128 * 1024 * 1024,
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! One client connection's I/O: the protocol header, then frames in (size checked before buffering) and
+//! out, heartbeats both ways, deliveries from queues, and shutdown. The protocol itself is the
+//! [`Session`](crate::session::Session) state machine; this module only moves bytes and time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use crate::frame::{next_frame, PROTOCOL_HEADER};
+use crate::server::{stopped, Broker};
+use crate::session::{Session, Step};
+
+/// Spare room kept in the read buffer before each read.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// How long the server waits for connection.close-ok after sending connection.close.
+pub(crate) const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves one connection until it closes, misbehaves, times out or the broker shuts down; then releases
+/// everything it held (consumers cancelled, unacknowledged messages requeued, exclusive queues deleted).
+pub async fn serve(mut stream: TcpStream, broker: Arc<Broker>, shutdown: watch::Receiver<bool>) {
+    let peer = stream.peer_addr().ok();
+    let loopback = peer.is_some_and(|p| p.ip().is_loopback());
+    let _ = stream.set_nodelay(true);
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let mut session = Session::new(Arc::clone(&broker), events_tx, loopback);
+    let end = run(&mut stream, &mut session, &mut events_rx, shutdown).await;
+    session.release_all();
+    // Deliveries already on their way to this connection go back to their queues.
+    events_rx.close();
+    while let Ok((_, event)) = events_rx.try_recv() {
+        session.requeue_event(event);
+    }
+    let _ = stream.shutdown().await;
+    match end {
+        End::ClientClosed | End::Closed | End::Shutdown => {
+            debug!(?peer, %end, "AMQP connection ended")
+        }
+        _ => info!(?peer, %end, "AMQP connection closed"),
+    }
+}
+
+/// Why a connection ended (for the log).
+#[derive(Debug)]
+enum End {
+    /// The socket closed without a connection.close.
+    ClientClosed,
+    /// An orderly close in either direction.
+    Closed,
+    Shutdown,
+    BadHeader,
+    Timeout(&'static str),
+    Io(std::io::Error),
+    Protocol(String),
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::ClientClosed => f.write_str("client closed the socket"),
+            End::Closed => f.write_str("closed"),
+            End::Shutdown => f.write_str("broker shutdown"),
+            End::BadHeader => f.write_str("wrong protocol header"),
+            End::Timeout(what) => write!(f, "timed out waiting for {what}"),
+            End::Io(e) => write!(f, "I/O error: {e}"),
+            End::Protocol(reason) => write!(f, "protocol error: {reason}"),
+        }
+    }
+}
+
+async fn run(
+    stream: &mut TcpStream,
+    session: &mut Session,
+    events: &mut mpsc::UnboundedReceiver<(u16, wharf_core::queues::QueueEvent)>,
+    mut shutdown: watch::Receiver<bool>,
+) -> End {
+    let handshake_deadline =
+        Instant::now() + Duration::from_millis(session.broker.config.handshake_timeout_ms);
+    let mut header = [0u8; 8];
+    match tokio::time::timeout_at(handshake_deadline, stream.read_exact(&mut header)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return End::ClientClosed,
+        Ok(Err(e)) => return End::Io(e),
+        Err(_) => return End::Timeout("protocol header"),
+    }
+    if header != PROTOCOL_HEADER {
+        // The spec's answer to an unsupported protocol: the header we speak, then close.
+        let _ = stream.write_all(&PROTOCOL_HEADER).await;
+        return End::BadHeader;
+    }
+    session.start();
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut last_read = Instant::now();
+    let mut last_write = Instant::now();
+    let mut shutting_down = false;
+    loop {
+        // Serve every whole frame already buffered before reading more.
+        loop {
+            match next_frame(&mut buf, session.frame_limit()) {
+                Ok(Some(frame)) => match session.handle(frame) {
+                    Step::Continue => {}
+                    Step::End(reason) => {
+                        let _ = flush(stream, session, &mut last_write).await;
+                        return if reason.is_empty() {
+                            End::Closed
+                        } else {
+                            End::Protocol(reason)
+                        };
+                    }
+                },
+                Ok(None) => break,
+                Err(err) => {
+                    session.frame_error(&err);
+                    let _ = flush(stream, session, &mut last_write).await;
+                    return End::Protocol(err.to_string());
+                }
+            }
+        }
+        if let Err(e) = flush(stream, session, &mut last_write).await {
+            return End::Io(e);
+        }
+        let heartbeat = session.heartbeat();
+        let read_deadline = if let Some(at) = session.closing_since() {
+            at + CLOSE_OK_TIMEOUT
+        } else if !session.is_open() {
+            handshake_deadline
+        } else if let Some(hb) = heartbeat {
+            // Two missed heartbeats (RabbitMQ and the spec).
+            last_read + hb * 2
+        } else {
+            Instant::now() + Duration::from_secs(3600)
+        };
+        // Send a heartbeat when nothing was written for half the interval.
+        let heartbeat_at = heartbeat.map(|hb| last_write + hb / 2);
+        if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 4 {
+            buf.reserve(READ_CHUNK_BYTES);
+        }
+        tokio::select! {
+            read = stream.read_buf(&mut buf) => match read {
+                Ok(0) => return End::ClientClosed,
+                Ok(_) => last_read = Instant::now(),
+                Err(e) => return End::Io(e),
+            },
+            Some((channel, event)) = events.recv() => session.handle_event(channel, event),
+            _ = tokio::time::sleep_until(read_deadline) => {
+                return if session.closing_since().is_some() {
+                    End::Timeout("connection.close-ok")
+                } else if session.is_open() {
+                    End::Timeout("heartbeat")
+                } else {
+                    End::Timeout("handshake")
+                };
+            }
+            _ = sleep_until_opt(heartbeat_at) => session.heartbeat_frame(),
+            _ = stopped(&mut shutdown), if !shutting_down => {
+                shutting_down = true;
+                if !session.shutdown() {
+                    return End::Shutdown;
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn flush(
+    stream: &mut TcpStream,
+    session: &mut Session,
+    last_write: &mut Instant,
+) -> std::io::Result<()> {
+    let out = session.take_output();
+    if out.is_empty() {
+        return Ok(());
+    }
+    stream.write_all(&out).await?;
+    *last_write = Instant::now();
+    session.return_output(out);
+    Ok(())
+}

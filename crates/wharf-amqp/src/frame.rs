@@ -1,0 +1,195 @@
+//! Frames in and out.
+//!
+//! Reading: the 7-byte frame header (type, channel, payload size) is read here, and the size is checked
+//! against `frame_max` *before* the payload is buffered, so a client cannot make the broker allocate more
+//! than one frame. The payload is then handed to `amq-protocol`'s parsers (methods, content headers);
+//! body payloads stay as `Bytes` slices of the read buffer (amq-protocol's `AMQPFrame::Body` would copy
+//! each into a `Vec`). Writing: every frame goes through `amq-protocol`'s `gen_frame`.
+
+use amq_protocol::frame::{gen_frame, AMQPContentHeader, AMQPFrame, WriteContext};
+use amq_protocol::protocol::{basic::AMQPProperties, parse_class, AMQPClass};
+use bytes::{Buf, Bytes, BytesMut};
+
+/// Type, channel and payload size.
+pub const FRAME_HEADER_BYTES: usize = 7;
+/// The frame-end octet after each payload.
+pub const FRAME_END: u8 = amq_protocol::protocol::constants::FRAME_END;
+/// Header and end octet: what a frame adds to its payload.
+pub const FRAME_OVERHEAD_BYTES: usize = FRAME_HEADER_BYTES + 1;
+/// The protocol header a 0-9-1 client sends first, and what the server answers to any other.
+pub const PROTOCOL_HEADER: [u8; 8] = *b"AMQP\x00\x00\x09\x01";
+
+/// A frame read off the wire.
+#[derive(Debug)]
+pub enum Frame {
+    Method(u16, Box<AMQPClass>),
+    /// A content header with its properties as received (kept opaque for the queue model).
+    Header(u16, Box<AMQPContentHeader>, Bytes),
+    Body(u16, Bytes),
+    Heartbeat(u16),
+}
+
+/// Why a frame could not be read; each closes the connection (framing is lost).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {size} bytes is larger than frame_max {frame_max}")]
+    TooLarge { size: u64, frame_max: u32 },
+    #[error("frame does not end with 0xCE (found {0:#04x})")]
+    BadEnd(u8),
+    #[error("unknown frame type {0}")]
+    UnknownType(u8),
+    #[error("cannot parse {what} on channel {channel}")]
+    Syntax { what: &'static str, channel: u16 },
+}
+
+/// Takes one whole frame off the front of `buf`, or returns `None` when more bytes are needed. Nothing
+/// past the 7-byte header is waited for unless the frame fits in `frame_max`.
+pub fn next_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, FrameError> {
+    let Some(header) = buf.get(..FRAME_HEADER_BYTES) else {
+        return Ok(None);
+    };
+    let mut h = header;
+    let frame_type = h.get_u8();
+    let channel = h.get_u16();
+    let size = h.get_u32();
+    let total = u64::from(size) + FRAME_OVERHEAD_BYTES as u64;
+    if total > u64::from(frame_max) {
+        return Err(FrameError::TooLarge {
+            size: total,
+            frame_max,
+        });
+    }
+    // `total` fits in usize: it is at most frame_max.
+    let total = total as usize;
+    if buf.len() < total {
+        // Make room for the rest of this frame once, rather than growing step by step.
+        buf.reserve(total - buf.len());
+        return Ok(None);
+    }
+    let mut frame = buf.split_to(total);
+    let end = frame.get(total - 1).copied().unwrap_or(0);
+    if end != FRAME_END {
+        return Err(FrameError::BadEnd(end));
+    }
+    frame.advance(FRAME_HEADER_BYTES);
+    frame.truncate(size as usize);
+    let payload = frame.freeze();
+    match frame_type {
+        amq_protocol::protocol::constants::FRAME_METHOD => match parse_class(&payload[..]) {
+            Ok(([], class)) => Ok(Some(Frame::Method(channel, Box::new(class)))),
+            _ => Err(FrameError::Syntax {
+                what: "method",
+                channel,
+            }),
+        },
+        amq_protocol::protocol::constants::FRAME_HEADER => {
+            match amq_protocol::frame::parsing::parse_content_header(&payload[..]) {
+                Ok(([], header)) => {
+                    // class id, weight, body size: the properties follow.
+                    let properties = payload.slice(12.min(payload.len())..);
+                    Ok(Some(Frame::Header(channel, Box::new(header), properties)))
+                }
+                _ => Err(FrameError::Syntax {
+                    what: "content header",
+                    channel,
+                }),
+            }
+        }
+        amq_protocol::protocol::constants::FRAME_BODY => Ok(Some(Frame::Body(channel, payload))),
+        amq_protocol::protocol::constants::FRAME_HEARTBEAT => Ok(Some(Frame::Heartbeat(channel))),
+        other => Err(FrameError::UnknownType(other)),
+    }
+}
+
+/// Parses properties the queue model kept as received.
+pub fn parse_properties(raw: &[u8]) -> AMQPProperties {
+    amq_protocol::protocol::basic::parse_properties(raw)
+        .map(|(_, p)| p)
+        .unwrap_or_default()
+}
+
+/// Appends `frame`, encoded by amq-protocol, to `out`. Fails only for values the codec cannot encode.
+pub fn write_frame(out: &mut Vec<u8>, frame: &AMQPFrame) -> Result<(), String> {
+    let encoded = gen_frame(frame)(WriteContext::from(Vec::new()))
+        .map_err(|e| format!("cannot encode {frame}: {e:?}"))?;
+    out.extend_from_slice(&encoded.into_inner().0);
+    Ok(())
+}
+
+/// Appends a method frame.
+pub fn write_method(out: &mut Vec<u8>, channel: u16, method: AMQPClass) -> Result<(), String> {
+    write_frame(out, &AMQPFrame::Method(channel, method))
+}
+
+/// Appends a content header and the body frames (each payload at most `frame_max` - 8 bytes).
+pub fn write_content(
+    out: &mut Vec<u8>,
+    channel: u16,
+    properties: AMQPProperties,
+    body: &[u8],
+    frame_max: u32,
+) -> Result<(), String> {
+    let header = AMQPContentHeader {
+        class_id: 60,
+        body_size: body.len() as u64,
+        properties,
+    };
+    write_frame(out, &AMQPFrame::Header(channel, header))?;
+    let chunk = (frame_max as usize)
+        .saturating_sub(FRAME_OVERHEAD_BYTES)
+        .max(1);
+    for part in body.chunks(chunk) {
+        write_frame(out, &AMQPFrame::Body(channel, part.to_vec()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversized_frame_refused_from_its_header_alone() {
+        let mut buf = BytesMut::from(&[1u8, 0, 1, 0x40, 0, 0, 0][..]);
+        assert!(matches!(
+            next_frame(&mut buf, 131_072),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert!(
+            buf.capacity() < 1 << 20,
+            "nothing buffered for the claimed size"
+        );
+    }
+
+    #[test]
+    fn heartbeat_and_bad_end() {
+        let mut buf = BytesMut::from(&[8u8, 0, 0, 0, 0, 0, 0, 0xCE, 8, 0, 0, 0, 0, 0, 0, 0][..]);
+        assert!(matches!(
+            next_frame(&mut buf, 4096),
+            Ok(Some(Frame::Heartbeat(0)))
+        ));
+        assert_eq!(
+            next_frame(&mut buf, 4096).unwrap_err(),
+            FrameError::BadEnd(0)
+        );
+        let mut partial = BytesMut::from(&[1u8, 0][..]);
+        assert!(matches!(next_frame(&mut partial, 4096), Ok(None)));
+    }
+
+    #[test]
+    fn method_round_trip() {
+        use amq_protocol::protocol::channel;
+        let mut out = Vec::new();
+        write_method(
+            &mut out,
+            3,
+            AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
+        )
+        .unwrap();
+        let mut buf = BytesMut::from(&out[..]);
+        assert!(matches!(
+            next_frame(&mut buf, 4096),
+            Ok(Some(Frame::Method(3, _)))
+        ));
+    }
+}

@@ -1,0 +1,95 @@
+//! Reply codes of AMQP 0-9-1 and the two kinds of failure they come with: a channel error closes one
+//! channel, a connection error closes the connection (spec section 1.2, as RabbitMQ uses them).
+
+use wharf_core::queues::QueueError;
+
+pub const CONNECTION_FORCED: u16 = 320;
+pub const NO_ROUTE: u16 = 312;
+pub const ACCESS_REFUSED: u16 = 403;
+pub const NOT_FOUND: u16 = 404;
+pub const RESOURCE_LOCKED: u16 = 405;
+pub const PRECONDITION_FAILED: u16 = 406;
+pub const FRAME_ERROR: u16 = 501;
+pub const SYNTAX_ERROR: u16 = 502;
+pub const COMMAND_INVALID: u16 = 503;
+pub const CHANNEL_ERROR: u16 = 504;
+pub const UNEXPECTED_FRAME: u16 = 505;
+pub const NOT_ALLOWED: u16 = 530;
+pub const NOT_IMPLEMENTED: u16 = 540;
+
+/// What went wrong, with the method that caused it (class and method id, 0 when none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    pub code: u16,
+    pub text: String,
+    pub class_id: u16,
+    pub method_id: u16,
+    /// Closes the whole connection rather than one channel.
+    pub hard: bool,
+}
+
+impl Fault {
+    pub fn channel(code: u16, text: impl Into<String>) -> Self {
+        Self {
+            code,
+            text: text.into(),
+            class_id: 0,
+            method_id: 0,
+            hard: false,
+        }
+    }
+
+    pub fn connection(code: u16, text: impl Into<String>) -> Self {
+        Self {
+            hard: true,
+            ..Self::channel(code, text)
+        }
+    }
+
+    pub fn at(mut self, class_id: u16, method_id: u16) -> Self {
+        self.class_id = class_id;
+        self.method_id = method_id;
+        self
+    }
+
+    /// The reply text as RabbitMQ writes it ("NOT_FOUND - no queue 'x' in vhost '/'"), cut to fit a
+    /// short string.
+    pub fn reply_text(&self) -> String {
+        let name = match self.code {
+            CONNECTION_FORCED => "CONNECTION_FORCED",
+            ACCESS_REFUSED => "ACCESS_REFUSED",
+            NOT_FOUND => "NOT_FOUND",
+            RESOURCE_LOCKED => "RESOURCE_LOCKED",
+            PRECONDITION_FAILED => "PRECONDITION_FAILED",
+            FRAME_ERROR => "FRAME_ERROR",
+            SYNTAX_ERROR => "SYNTAX_ERROR",
+            COMMAND_INVALID => "COMMAND_INVALID",
+            CHANNEL_ERROR => "CHANNEL_ERROR",
+            UNEXPECTED_FRAME => "UNEXPECTED_FRAME",
+            NOT_ALLOWED => "NOT_ALLOWED",
+            NOT_IMPLEMENTED => "NOT_IMPLEMENTED",
+            _ => "ERROR",
+        };
+        let mut text = format!("{name} - {}", self.text);
+        if text.len() > 255 {
+            let mut cut = 255;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+        }
+        text
+    }
+}
+
+impl From<QueueError> for Fault {
+    fn from(err: QueueError) -> Self {
+        let code = match err {
+            QueueError::NotFound(_) => NOT_FOUND,
+            QueueError::PreconditionFailed(_) => PRECONDITION_FAILED,
+            QueueError::ResourceLocked(_) => RESOURCE_LOCKED,
+            QueueError::AccessRefused(_) => ACCESS_REFUSED,
+        };
+        Fault::channel(code, err.to_string())
+    }
+}

@@ -1,0 +1,417 @@
+//! The connection state machine: handshake (start / start-ok, tune / tune-ok, open), then channels and
+//! their methods, orderly close in both directions, and error handling as the spec and RabbitMQ do it —
+//! a channel error closes that channel only, a connection error sends connection.close and waits for
+//! close-ok. It does no I/O: frames come in through [`Session::handle`], queue events through
+//! [`Session::handle_event`], and bytes to send pile up in an output buffer the connection task writes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use amq_protocol::protocol::{connection, AMQPClass};
+use tokio::time::Instant;
+use tracing::warn;
+use wharf_core::queues::{DeliverySink, QueueEvent};
+
+use crate::channel::Channel;
+use crate::config::FRAME_MAX_MIN;
+use crate::frame::{self, Frame, FrameError};
+use crate::handshake::{self, ClientCapabilities};
+use crate::reply::*;
+use crate::server::Broker;
+
+/// What the connection task does after a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    Continue,
+    /// Flush and close the socket; an empty reason is an orderly close.
+    End(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitStartOk,
+    AwaitTuneOk,
+    AwaitOpen,
+    Open,
+}
+
+/// One connection's protocol state.
+pub struct Session {
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) id: u64,
+    phase: Phase,
+    /// Set once the server sent connection.close: only close-ok (or close) matters from then on.
+    closing_since: Option<Instant>,
+    loopback: bool,
+    pub(crate) capabilities: ClientCapabilities,
+    pub(crate) frame_max: u32,
+    channel_max: u16,
+    heartbeat_s: u16,
+    pub(crate) channels: HashMap<u16, Channel>,
+    out: Vec<u8>,
+    pub(crate) sink: DeliverySink,
+}
+
+impl Session {
+    pub fn new(broker: Arc<Broker>, sink: DeliverySink, loopback: bool) -> Self {
+        let config = &broker.config;
+        Self {
+            id: broker.next_connection_id(),
+            phase: Phase::AwaitStartOk,
+            closing_since: None,
+            loopback,
+            capabilities: ClientCapabilities::default(),
+            frame_max: config.frame_max,
+            channel_max: config.channel_max,
+            heartbeat_s: config.heartbeat_s,
+            channels: HashMap::new(),
+            out: Vec::new(),
+            sink,
+            broker,
+        }
+    }
+
+    /// Sends connection.start (after a good protocol header).
+    pub fn start(&mut self) {
+        self.send(0, handshake::start());
+    }
+
+    /// Largest frame accepted now: the negotiated frame_max, or the server's before tune-ok.
+    pub fn frame_limit(&self) -> u32 {
+        self.frame_max
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.phase == Phase::Open
+    }
+
+    pub fn closing_since(&self) -> Option<Instant> {
+        self.closing_since
+    }
+
+    /// The negotiated heartbeat interval, once tuned.
+    pub fn heartbeat(&self) -> Option<Duration> {
+        (self.phase != Phase::AwaitStartOk
+            && self.phase != Phase::AwaitTuneOk
+            && self.heartbeat_s > 0)
+            .then(|| Duration::from_secs(u64::from(self.heartbeat_s)))
+    }
+
+    pub fn heartbeat_frame(&mut self) {
+        if let Err(e) =
+            frame::write_frame(&mut self.out, &amq_protocol::frame::AMQPFrame::Heartbeat)
+        {
+            warn!("{e}");
+        }
+    }
+
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Gives the written buffer back so its capacity is reused.
+    pub fn return_output(&mut self, mut out: Vec<u8>) {
+        if self.out.is_empty() {
+            out.clear();
+            self.out = out;
+        }
+    }
+
+    /// Appends a method frame.
+    pub(crate) fn send(&mut self, channel: u16, method: AMQPClass) {
+        if let Err(e) = frame::write_method(&mut self.out, channel, method) {
+            warn!(connection = self.id, "{e}");
+        }
+    }
+
+    /// Appends a content header and body frames.
+    pub(crate) fn send_content(&mut self, channel: u16, properties: &[u8], body: &[u8]) {
+        let properties = frame::parse_properties(properties);
+        if let Err(e) =
+            frame::write_content(&mut self.out, channel, properties, body, self.frame_max)
+        {
+            warn!(connection = self.id, "{e}");
+        }
+    }
+
+    /// A framing error: the connection closes (with 501/502 once open; during the handshake the socket
+    /// just closes, as RabbitMQ does).
+    pub fn frame_error(&mut self, err: &FrameError) {
+        if self.phase == Phase::Open && self.closing_since.is_none() {
+            let code = match err {
+                FrameError::Syntax { .. } => SYNTAX_ERROR,
+                _ => FRAME_ERROR,
+            };
+            self.close_connection(Fault::connection(code, err.to_string()));
+        }
+    }
+
+    /// The broker is stopping: returns true when a connection.close was sent (wait for close-ok).
+    pub fn shutdown(&mut self) -> bool {
+        if self.phase == Phase::Open && self.closing_since.is_none() {
+            self.close_connection(Fault::connection(CONNECTION_FORCED, "broker shutting down"));
+            return true;
+        }
+        false
+    }
+
+    /// Sends connection.close for `fault`, releasing everything the connection holds.
+    pub(crate) fn close_connection(&mut self, fault: Fault) {
+        self.release_all();
+        let text = fault.reply_text();
+        self.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code: fault.code,
+                reply_text: text.into(),
+                class_id: fault.class_id,
+                method_id: fault.method_id,
+            })),
+        );
+        self.closing_since = Some(Instant::now());
+    }
+
+    /// Cancels every consumer, requeues every unacknowledged message, deletes exclusive queues.
+    /// Idempotent.
+    pub fn release_all(&mut self) {
+        let ids: Vec<u16> = self.channels.keys().copied().collect();
+        for id in ids {
+            if let Some(mut channel) = self.channels.remove(&id) {
+                channel.release(&self.broker.vhost);
+            }
+        }
+        self.broker.vhost.connection_closed(self.id);
+    }
+
+    /// A queue event after the connection (or the event's channel) is gone: the message goes back.
+    pub fn requeue_event(&mut self, event: QueueEvent) {
+        if let QueueEvent::Deliver(d) = event {
+            d.queue.requeue(d.consumer, d.position, d.message);
+        }
+    }
+
+    /// One frame from the client.
+    pub fn handle(&mut self, frame: Frame) -> Step {
+        if self.closing_since.is_some() {
+            return match frame {
+                Frame::Method(0, class) => match *class {
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => {
+                        Step::End(String::new())
+                    }
+                    AMQPClass::Connection(connection::AMQPMethod::Close(_)) => {
+                        self.send_close_ok();
+                        Step::End(String::new())
+                    }
+                    _ => Step::Continue,
+                },
+                _ => Step::Continue,
+            };
+        }
+        if self.phase != Phase::Open {
+            return self.handshake(frame);
+        }
+        match frame {
+            Frame::Heartbeat(0) => Step::Continue,
+            Frame::Heartbeat(_) => self.fault(Fault::connection(
+                FRAME_ERROR,
+                "heartbeat frame on a channel other than 0",
+            )),
+            Frame::Method(0, class) => self.connection_method(*class),
+            Frame::Header(0, ..) | Frame::Body(0, _) => self.fault(Fault::connection(
+                UNEXPECTED_FRAME,
+                "content frame on channel 0",
+            )),
+            frame => {
+                let outcome = crate::channel::handle(self, frame);
+                match outcome {
+                    Ok(()) => Step::Continue,
+                    Err((channel, fault)) if !fault.hard => {
+                        self.close_channel(channel, fault);
+                        Step::Continue
+                    }
+                    Err((_, fault)) => self.fault(fault),
+                }
+            }
+        }
+    }
+
+    fn fault(&mut self, fault: Fault) -> Step {
+        self.close_connection(fault);
+        Step::Continue
+    }
+
+    fn send_close_ok(&mut self) {
+        self.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+        );
+    }
+
+    /// Sends channel.close for a channel error; the channel waits for close-ok, dropping other frames.
+    fn close_channel(&mut self, id: u16, fault: Fault) {
+        let Some(channel) = self.channels.get_mut(&id) else {
+            return;
+        };
+        channel.release(&self.broker.vhost);
+        channel.closing = true;
+        let text = fault.reply_text();
+        self.send(
+            id,
+            AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::Close(
+                amq_protocol::protocol::channel::Close {
+                    reply_code: fault.code,
+                    reply_text: text.into(),
+                    class_id: fault.class_id,
+                    method_id: fault.method_id,
+                },
+            )),
+        );
+    }
+
+    fn connection_method(&mut self, class: AMQPClass) -> Step {
+        let (class_id, method_id) = (class.get_amqp_class_id(), class.get_amqp_method_id());
+        match class {
+            AMQPClass::Connection(connection::AMQPMethod::Close(_)) => {
+                self.release_all();
+                self.send_close_ok();
+                Step::End(String::new())
+            }
+            AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => Step::End(String::new()),
+            _ => self.fault(
+                Fault::connection(COMMAND_INVALID, "unexpected method on channel 0")
+                    .at(class_id, method_id),
+            ),
+        }
+    }
+
+    /// Frames before connection.open-ok. Errors here close the socket without a close handshake, except
+    /// where RabbitMQ sends connection.close (failed tune-ok, unknown vhost, authentication failure for
+    /// clients that asked for it).
+    fn handshake(&mut self, frame: Frame) -> Step {
+        let class = match frame {
+            Frame::Heartbeat(_) => return Step::Continue,
+            Frame::Method(0, class) => *class,
+            _ => return Step::End("unexpected frame during the handshake".into()),
+        };
+        let (class_id, method_id) = (class.get_amqp_class_id(), class.get_amqp_method_id());
+        let AMQPClass::Connection(method) = class else {
+            return Step::End("unexpected method during the handshake".into());
+        };
+        match (self.phase, method) {
+            (Phase::AwaitStartOk, connection::AMQPMethod::StartOk(start_ok)) => {
+                self.capabilities =
+                    ClientCapabilities::from_client_properties(&start_ok.client_properties);
+                match handshake::authenticate(&start_ok, self.loopback) {
+                    Ok(_user) => {
+                        self.phase = Phase::AwaitTuneOk;
+                        let config = &self.broker.config;
+                        let tune = connection::Tune {
+                            channel_max: config.channel_max,
+                            frame_max: config.frame_max,
+                            heartbeat: config.heartbeat_s,
+                        };
+                        self.send(0, AMQPClass::Connection(connection::AMQPMethod::Tune(tune)));
+                        Step::Continue
+                    }
+                    Err(fault) => {
+                        if self.capabilities.authentication_failure_close {
+                            self.close_connection(fault.at(class_id, method_id));
+                        }
+                        Step::End("authentication failed".into())
+                    }
+                }
+            }
+            (Phase::AwaitTuneOk, connection::AMQPMethod::TuneOk(tune_ok)) => {
+                match self.tune(&tune_ok) {
+                    Ok(()) => {
+                        self.phase = Phase::AwaitOpen;
+                        Step::Continue
+                    }
+                    Err(fault) => self.fault(fault.at(class_id, method_id)),
+                }
+            }
+            (Phase::AwaitOpen, connection::AMQPMethod::Open(open)) => {
+                if open.virtual_host.as_str() != "/" {
+                    return self.fault(
+                        Fault::connection(
+                            NOT_ALLOWED,
+                            format!("vhost {} not found", open.virtual_host.as_str()),
+                        )
+                        .at(class_id, method_id),
+                    );
+                }
+                self.phase = Phase::Open;
+                self.send(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
+                );
+                Step::Continue
+            }
+            (_, connection::AMQPMethod::Close(_)) => {
+                self.send_close_ok();
+                Step::End(String::new())
+            }
+            (phase, method) => {
+                Step::End(format!("unexpected {method:?} while waiting in {phase:?}"))
+            }
+        }
+    }
+
+    /// Applies tune-ok. As RabbitMQ does, values above the server's (or a frame_max below the minimum)
+    /// are refused with 530; 0 from the client means "the server's value".
+    fn tune(&mut self, tune_ok: &connection::TuneOk) -> Result<(), Fault> {
+        let config = &self.broker.config;
+        let channel_max = match tune_ok.channel_max {
+            0 => config.channel_max,
+            n if n > config.channel_max => {
+                return Err(Fault::connection(
+                    NOT_ALLOWED,
+                    format!(
+                    "negotiated channel_max = {n} is higher than the maximum allowed value ({})",
+                    config.channel_max
+                ),
+                ))
+            }
+            n => n,
+        };
+        let frame_max = match tune_ok.frame_max {
+            0 => config.frame_max,
+            n if n > config.frame_max => {
+                return Err(Fault::connection(
+                    NOT_ALLOWED,
+                    format!(
+                        "negotiated frame_max = {n} is higher than the maximum allowed value ({})",
+                        config.frame_max
+                    ),
+                ))
+            }
+            n if n < FRAME_MAX_MIN => {
+                return Err(Fault::connection(
+                    NOT_ALLOWED,
+                    format!(
+                        "negotiated frame_max = {n} is lower than the minimum allowed value ({FRAME_MAX_MIN})"
+                    ),
+                ))
+            }
+            n => n,
+        };
+        self.channel_max = channel_max;
+        self.frame_max = frame_max;
+        self.heartbeat_s = tune_ok.heartbeat;
+        Ok(())
+    }
+
+    pub(crate) fn channel_max(&self) -> u16 {
+        self.channel_max
+    }
+
+    /// A queue event for one of this connection's consumers.
+    pub fn handle_event(&mut self, channel: u16, event: QueueEvent) {
+        if self.closing_since.is_some() {
+            self.requeue_event(event);
+            return;
+        }
+        crate::channel::event(self, channel, event);
+    }
+}

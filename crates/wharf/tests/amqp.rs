@@ -1,0 +1,432 @@
+//! AMQP 0-9-1 against the real `wharf` process, through `lapin` and raw sockets: hello world, a work queue
+//! with fair dispatch under prefetch 1, redelivery of unacknowledged messages after a channel closes,
+//! basic.get, a channel error that leaves the connection working, empty and 5 MiB messages, and bad input
+//! (wrong protocol header, garbage, an oversized frame) that closes only its own connection.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+const OP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running broker with only its AMQP listener open, on a free port; killed on drop.
+struct Wharf {
+    child: Child,
+    dir: tempfile::TempDir,
+    amqp: String,
+}
+
+impl Wharf {
+    fn start() -> Wharf {
+        let dir = tempfile::tempdir().unwrap();
+        let ready = dir.path().join("ready.json");
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .current_dir(dir.path())
+            .args(["serve", "--data-dir", "data"])
+            .args(["--kafka-listen", "off", "--http-listen", "off"])
+            .args(["--amqp-listen", "127.0.0.1:0", "--ready-file"])
+            .arg(&ready)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&ready) {
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                let amqp = v["amqp"].as_str().expect("amqp in ready file").to_string();
+                return Wharf { child, dir, amqp };
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("wharf exited with {status}");
+            }
+            assert!(Instant::now() < deadline, "wharf not ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    fn uri(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.amqp)
+    }
+
+    async fn connect(&self) -> Connection {
+        tokio::time::timeout(
+            OP_TIMEOUT,
+            Connection::connect(&self.uri(), ConnectionProperties::default()),
+        )
+        .await
+        .expect("connect in time")
+        .expect("connect")
+    }
+
+    /// A raw socket with a read timeout.
+    fn raw(&self) -> TcpStream {
+        let s = TcpStream::connect(&self.amqp).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
+    }
+}
+
+impl Drop for Wharf {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn declare(channel: &Channel, name: &str) {
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue.declare");
+}
+
+async fn publish(channel: &Channel, queue: &str, body: &[u8]) {
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default().with_content_type("text/plain".into()),
+        )
+        .await
+        .expect("basic.publish");
+}
+
+/// Next delivery of `consumer`, or None after `wait`.
+async fn next(consumer: &mut lapin::Consumer, wait: Duration) -> Option<lapin::message::Delivery> {
+    match tokio::time::timeout(wait, consumer.next()).await {
+        Ok(Some(Ok(d))) => Some(d),
+        Ok(other) => panic!("consumer ended: {other:?}"),
+        Err(_) => None,
+    }
+}
+
+async fn consume(channel: &Channel, queue: &str, tag: &str) -> lapin::Consumer {
+    channel
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("basic.consume")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_world_declare_publish_consume_ack() {
+    let wharf = Wharf::start();
+    let conn = wharf.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    declare(&channel, "hello").await;
+    publish(&channel, "hello", b"Hello World!").await;
+    let mut consumer = consume(&channel, "hello", "hello-consumer").await;
+    let delivery = next(&mut consumer, OP_TIMEOUT).await.expect("a delivery");
+    assert_eq!(delivery.data, b"Hello World!");
+    assert_eq!(delivery.routing_key.as_str(), "hello");
+    assert!(!delivery.redelivered);
+    assert_eq!(
+        delivery
+            .properties
+            .content_type()
+            .as_ref()
+            .map(|s| s.as_str()),
+        Some("text/plain")
+    );
+    delivery.ack(BasicAckOptions::default()).await.unwrap();
+    // Acked: a second channel finds the queue empty with one consumer.
+    let other = conn.create_channel().await.unwrap();
+    let queue = other
+        .queue_declare(
+            "hello".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!((queue.message_count(), queue.consumer_count()), (0, 1));
+    conn.close(200, "bye".into()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_queue_prefetch_1_dispatches_fairly() {
+    let wharf = Wharf::start();
+    let conn = wharf.connect().await;
+    let setup = conn.create_channel().await.unwrap();
+    declare(&setup, "tasks").await;
+    let slow = conn.create_channel().await.unwrap();
+    let fast = conn.create_channel().await.unwrap();
+    for ch in [&slow, &fast] {
+        ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
+    }
+    let mut slow_consumer = consume(&slow, "tasks", "slow").await;
+    let mut fast_consumer = consume(&fast, "tasks", "fast").await;
+    for i in 0..10 {
+        publish(&setup, "tasks", format!("task {i}").as_bytes()).await;
+    }
+    // The slow worker holds its one message unacknowledged; with prefetch 1 it gets nothing else, and
+    // the fast worker, acking each, does the other nine.
+    let held = next(&mut slow_consumer, OP_TIMEOUT)
+        .await
+        .expect("slow gets one");
+    let mut fast_got = Vec::new();
+    while fast_got.len() < 9 {
+        let d = next(&mut fast_consumer, OP_TIMEOUT)
+            .await
+            .expect("fast gets the rest");
+        fast_got.push(String::from_utf8(d.data.clone()).unwrap());
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    assert!(next(&mut slow_consumer, Duration::from_millis(300))
+        .await
+        .is_none());
+    let mut all: Vec<String> = fast_got;
+    all.push(String::from_utf8(held.data.clone()).unwrap());
+    all.sort();
+    let mut expected: Vec<String> = (0..10).map(|i| format!("task {i}")).collect();
+    expected.sort();
+    assert_eq!(all, expected);
+    held.ack(BasicAckOptions::default()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacked_messages_come_back_redelivered_after_the_channel_closes() {
+    let wharf = Wharf::start();
+    let conn = wharf.connect().await;
+    let first = conn.create_channel().await.unwrap();
+    declare(&first, "jobs").await;
+    for i in 0..3 {
+        publish(&first, "jobs", format!("job {i}").as_bytes()).await;
+    }
+    let mut consumer = consume(&first, "jobs", "worker-1").await;
+    for i in 0..3 {
+        let d = next(&mut consumer, OP_TIMEOUT).await.expect("delivery");
+        assert_eq!(d.data, format!("job {i}").as_bytes());
+        assert!(!d.redelivered);
+    }
+    first.close(200, "crash".into()).await.unwrap();
+
+    let second = conn.create_channel().await.unwrap();
+    let mut consumer = consume(&second, "jobs", "worker-2").await;
+    for i in 0..3 {
+        let d = next(&mut consumer, OP_TIMEOUT).await.expect("redelivery");
+        assert_eq!(d.data, format!("job {i}").as_bytes(), "original order");
+        assert!(d.redelivered);
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_get_and_get_empty() {
+    let wharf = Wharf::start();
+    let conn = wharf.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    declare(&channel, "pull").await;
+    publish(&channel, "pull", b"one").await;
+    publish(&channel, "pull", b"two").await;
+    let get = |channel: Channel| async move {
+        channel
+            .basic_get("pull".into(), BasicGetOptions::default())
+            .await
+            .expect("basic.get")
+    };
+    let first = get(channel.clone()).await.expect("a message");
+    assert_eq!(
+        (first.delivery.data.as_slice(), first.message_count),
+        (&b"one"[..], 1)
+    );
+    let second = get(channel.clone()).await.expect("a message");
+    assert_eq!(
+        (second.delivery.data.as_slice(), second.message_count),
+        (&b"two"[..], 0)
+    );
+    assert!(get(channel.clone()).await.is_none(), "get-empty");
+    channel
+        .basic_ack(
+            second.delivery.delivery_tag,
+            BasicAckOptions { multiple: true },
+        )
+        .await
+        .unwrap();
+    // Acking the same tag again is a 406 channel error.
+    let _ = channel
+        .basic_ack(second.delivery.delivery_tag, BasicAckOptions::default())
+        .await;
+    let declared = tokio::time::timeout(
+        OP_TIMEOUT,
+        channel.queue_declare(
+            "pull".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(declared.is_err(), "the channel was closed by the 406");
+    assert!(conn.status().connected());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passive_declare_of_a_missing_queue_closes_only_the_channel() {
+    let wharf = Wharf::start();
+    let conn = wharf.connect().await;
+    let bystander = conn.create_channel().await.unwrap();
+    let doomed = conn.create_channel().await.unwrap();
+    let err = doomed
+        .queue_declare(
+            "no-such-queue".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("404");
+    let text = err.to_string();
+    assert!(text.contains("404") || text.contains("NOT_FOUND"), "{text}");
+    assert!(!doomed.status().connected());
+    // The connection and its other channel work; so does a new channel.
+    assert!(conn.status().connected());
+    declare(&bystander, "alive").await;
+    publish(&bystander, "alive", b"still here").await;
+    let fresh = conn.create_channel().await.unwrap();
+    let got = fresh
+        .basic_get("alive".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("message");
+    assert_eq!(got.delivery.data, b"still here");
+    // Redeclaring with different flags is 406 and also closes only that channel.
+    let err = fresh
+        .queue_declare(
+            "alive".into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("406");
+    assert!(err.to_string().contains("406") || err.to_string().contains("PRECONDITION"));
+    declare(&bystander, "alive").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_and_5_mib_messages() {
+    let wharf = Wharf::start();
+    let conn = wharf.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    declare(&channel, "sizes").await;
+    let big: Vec<u8> = (0..5 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    publish(&channel, "sizes", b"").await;
+    publish(&channel, "sizes", &big).await;
+    let mut consumer = consume(&channel, "sizes", "sizes").await;
+    let empty = next(&mut consumer, OP_TIMEOUT)
+        .await
+        .expect("empty message");
+    assert!(empty.data.is_empty());
+    let large = next(&mut consumer, OP_TIMEOUT)
+        .await
+        .expect("5 MiB message");
+    assert_eq!(large.data.len(), big.len());
+    assert!(large.data == big, "5 MiB body intact");
+    large.ack(BasicAckOptions { multiple: true }).await.unwrap();
+}
+
+/// Reads until EOF (or a reset); panics if the server keeps the socket open past the read timeout.
+fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("socket still open after {} bytes: {e}", got.len()),
+        }
+    }
+}
+
+#[test]
+fn wrong_protocol_header_gets_ours_back_then_close() {
+    let wharf = Wharf::start();
+    for header in [&b"AMQP\x00\x00\x08\x00"[..], b"GET / HTTP/1.1\r\n\r\n"] {
+        let mut s = wharf.raw();
+        s.write_all(header).unwrap();
+        assert_eq!(read_to_close(&mut s), b"AMQP\x00\x00\x09\x01");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversized_frames_close_only_their_connection() {
+    let wharf = Wharf::start();
+    let conn = wharf.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    declare(&channel, "steady").await;
+
+    let bad_inputs: [&[u8]; 3] = [
+        // Garbage after a good header.
+        b"\xde\xad\xbe\xef not a frame at all \x00\x01\x02",
+        // A method frame claiming 2 GiB, far above frame_max: refused from its 7-byte header.
+        b"\x01\x00\x00\x7f\xff\xff\xff",
+        // A frame with a bad end octet.
+        b"\x08\x00\x00\x00\x00\x00\x00\x00",
+    ];
+    for bad in bad_inputs {
+        let amqp = wharf.amqp.clone();
+        let bad = bad.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let mut s = TcpStream::connect(&amqp).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
+            let mut first = [0u8; 7];
+            s.read_exact(&mut first).unwrap();
+            assert_eq!(first[0], 1, "connection.start first");
+            let started = Instant::now();
+            s.write_all(&bad).unwrap();
+            read_to_close(&mut s);
+            assert!(started.elapsed() < Duration::from_secs(4));
+        })
+        .await
+        .unwrap();
+        // The established client is not disturbed.
+        publish(&channel, "steady", b"ok").await;
+        let got = channel
+            .basic_get("steady".into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .expect("message");
+        assert_eq!(got.delivery.data, b"ok");
+    }
+    assert!(conn.status().connected());
+    // A new connection still gets connection.start at once.
+    let again = wharf.connect().await;
+    again.close(200, "bye".into()).await.unwrap();
+    let stderr = wharf.stderr();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
