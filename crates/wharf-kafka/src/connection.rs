@@ -55,7 +55,11 @@ pub async fn serve(
     let mut idle_deadline = tokio::time::Instant::now() + idle;
     let end = loop {
         // Serve every whole frame already buffered before reading more.
-        match next_frame(&mut buf, broker.config.request_max_bytes) {
+        match next_frame(
+            &mut buf,
+            broker.config.request_max_bytes,
+            broker.config.non_produce_request_max_bytes,
+        ) {
             Err(reason) => break End::Bad(reason),
             Ok(Some(frame)) if pending.len() < max_inflight => {
                 idle_deadline = tokio::time::Instant::now() + idle;
@@ -125,8 +129,13 @@ pub async fn serve(
 }
 
 /// Takes one whole frame (without its size prefix) off the front of `buf`, if it is all there. A negative
-/// or too large size is an error before anything is allocated for it.
-fn next_frame(buf: &mut BytesMut, max: usize) -> Result<Option<bytes::Bytes>, String> {
+/// or too large size is an error before anything is allocated for it: above `max` for any request, above
+/// `non_produce_max` for any API but Produce (whose key is read first).
+fn next_frame(
+    buf: &mut BytesMut,
+    max: usize,
+    non_produce_max: usize,
+) -> Result<Option<bytes::Bytes>, String> {
     if buf.len() < 4 {
         return Ok(None);
     }
@@ -136,6 +145,19 @@ fn next_frame(buf: &mut BytesMut, max: usize) -> Result<Option<bytes::Bytes>, St
         return Err(format!(
             "request of {size} bytes exceeds socket.request.max.bytes ({max})"
         ));
+    }
+    if size > non_produce_max {
+        // Only Produce may be this large: wait for its API key before buffering anything more.
+        let Some(key) = buf.get(4..6) else {
+            return Ok(None);
+        };
+        let api_key = i16::from_be_bytes([key[0], key[1]]);
+        if api_key != ApiKey::Produce as i16 {
+            return Err(format!(
+                "request of {size} bytes for API key {api_key} exceeds \
+                 kafka.non_produce_request_max_bytes ({non_produce_max})"
+            ));
+        }
     }
     if buf.len() < 4 + size {
         buf.reserve(4 + size - buf.len());

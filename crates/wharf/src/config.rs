@@ -264,6 +264,9 @@ pub struct KafkaSection {
     pub message_timestamp_type: String,
     /// Largest request, checked before it is read (`socket.request.max.bytes`).
     pub request_max_bytes: u64,
+    /// Largest request of any API but Produce, checked before it is read (decoding multiplies requests of
+    /// many tiny elements 15–40 times in memory).
+    pub non_produce_request_max_bytes: u64,
     /// Close connections idle this long (`connections.max.idle.ms`).
     pub connections_max_idle_ms: u64,
     /// Most client connections at once (`max.connections`).
@@ -291,6 +294,7 @@ impl Default for KafkaSection {
             message_max_bytes: 1_048_588,
             message_timestamp_type: "CreateTime".into(),
             request_max_bytes: d.request_max_bytes as u64,
+            non_produce_request_max_bytes: d.non_produce_request_max_bytes as u64,
             connections_max_idle_ms: d.connections_max_idle_ms,
             max_connections: d.max_connections as u64,
             max_inflight_requests: d.max_inflight_requests as u64,
@@ -326,6 +330,8 @@ impl KafkaSection {
     pub fn front_end(&self) -> anyhow::Result<wharf_kafka::KafkaConfig> {
         Ok(wharf_kafka::KafkaConfig {
             request_max_bytes: usize::try_from(self.request_max_bytes).unwrap_or(usize::MAX),
+            non_produce_request_max_bytes: usize::try_from(self.non_produce_request_max_bytes)
+                .unwrap_or(usize::MAX),
             connections_max_idle_ms: self.connections_max_idle_ms,
             max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
             max_inflight_requests: usize::try_from(self.max_inflight_requests)
@@ -523,6 +529,10 @@ impl Config {
                 self.limits.shutdown_timeout_ms,
             ),
             ("kafka.request_max_bytes", self.kafka.request_max_bytes),
+            (
+                "kafka.non_produce_request_max_bytes",
+                self.kafka.non_produce_request_max_bytes,
+            ),
             (
                 "kafka.connections_max_idle_ms",
                 self.kafka.connections_max_idle_ms,

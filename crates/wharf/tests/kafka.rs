@@ -654,6 +654,11 @@ async fn malformed_requests_close_only_their_connection() {
     let mut req = vec![0x00, 0x13, 0x00, 0x05, 0, 0, 0, 1, 0x00, 0x00, 0x00];
     req.extend_from_slice(&[0xfe, 0xff, 0xff, 0xff, 0x0f]);
     assert_eq!(raw_round_trip(&mut s, &req), None);
+    // A Metadata request claiming 9 MiB: above non_produce_request_max_bytes, refused from its key alone.
+    let mut s = connect(&w);
+    s.write_all(&(9u32 * 1024 * 1024).to_be_bytes()).unwrap();
+    s.write_all(&[0, 3, 0, 9]).unwrap();
+    assert!(closed(&mut s), "a 9 MiB Metadata request was not refused");
     // A size prefix above socket.request.max.bytes, a negative one, and one too short for a header.
     for prefix in [200u32 * 1024 * 1024, 0xffff_fff0, 3] {
         let mut s = connect(&w);
