@@ -1,11 +1,12 @@
 //! Channels: their state (consumers, unacknowledged deliveries, a publish being assembled) and the
-//! channel-level methods of the classes built so far (channel, queue, basic). Errors come back as a
-//! [`Fault`] with the channel number; the session closes the channel or the connection as the fault says.
+//! channel-level methods of the classes built so far (channel, queue, basic; exchange and bindings are
+//! in [`crate::topology`]). Errors come back as a [`Fault`] with the channel number; the session closes the
+//! channel or the connection as the fault says.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use amq_protocol::protocol::{basic, channel as ch, exchange, queue, AMQPClass};
+use amq_protocol::protocol::{basic, basic::AMQPProperties, channel as ch, queue, AMQPClass};
 use bytes::{Bytes, BytesMut};
 use wharf_core::queues::{
     ConsumeOptions, ConsumerId, Delivery, Message, Queue, QueueEvent, QueueSpec, VHost,
@@ -13,7 +14,9 @@ use wharf_core::queues::{
 
 use crate::frame::Frame;
 use crate::reply::*;
+use crate::routing::{message_headers, sender_routes, without_bcc};
 use crate::session::Session;
+use crate::topology;
 
 /// Class id of `basic`, the only content class.
 const BASIC_CLASS_ID: u16 = 60;
@@ -53,7 +56,9 @@ struct Publish {
     mandatory: bool,
     /// Set by the content header.
     body_size: Option<u64>,
+    /// The properties as received, and parsed (for headers routing and `CC` / `BCC`).
     properties: Bytes,
+    parsed: AMQPProperties,
     body: BytesMut,
 }
 
@@ -111,7 +116,7 @@ impl Channel {
             .ok_or_else(unknown)
     }
 
-    fn queue_name(&self, name: &str) -> Result<String, Fault> {
+    pub(crate) fn queue_name(&self, name: &str) -> Result<String, Fault> {
         if !name.is_empty() {
             return Ok(name.to_string());
         }
@@ -244,6 +249,7 @@ fn content(session: &mut Session, id: u16, frame: Frame) -> ChannelResult {
             }
             publish.body_size = Some(header.body_size);
             publish.properties = properties;
+            publish.parsed = header.properties;
         }
         Frame::Body(_, bytes) if publish.body_size.is_some() => {
             let size = publish.body_size.unwrap_or(0);
@@ -278,14 +284,32 @@ fn finish_publish(session: &mut Session, id: u16, body: Bytes) -> ChannelResult 
     let Some(publish) = session.channels.get_mut(&id).and_then(|c| c.publish.take()) else {
         return Ok(());
     };
+    let at = |fault: Fault| (id, fault.at(BASIC_CLASS_ID, 40));
+    let (extra_keys, has_bcc) = sender_routes(&publish.parsed).map_err(at)?;
+    let parsed = publish.parsed;
+    let headers = || message_headers(&parsed);
+    let properties = if has_bcc {
+        without_bcc(parsed.clone()).map_err(at)?
+    } else {
+        publish.properties
+    };
+    let mut keys: Vec<&str> = Vec::with_capacity(1 + extra_keys.len());
+    keys.push(&publish.routing_key);
+    keys.extend(extra_keys.iter().map(String::as_str));
     let message = Message {
-        exchange: publish.exchange,
-        routing_key: publish.routing_key,
-        properties: publish.properties,
+        exchange: publish.exchange.clone(),
+        routing_key: publish.routing_key.clone(),
+        properties,
         body,
     };
-    let returned = (!session.broker.vhost.publish_default(message.clone())).then_some(message);
-    if let (Some(message), true) = (returned, publish.mandatory) {
+    // The message is cloned only when it may have to go back (mandatory): clones share the bytes.
+    let kept = publish.mandatory.then(|| message.clone());
+    let routed = session
+        .broker
+        .vhost
+        .publish(&keys, &headers, message)
+        .map_err(|e| at(Fault::from(e)))?;
+    if let (Some(message), 0) = (kept, routed) {
         session.send(
             id,
             AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
@@ -300,7 +324,7 @@ fn finish_publish(session: &mut Session, id: u16, body: Bytes) -> ChannelResult 
     Ok(())
 }
 
-fn channel_mut(session: &mut Session, id: u16) -> Result<&mut Channel, Fault> {
+pub(crate) fn channel_mut(session: &mut Session, id: u16) -> Result<&mut Channel, Fault> {
     session
         .channels
         .get_mut(&id)
@@ -384,29 +408,33 @@ fn method(session: &mut Session, id: u16, class: AMQPClass) -> Result<(), Fault>
                 );
             }
         }
-        AMQPClass::Queue(queue::AMQPMethod::Bind(queue::Bind { exchange, .. }))
-        | AMQPClass::Queue(queue::AMQPMethod::Unbind(queue::Unbind { exchange, .. })) => {
-            return Err(no_exchange_binding(exchange.as_str()));
-        }
-        AMQPClass::Exchange(exchange::AMQPMethod::Declare(declare))
-            if declare.passive && declare.exchange.as_str().is_empty() =>
-        {
-            if !declare.nowait {
-                session.send(
-                    id,
-                    AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})),
-                );
+        AMQPClass::Queue(queue::AMQPMethod::Bind(b)) => {
+            topology::queue_binding(
+                session,
+                id,
+                true,
+                b.queue.as_str(),
+                b.exchange.as_str(),
+                b.routing_key.as_str(),
+                &b.arguments,
+            )?;
+            if !b.nowait {
+                topology::reply_bound(session, id, queue::AMQPMethod::BindOk(queue::BindOk {}));
             }
         }
-        AMQPClass::Exchange(exchange::AMQPMethod::Declare(declare)) if declare.passive => {
-            return Err(Fault::channel(
-                NOT_FOUND,
-                format!("no exchange '{}' in vhost '/'", declare.exchange.as_str()),
-            ))
+        AMQPClass::Queue(queue::AMQPMethod::Unbind(u)) => {
+            topology::queue_binding(
+                session,
+                id,
+                false,
+                u.queue.as_str(),
+                u.exchange.as_str(),
+                u.routing_key.as_str(),
+                &u.arguments,
+            )?;
+            topology::reply_bound(session, id, queue::AMQPMethod::UnbindOk(queue::UnbindOk {}));
         }
-        AMQPClass::Exchange(_) => {
-            return Err(not_built("declaring, deleting and binding exchanges"))
-        }
+        AMQPClass::Exchange(method) => return topology::exchange_method(session, id, method),
         AMQPClass::Basic(method) => return basic_method(session, id, method),
         AMQPClass::Confirm(_) => return Err(not_built("publisher confirms (confirm.select)")),
         AMQPClass::Tx(_) => return Err(not_built("transactions (tx.select)")),
@@ -418,17 +446,6 @@ fn method(session: &mut Session, id: u16, class: AMQPClass) -> Result<(), Fault>
         }
     }
     Ok(())
-}
-
-fn no_exchange_binding(exchange: &str) -> Fault {
-    if exchange.is_empty() {
-        Fault::channel(
-            ACCESS_REFUSED,
-            "operation not permitted on the default exchange",
-        )
-    } else {
-        Fault::channel(NOT_FOUND, format!("no exchange '{exchange}' in vhost '/'"))
-    }
 }
 
 fn basic_method(session: &mut Session, id: u16, method: basic::AMQPMethod) -> Result<(), Fault> {
@@ -447,19 +464,15 @@ fn basic_method(session: &mut Session, id: u16, method: basic::AMQPMethod) -> Re
             if publish.immediate {
                 return Err(Fault::connection(NOT_IMPLEMENTED, "immediate=true"));
             }
-            let exchange = publish.exchange.as_str();
-            if !exchange.is_empty() {
-                return Err(Fault::channel(
-                    NOT_FOUND,
-                    format!("no exchange '{exchange}' in vhost '/'"),
-                ));
-            }
+            // The exchange is checked (404, or 403 when internal) once the content is in, when the
+            // message is routed: the content frames must be read either way.
             channel_mut(session, id)?.publish = Some(Publish {
-                exchange: String::new(),
+                exchange: publish.exchange.as_str().to_string(),
                 routing_key: publish.routing_key.as_str().to_string(),
                 mandatory: publish.mandatory,
                 body_size: None,
                 properties: Bytes::new(),
+                parsed: AMQPProperties::default(),
                 body: BytesMut::new(),
             });
         }

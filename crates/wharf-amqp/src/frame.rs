@@ -108,6 +108,14 @@ pub fn parse_properties(raw: &[u8]) -> AMQPProperties {
         .unwrap_or_default()
 }
 
+/// Encodes content-header properties (used when the broker must change them, e.g. to drop `BCC`).
+pub fn encode_properties(properties: &AMQPProperties) -> Result<Vec<u8>, String> {
+    let encoded =
+        amq_protocol::protocol::basic::gen_properties(properties)(WriteContext::from(Vec::new()))
+            .map_err(|e| format!("cannot encode properties: {e:?}"))?;
+    Ok(encoded.into_inner().0)
+}
+
 /// Appends `frame`, encoded by amq-protocol, to `out`. Fails only for values the codec cannot encode.
 pub fn write_frame(out: &mut Vec<u8>, frame: &AMQPFrame) -> Result<(), String> {
     let encoded = gen_frame(frame)(WriteContext::from(Vec::new()))

@@ -11,8 +11,10 @@ mod connection;
 pub mod frame;
 mod handshake;
 mod reply;
+mod routing;
 pub mod server;
 mod session;
+mod topology;
 
 pub use config::AmqpConfig;
 pub use server::{serve, Broker};

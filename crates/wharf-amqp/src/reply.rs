@@ -1,6 +1,7 @@
 //! Reply codes of AMQP 0-9-1 and the two kinds of failure they come with: a channel error closes one
 //! channel, a connection error closes the connection (spec section 1.2, as RabbitMQ uses them).
 
+use wharf_core::exchanges::ExchangeError;
 use wharf_core::queues::QueueError;
 
 pub const CONNECTION_FORCED: u16 = 320;
@@ -89,6 +90,9 @@ impl From<QueueError> for Fault {
             QueueError::PreconditionFailed(_) => PRECONDITION_FAILED,
             QueueError::ResourceLocked(_) => RESOURCE_LOCKED,
             QueueError::AccessRefused(_) => ACCESS_REFUSED,
+            QueueError::Exchange(ExchangeError::NotFound(_)) => NOT_FOUND,
+            QueueError::Exchange(ExchangeError::AccessRefused(_)) => ACCESS_REFUSED,
+            QueueError::Exchange(ExchangeError::PreconditionFailed(_)) => PRECONDITION_FAILED,
         };
         Fault::channel(code, err.to_string())
     }

@@ -5,6 +5,7 @@
 //! translate their frames into calls on this model and its errors into their protocol's error codes.
 
 pub mod error;
+pub mod exchanges;
 pub mod groups;
 pub mod offsets;
 mod persist;

@@ -1,12 +1,16 @@
-//! AMQP-style queues in memory: the default exchange, declare / delete / purge, consumers with prefetch
-//! credit, fair (round-robin) dispatch, acknowledgement and requeue at the original position.
+//! AMQP-style queues in memory: declare / delete / purge, consumers with prefetch credit, fair
+//! (round-robin) dispatch, acknowledgement and requeue at the original position; and the vhost that ties
+//! them to its exchanges and bindings ([`crate::exchanges`]): publish routes through the exchange table,
+//! bind checks the queue exists, and a deleted queue takes its bindings along.
 //!
-//! This is the first increment of the AMQP broker model (issue 4). Messages live in memory only; durable
-//! queues, other exchange types, TTL, length limits and dead-lettering come later. It knows no wire format:
+//! Messages live in memory only; durable queues, TTL, length limits and dead-lettering come later. It
+//! knows no wire format:
 //! message properties are kept as the opaque bytes the protocol crate gave us, so they can be stored as
 //! received once queues sit on the log engine.
 //!
-//! Concurrency: the queue table is a read-mostly `RwLock`; each queue has its own mutex, so publishers and
+//! Concurrency: the exchange table and the queue table are read-mostly `RwLock`s, taken in that order
+//! (exchanges, then queues) whenever both are needed, so a bind cannot slip in between a queue's removal
+//! and the removal of its bindings; a publish holds each only to read. Each queue has its own mutex, so publishers and
 //! consumers of different queues never contend (design.md: no hot global lock). Deliveries leave a queue
 //! through each consumer's [`DeliverySink`], an unbounded channel to the consumer's connection: what a
 //! consumer can have outstanding is bounded by its prefetch; no-ack consumers are bounded only by the
@@ -19,6 +23,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::exchanges::headers::Headers;
+use crate::exchanges::{Binding, BindingArgs, Destination, ExchangeError, ExchangeSpec, Exchanges};
 
 /// Longest queue name (AMQP short strings are at most 255 bytes).
 pub const QUEUE_NAME_MAX_LEN: usize = 255;
@@ -44,6 +52,9 @@ pub enum QueueError {
     /// 403: e.g. a consumer wants exclusive use of a queue that already has consumers.
     #[error("{0}")]
     AccessRefused(String),
+    /// An exchange or binding operation failed (403, 404, 406 by its own kind).
+    #[error(transparent)]
+    Exchange(#[from] ExchangeError),
 }
 
 /// A published message. `properties` are the content-header properties as the protocol encoded them.
@@ -290,9 +301,11 @@ pub struct DeclareOk {
     pub consumer_count: u32,
 }
 
-/// The queues of one vhost (only `/` in this increment) and its default exchange.
+/// The queues, exchanges and bindings of one vhost (only `/` in this increment).
 #[derive(Debug, Default)]
 pub struct VHost {
+    /// Taken before `queues` when both are needed (see the module docs).
+    exchanges: RwLock<Exchanges>,
     queues: RwLock<HashMap<String, Arc<Queue>>>,
     next_consumer: AtomicU64,
 }
@@ -407,12 +420,18 @@ impl VHost {
     /// Removes `queue` from the table and cancels its consumers; returns its ready count.
     fn remove(&self, queue: &Arc<Queue>) -> u32 {
         {
+            let mut exchanges = self.exchanges.write();
             let mut queues = self.queues.write();
             if queues
                 .get(queue.name())
                 .is_some_and(|q| Arc::ptr_eq(q, queue))
             {
                 queues.remove(queue.name());
+                let gone =
+                    exchanges.remove_destination(&Destination::Queue(queue.name().to_string()));
+                if !gone.is_empty() {
+                    debug!(queue = queue.name(), exchanges = ?gone, "auto-deleted with the queue's bindings");
+                }
             }
         }
         let mut s = queue.state.lock();
@@ -440,14 +459,114 @@ impl VHost {
         Ok(count)
     }
 
-    /// basic.publish through the default exchange (routing key = queue name). Returns false when no queue
-    /// took the message (the caller returns it if mandatory).
-    pub fn publish_default(&self, message: Message) -> bool {
-        let Some(queue) = self.queues.read().get(&message.routing_key).cloned() else {
-            return false;
+    /// basic.publish: routes `message` from `message.exchange` with `keys` (its routing key, then its `CC`
+    /// and `BCC` keys) and `headers` (rendered only if a headers exchange asks), and enqueues one shared copy on every queue reached. Returns how
+    /// many queues took it (0: the caller returns it if mandatory). A missing exchange is 404, an
+    /// internal one 403.
+    pub fn publish(
+        &self,
+        keys: &[&str],
+        headers: &dyn Fn() -> Option<Headers>,
+        message: Message,
+    ) -> Result<usize, QueueError> {
+        let names = self
+            .exchanges
+            .read()
+            .route(&message.exchange, keys, headers)?;
+        let targets: Vec<Arc<Queue>> = {
+            let queues = self.queues.read();
+            names
+                .iter()
+                .filter_map(|n| queues.get(n).cloned())
+                .collect()
         };
-        queue.enqueue(Arc::new(message));
-        true
+        let message = Arc::new(message);
+        for queue in &targets {
+            queue.enqueue(Arc::clone(&message));
+        }
+        Ok(targets.len())
+    }
+
+    /// exchange.declare.
+    pub fn declare_exchange(
+        &self,
+        name: &str,
+        spec: ExchangeSpec,
+        passive: bool,
+    ) -> Result<(), QueueError> {
+        Ok(self.exchanges.write().declare(name, spec, passive)?)
+    }
+
+    /// exchange.delete (missing: succeeds).
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), QueueError> {
+        let gone = self.exchanges.write().delete(name, if_unused)?;
+        debug!(exchanges = ?gone, "deleted");
+        Ok(())
+    }
+
+    /// queue.bind (`bind = true`) or queue.unbind. The queue must exist and be usable by `connection`;
+    /// it is checked under the exchange lock so the binding cannot outlive a concurrent delete.
+    pub fn bind_queue(
+        &self,
+        connection: ConnectionId,
+        bind: bool,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+        args: BindingArgs,
+    ) -> Result<(), QueueError> {
+        let binding = Binding {
+            source: exchange.to_string(),
+            destination: Destination::Queue(queue.to_string()),
+            key: key.to_string(),
+            args,
+        };
+        let mut exchanges = self.exchanges.write();
+        if exchange == crate::exchanges::DEFAULT_EXCHANGE {
+            // 403 before 404, as RabbitMQ checks them.
+            return Err(ExchangeError::AccessRefused(
+                "operation not permitted on the default exchange".into(),
+            )
+            .into());
+        }
+        self.lookup(connection, queue)?;
+        if bind {
+            exchanges.bind(binding)?;
+        } else {
+            let gone = exchanges.unbind(&binding)?;
+            if !gone.is_empty() {
+                debug!(exchanges = ?gone, "auto-deleted after unbind");
+            }
+        }
+        Ok(())
+    }
+
+    /// exchange.bind (`bind = true`) or exchange.unbind: messages reaching `source` also go where
+    /// `destination` routes them.
+    pub fn bind_exchange(
+        &self,
+        bind: bool,
+        destination: &str,
+        source: &str,
+        key: &str,
+        args: BindingArgs,
+    ) -> Result<(), QueueError> {
+        let binding = Binding {
+            source: source.to_string(),
+            destination: Destination::Exchange(destination.to_string()),
+            key: key.to_string(),
+            args,
+        };
+        let mut exchanges = self.exchanges.write();
+        if bind {
+            exchanges.bind(binding)?;
+        } else {
+            let gone = exchanges.unbind(&binding)?;
+            if !gone.is_empty() {
+                debug!(exchanges = ?gone, "auto-deleted after unbind");
+            }
+        }
+        Ok(())
     }
 
     /// basic.consume: registers a consumer and starts dispatching to it.
@@ -572,6 +691,12 @@ mod tests {
         }
     }
 
+    impl VHost {
+        fn counts_of(&self, name: &str) -> u32 {
+            self.lookup(1, name).map(|q| q.counts().0).unwrap_or(0)
+        }
+    }
+
     fn consume(
         vhost: &VHost,
         prefetch: u16,
@@ -593,6 +718,42 @@ mod tests {
             Ok((_, QueueEvent::Deliver(d))) => Some(d),
             _ => None,
         }
+    }
+
+    fn publish(vhost: &VHost, message: Message) -> bool {
+        let key = message.routing_key.clone();
+        vhost.publish(&[&key], &|| None, message).unwrap() > 0
+    }
+
+    #[test]
+    fn bindings_need_the_queue_and_go_with_it() {
+        let vhost = VHost::new();
+        let bind = |queue: &str| {
+            vhost.bind_queue(1, true, queue, "amq.fanout", "", BindingArgs::default())
+        };
+        assert_eq!(bind("q"), Err(QueueError::NotFound("q".into())));
+        assert!(matches!(
+            vhost.bind_queue(1, true, "q", "", "", BindingArgs::default()),
+            Err(QueueError::Exchange(ExchangeError::AccessRefused(_)))
+        ));
+        vhost.declare_queue(1, "q", false, spec()).unwrap();
+        vhost.declare_queue(1, "r", false, spec()).unwrap();
+        bind("q").unwrap();
+        bind("r").unwrap();
+        let fanned = Message {
+            exchange: "amq.fanout".into(),
+            ..msg("f")
+        };
+        assert_eq!(vhost.publish(&["k"], &|| None, fanned.clone()), Ok(2));
+        assert_eq!(
+            vhost.get(1, "r").unwrap().unwrap().message.body,
+            fanned.body
+        );
+        vhost.delete_queue(1, "q", false, false).unwrap();
+        // A new queue of the same name is not bound: the old bindings went with the old queue.
+        vhost.declare_queue(1, "q", false, spec()).unwrap();
+        assert_eq!(vhost.publish(&["k"], &|| None, fanned), Ok(1));
+        assert_eq!(vhost.counts_of("q"), 0);
     }
 
     #[test]
@@ -638,7 +799,7 @@ mod tests {
         let (_a, mut rx_a) = consume(&vhost, 1);
         let (_b, mut rx_b) = consume(&vhost, 1);
         for i in 0..4 {
-            assert!(vhost.publish_default(msg(&i.to_string())));
+            assert!(publish(&vhost, msg(&i.to_string())));
         }
         let da = next(&mut rx_a).unwrap();
         let db = next(&mut rx_b).unwrap();
@@ -660,9 +821,9 @@ mod tests {
     #[test]
     fn unroutable_and_get() {
         let vhost = VHost::new();
-        assert!(!vhost.publish_default(msg("x")));
+        assert!(!publish(&vhost, msg("x")));
         vhost.declare_queue(1, "q", false, spec()).unwrap();
-        assert!(vhost.publish_default(msg("x")));
+        assert!(publish(&vhost, msg("x")));
         let got = vhost.get(1, "q").unwrap().unwrap();
         assert_eq!(got.remaining, 0);
         assert!(vhost.get(1, "q").unwrap().is_none());

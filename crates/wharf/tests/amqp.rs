@@ -1,7 +1,10 @@
 //! AMQP 0-9-1 against the real `wharf` process, through `lapin` and raw sockets: hello world, a work queue
 //! with fair dispatch under prefetch 1, redelivery of unacknowledged messages after a channel closes,
 //! basic.get, a channel error that leaves the connection working, empty and 5 MiB messages, and bad input
-//! (wrong protocol header, garbage, an oversized frame) that closes only its own connection.
+//! (wrong protocol header, garbage, an oversized frame) that closes only its own connection. Exchanges:
+//! RabbitMQ tutorials 3 (fanout), 4 (direct) and 5 (topics), a headers exchange, exchange-to-exchange
+//! bindings, an alternate exchange, mandatory returns, `CC` / `BCC`, and exchange errors that close only
+//! their channel.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -11,10 +14,11 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
-    QueueDeclareOptions,
+    ExchangeBindOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, ExchangeUnbindOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 const OP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -429,4 +433,708 @@ async fn garbage_and_oversized_frames_close_only_their_connection() {
     again.close(200, "bye".into()).await.unwrap();
     let stderr = wharf.stderr();
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Exchanges and routing.
+
+async fn declare_exchange(
+    channel: &Channel,
+    name: &str,
+    kind: ExchangeKind,
+    arguments: FieldTable,
+) {
+    channel
+        .exchange_declare(
+            name.into(),
+            kind,
+            ExchangeDeclareOptions::default(),
+            arguments,
+        )
+        .await
+        .expect("exchange.declare");
+}
+
+async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str, arguments: FieldTable) {
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            arguments,
+        )
+        .await
+        .expect("queue.bind");
+}
+
+async fn publish_to(
+    channel: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &str,
+    properties: BasicProperties,
+) {
+    channel
+        .basic_publish(
+            exchange.into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            body.as_bytes(),
+            properties,
+        )
+        .await
+        .expect("basic.publish");
+}
+
+/// Every message ready in `queue`, as text, taken with basic.get. Frames on one connection are handled
+/// in order, so everything published before on the same connection has been routed.
+async fn drain(channel: &Channel, queue: &str) -> Vec<String> {
+    let mut bodies = Vec::new();
+    while let Some(got) = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("basic.get")
+    {
+        bodies.push(String::from_utf8_lossy(&got.delivery.data).into_owned());
+    }
+    bodies
+}
+
+fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in entries {
+        t.insert((*k).into(), v.clone());
+    }
+    t
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+fn assert_refused(err: lapin::Error, code: u16, name: &str) {
+    let text = err.to_string();
+    assert!(
+        text.contains(&code.to_string()) || text.contains(name),
+        "expected {code} {name}, got {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tutorial_3_publish_subscribe_with_fanout() {
+    let wharf = Wharf::start();
+    let conn = wharf.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    declare_exchange(
+        &channel,
+        "logs",
+        ExchangeKind::Fanout,
+        FieldTable::default(),
+    )
+    .await;
+    let mut consumers = Vec::new();
+    for tag in ["c1", "c2"] {
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let name = queue.name().as_str().to_string();
+        assert!(name.starts_with("amq.gen-"), "{name}");
+        bind(&channel, &name, "logs", "", FieldTable::default()).await;
+        consumers.push(consume(&channel, &name, tag).await);
+    }
+    let publisher = wharf.connect().await.create_channel().await.unwrap();
+    for i in 0..3 {
+        publish_to(
+            &publisher,
+            "logs",
+            "ignored",
+            &format!("log {i}"),
+            BasicProperties::default(),
+        )
+        .await;
+    }
+    for consumer in &mut consumers {
+        for i in 0..3 {
+            let d = next(consumer, OP_TIMEOUT)
+                .await
+                .expect("every subscriber gets every log");
+            assert_eq!(d.data, format!("log {i}").as_bytes());
+            assert_eq!(d.exchange.as_str(), "logs");
+            d.ack(BasicAckOptions::default()).await.unwrap();
+        }
+    }
+    // The exclusive queues (and their bindings) go with their connection: nothing routes any more.
+    conn.close(200, "bye".into()).await.unwrap();
+    let returned = publisher
+        .basic_publish(
+            "logs".into(),
+            "".into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            b"nobody",
+            BasicProperties::default(),
+        )
+        .await;
+    assert!(returned.is_ok());
+    declare(&publisher, "sync").await;
+    let returns = publisher.wait_for_confirms().await.unwrap();
+    assert_eq!(returns.len(), 1, "the fanout had no queue left: returned");
+    assert_eq!(returns[0].reply_code, 312);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tutorial_4_routing_with_direct() {
+    let wharf = Wharf::start();
+    let conn = wharf.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    declare_exchange(
+        &channel,
+        "direct_logs",
+        ExchangeKind::Direct,
+        FieldTable::default(),
+    )
+    .await;
+    declare(&channel, "errors").await;
+    declare(&channel, "console").await;
+    bind(
+        &channel,
+        "errors",
+        "direct_logs",
+        "error",
+        FieldTable::default(),
+    )
+    .await;
+    for severity in ["info", "warning", "error"] {
+        bind(
+            &channel,
+            "console",
+            "direct_logs",
+            severity,
+            FieldTable::default(),
+        )
+        .await;
+    }
+    for severity in ["info", "error", "debug", "warning"] {
+        publish_to(
+            &channel,
+            "direct_logs",
+            severity,
+            severity,
+            BasicProperties::default(),
+        )
+        .await;
+    }
+    assert_eq!(drain(&channel, "errors").await, ["error"]);
+    assert_eq!(
+        drain(&channel, "console").await,
+        ["info", "error", "warning"]
+    );
+    channel
+        .queue_unbind(
+            "console".into(),
+            "direct_logs".into(),
+            "info".into(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    publish_to(
+        &channel,
+        "direct_logs",
+        "info",
+        "info",
+        BasicProperties::default(),
+    )
+    .await;
+    assert!(drain(&channel, "console").await.is_empty());
+    // The predeclared amq.direct works the same way.
+    bind(&channel, "errors", "amq.direct", "e", FieldTable::default()).await;
+    publish_to(
+        &channel,
+        "amq.direct",
+        "e",
+        "via amq.direct",
+        BasicProperties::default(),
+    )
+    .await;
+    assert_eq!(drain(&channel, "errors").await, ["via amq.direct"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tutorial_5_topics() {
+    let wharf = Wharf::start();
+    let conn = wharf.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    declare_exchange(
+        &channel,
+        "topic_logs",
+        ExchangeKind::Topic,
+        FieldTable::default(),
+    )
+    .await;
+    for (queue, keys) in [
+        ("q1", &["*.orange.*"][..]),
+        ("q2", &["*.*.rabbit", "lazy.#"][..]),
+        ("all", &["#"][..]),
+    ] {
+        declare(&channel, queue).await;
+        for key in keys {
+            bind(&channel, queue, "topic_logs", key, FieldTable::default()).await;
+        }
+    }
+    let keys = [
+        "quick.orange.rabbit",
+        "lazy.orange.elephant",
+        "quick.orange.fox",
+        "lazy.brown.fox",
+        "lazy.pink.rabbit",
+        "quick.brown.fox",
+        "orange",
+        "quick.orange.new.rabbit",
+        "lazy.orange.new.rabbit",
+        "",
+    ];
+    for key in keys {
+        publish_to(&channel, "topic_logs", key, key, BasicProperties::default()).await;
+    }
+    assert_eq!(
+        drain(&channel, "q1").await,
+        [
+            "quick.orange.rabbit",
+            "lazy.orange.elephant",
+            "quick.orange.fox"
+        ]
+    );
+    assert_eq!(
+        drain(&channel, "q2").await,
+        [
+            "quick.orange.rabbit",
+            "lazy.orange.elephant",
+            "lazy.brown.fox",
+            "lazy.pink.rabbit", // matches both bindings, delivered once
+            "lazy.orange.new.rabbit",
+        ]
+    );
+    assert_eq!(
+        drain(&channel, "all").await,
+        keys,
+        "# matches everything, even the empty key"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_exchange_all_and_any() {
+    let wharf = Wharf::start();
+    let conn = wharf.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    declare_exchange(
+        &channel,
+        "docs",
+        ExchangeKind::Headers,
+        FieldTable::default(),
+    )
+    .await;
+    declare(&channel, "all").await;
+    declare(&channel, "any").await;
+    let pattern = |mode: &str| {
+        table(&[
+            ("x-match", text(mode)),
+            ("format", text("pdf")),
+            ("type", text("report")),
+        ])
+    };
+    bind(&channel, "all", "docs", "", pattern("all")).await;
+    bind(&channel, "any", "docs", "", pattern("any")).await;
+    let with =
+        |entries: &[(&str, AMQPValue)]| BasicProperties::default().with_headers(table(entries));
+    publish_to(
+        &channel,
+        "docs",
+        "",
+        "both",
+        with(&[
+            ("format", text("pdf")),
+            ("type", text("report")),
+            ("extra", text("x")),
+        ]),
+    )
+    .await;
+    publish_to(
+        &channel,
+        "docs",
+        "",
+        "one",
+        with(&[("format", text("pdf")), ("type", text("log"))]),
+    )
+    .await;
+    publish_to(
+        &channel,
+        "docs",
+        "",
+        "typed",
+        with(&[("format", AMQPValue::LongInt(1))]),
+    )
+    .await;
+    publish_to(&channel, "docs", "", "none", BasicProperties::default()).await;
+    assert_eq!(drain(&channel, "all").await, ["both"]);
+    assert_eq!(drain(&channel, "any").await, ["both", "one"]);
+    // amq.match is a predeclared headers exchange; an invalid x-match is refused with 406.
+    let err = channel
+        .queue_bind(
+            "all".into(),
+            "amq.match".into(),
+            "".into(),
+            QueueBindOptions::default(),
+            table(&[("x-match", text("most"))]),
+        )
+        .await
+        .expect_err("406");
+    assert_refused(err, 406, "PRECONDITION_FAILED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchange_to_exchange_binding_delivers_once() {
+    let wharf = Wharf::start();
+    let conn = wharf.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    declare_exchange(&channel, "up", ExchangeKind::Topic, FieldTable::default()).await;
+    declare_exchange(
+        &channel,
+        "down",
+        ExchangeKind::Fanout,
+        FieldTable::default(),
+    )
+    .await;
+    declare(&channel, "q").await;
+    channel
+        .exchange_bind(
+            "down".into(),
+            "up".into(),
+            "a.#".into(),
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("exchange.bind");
+    bind(&channel, "q", "down", "", FieldTable::default()).await;
+    // A second route to the same queue: directly from `up`.
+    bind(&channel, "q", "up", "a.b", FieldTable::default()).await;
+    publish_to(
+        &channel,
+        "up",
+        "a.b",
+        "converging",
+        BasicProperties::default(),
+    )
+    .await;
+    publish_to(
+        &channel,
+        "up",
+        "a.c",
+        "through down",
+        BasicProperties::default(),
+    )
+    .await;
+    publish_to(&channel, "up", "b", "nowhere", BasicProperties::default()).await;
+    assert_eq!(drain(&channel, "q").await, ["converging", "through down"]);
+    channel
+        .exchange_unbind(
+            "down".into(),
+            "up".into(),
+            "a.#".into(),
+            ExchangeUnbindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("exchange.unbind");
+    publish_to(&channel, "up", "a.c", "unbound", BasicProperties::default()).await;
+    assert!(drain(&channel, "q").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alternate_exchange_catches_unroutable_messages() {
+    let wharf = Wharf::start();
+    let conn = wharf.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    declare_exchange(
+        &channel,
+        "unrouted",
+        ExchangeKind::Fanout,
+        FieldTable::default(),
+    )
+    .await;
+    declare_exchange(
+        &channel,
+        "orders",
+        ExchangeKind::Direct,
+        table(&[("alternate-exchange", text("unrouted"))]),
+    )
+    .await;
+    declare(&channel, "paid").await;
+    declare(&channel, "lost").await;
+    bind(&channel, "paid", "orders", "paid", FieldTable::default()).await;
+    bind(&channel, "lost", "unrouted", "", FieldTable::default()).await;
+    for key in ["paid", "refunded"] {
+        channel
+            .basic_publish(
+                "orders".into(),
+                key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                key.as_bytes(),
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(drain(&channel, "paid").await, ["paid"]);
+    assert_eq!(drain(&channel, "lost").await, ["refunded"]);
+    assert!(
+        channel.wait_for_confirms().await.unwrap().is_empty(),
+        "the alternate exchange routed it: not returned"
+    );
+    // Without an alternate exchange a mandatory message that routes nowhere comes back.
+    channel
+        .basic_publish(
+            "amq.direct".into(),
+            "nobody".into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            b"back",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    declare(&channel, "sync").await;
+    let returns = channel.wait_for_confirms().await.unwrap();
+    assert_eq!(returns.len(), 1);
+    assert_eq!(returns[0].reply_code, 312);
+    assert_eq!(returns[0].delivery.data, b"back");
+    // Redeclaring with another alternate exchange is 406.
+    let err = channel
+        .exchange_declare(
+            "orders".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            table(&[("alternate-exchange", text("other"))]),
+        )
+        .await
+        .expect_err("406");
+    assert_refused(err, 406, "PRECONDITION_FAILED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cc_and_bcc_add_routes_and_bcc_is_hidden() {
+    let wharf = Wharf::start();
+    let conn = wharf.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    for q in ["to", "cc", "bcc"] {
+        declare(&channel, q).await;
+    }
+    let list = |names: &[&str]| {
+        AMQPValue::FieldArray(FieldArray::from(
+            names.iter().map(|n| text(n)).collect::<Vec<_>>(),
+        ))
+    };
+    let properties = BasicProperties::default().with_headers(table(&[
+        ("CC", list(&["cc", "to"])),
+        ("BCC", list(&["bcc"])),
+    ]));
+    publish_to(&channel, "", "to", "memo", properties).await;
+    for q in ["to", "cc", "bcc"] {
+        let got = channel
+            .basic_get(q.into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{q} got the memo"));
+        assert_eq!(got.delivery.data, b"memo");
+        assert_eq!(got.delivery.routing_key.as_str(), "to");
+        let headers = got
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        assert!(headers.inner().contains_key("CC"), "CC stays");
+        assert!(
+            !headers.inner().contains_key("BCC"),
+            "BCC is removed before delivery"
+        );
+        assert!(drain(&channel, q).await.is_empty(), "one copy each");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchange_errors_close_only_their_channel() {
+    let wharf = Wharf::start();
+    let conn = wharf.connect().await;
+    let setup = conn.create_channel().await.unwrap();
+    declare_exchange(&setup, "logs", ExchangeKind::Fanout, FieldTable::default()).await;
+    declare(&setup, "q").await;
+    bind(&setup, "q", "logs", "", FieldTable::default()).await;
+
+    let fresh = || async {
+        conn.create_channel()
+            .await
+            .expect("a new channel after a channel error")
+    };
+    // 403: amq.* names are reserved; the default exchange cannot be bound.
+    let ch = fresh().await;
+    let err = ch
+        .exchange_declare(
+            "amq.custom".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("403");
+    assert_refused(err, 403, "ACCESS_REFUSED");
+    assert!(!ch.status().connected());
+    let err = fresh()
+        .await
+        .queue_bind(
+            "q".into(),
+            "".into(),
+            "q".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("403");
+    assert_refused(err, 403, "ACCESS_REFUSED");
+    // 406: redeclare with another type; delete if-unused while bound.
+    let err = fresh()
+        .await
+        .exchange_declare(
+            "logs".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("406");
+    assert_refused(err, 406, "PRECONDITION_FAILED");
+    let err = fresh()
+        .await
+        .exchange_delete(
+            "logs".into(),
+            ExchangeDeleteOptions {
+                if_unused: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("406");
+    assert_refused(err, 406, "PRECONDITION_FAILED");
+    // 404: passive declare, bind and publish to a missing exchange.
+    let err = fresh()
+        .await
+        .exchange_declare(
+            "missing".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("404");
+    assert_refused(err, 404, "NOT_FOUND");
+    let err = fresh()
+        .await
+        .queue_bind(
+            "q".into(),
+            "missing".into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("404");
+    assert_refused(err, 404, "NOT_FOUND");
+    let ch = fresh().await;
+    let _ = ch
+        .basic_publish(
+            "missing".into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default(),
+        )
+        .await;
+    let err = ch
+        .queue_declare(
+            "after".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("the publish closed the channel with 404");
+    // Either the 404 arrives as the answer to the declare, or the close got there first and lapin refuses
+    // to send on a closed channel; both mean the publish closed (only) this channel.
+    if err.to_string().contains("invalid channel state") {
+        assert!(!ch.status().connected());
+    } else {
+        assert_refused(err, 404, "NOT_FOUND");
+    }
+    // The connection and the first channel still work: passive declares of what exists succeed, the
+    // binding still routes, and a delete removes the exchange with its bindings.
+    assert!(conn.status().connected());
+    for name in ["logs", "amq.topic", ""] {
+        setup
+            .exchange_declare(
+                name.into(),
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("passive declare of '{name}': {e}"));
+    }
+    publish_to(
+        &setup,
+        "logs",
+        "",
+        "still routed",
+        BasicProperties::default(),
+    )
+    .await;
+    assert_eq!(drain(&setup, "q").await, ["still routed"]);
+    setup
+        .exchange_delete("logs".into(), ExchangeDeleteOptions::default())
+        .await
+        .unwrap();
+    let err = setup
+        .exchange_declare(
+            "logs".into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("deleted");
+    assert_refused(err, 404, "NOT_FOUND");
 }

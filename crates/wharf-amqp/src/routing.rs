@@ -1,0 +1,174 @@
+//! The wire side of routing: turns field tables into the router's values (binding arguments, message
+//! headers, `alternate-exchange`), reads the `CC` / `BCC` headers and removes `BCC` before delivery. The
+//! routing rules themselves live in `wharf_core::exchanges`, which knows no field tables.
+
+use amq_protocol::protocol::basic::AMQPProperties;
+use amq_protocol::types::{AMQPValue, FieldTable};
+use bytes::Bytes;
+use wharf_core::exchanges::headers::Headers;
+use wharf_core::exchanges::{BindingArgs, ExchangeKind, ExchangeSpec, HeaderValue};
+
+use crate::reply::{Fault, COMMAND_INVALID, PRECONDITION_FAILED};
+
+/// A field value as the router compares it: strings readable, everything else rendered with its type
+/// (the `Debug` form names the variant), so only same-type, same-value pairs are equal.
+pub fn header_value(value: &AMQPValue) -> HeaderValue {
+    match value {
+        AMQPValue::Void => HeaderValue::Void,
+        AMQPValue::LongString(s) => {
+            HeaderValue::Str(String::from_utf8_lossy(s.as_bytes()).into_owned())
+        }
+        AMQPValue::ShortString(s) => HeaderValue::Str(s.as_str().to_string()),
+        other => HeaderValue::Other(format!("{other:?}")),
+    }
+}
+
+fn entries(table: &FieldTable) -> Vec<(String, HeaderValue)> {
+    table
+        .inner()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), header_value(v)))
+        .collect()
+}
+
+/// Binding arguments (the pattern of a headers binding; for other types they only tell bindings apart).
+pub fn binding_args(table: &FieldTable) -> BindingArgs {
+    BindingArgs::new(entries(table))
+}
+
+/// The message's headers for a headers exchange; `None` when it has none.
+pub fn message_headers(properties: &AMQPProperties) -> Option<Headers> {
+    properties
+        .headers()
+        .as_ref()
+        .map(|table| entries(table).into_iter().collect())
+}
+
+/// The spec of a non-passive exchange.declare. An unknown type is a connection error (503), as in
+/// RabbitMQ; `alternate-exchange` must be a string to count.
+pub fn exchange_spec(
+    kind: &str,
+    durable: bool,
+    auto_delete: bool,
+    internal: bool,
+    arguments: &FieldTable,
+) -> Result<ExchangeSpec, Fault> {
+    let kind = ExchangeKind::parse(kind).ok_or_else(|| {
+        Fault::connection(COMMAND_INVALID, format!("unknown exchange type '{kind}'"))
+    })?;
+    let alternate_exchange = match arguments.inner().get("alternate-exchange") {
+        Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_string()),
+        _ => None,
+    };
+    Ok(ExchangeSpec {
+        kind,
+        durable,
+        auto_delete,
+        internal,
+        alternate_exchange,
+    })
+}
+
+/// The extra routing keys of a message: its `CC` and `BCC` headers, each an array of strings (other
+/// entries are skipped); a `CC` or `BCC` that is not an array is refused (406), as RabbitMQ does.
+pub fn sender_routes(properties: &AMQPProperties) -> Result<(Vec<String>, bool), Fault> {
+    let Some(table) = properties.headers().as_ref() else {
+        return Ok((Vec::new(), false));
+    };
+    let mut keys = Vec::new();
+    let mut has_bcc = false;
+    for header in ["CC", "BCC"] {
+        match table.inner().get(header) {
+            None => {}
+            Some(AMQPValue::FieldArray(array)) => {
+                has_bcc |= header == "BCC";
+                keys.extend(array.as_slice().iter().filter_map(|v| match v {
+                    AMQPValue::LongString(s) => {
+                        Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                    }
+                    _ => None,
+                }));
+            }
+            Some(other) => {
+                return Err(Fault::channel(
+                    PRECONDITION_FAILED,
+                    format!(
+                        "invalid message: unacceptable type in header '{header}': {:?}",
+                        other.get_type()
+                    ),
+                ))
+            }
+        }
+    }
+    Ok((keys, has_bcc))
+}
+
+/// The properties re-encoded without the `BCC` header, which receivers must not see.
+pub fn without_bcc(properties: AMQPProperties) -> Result<Bytes, Fault> {
+    let mut table = properties
+        .headers()
+        .as_ref()
+        .map(|t| t.inner().clone())
+        .unwrap_or_default();
+    table.remove("BCC");
+    let properties = properties.with_headers(FieldTable::from(table));
+    crate::frame::encode_properties(&properties)
+        .map(Bytes::from)
+        .map_err(|e| Fault::channel(PRECONDITION_FAILED, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amq_protocol::types::{FieldArray, LongString};
+
+    fn long(s: &str) -> AMQPValue {
+        AMQPValue::LongString(LongString::from(s))
+    }
+
+    #[test]
+    fn cc_and_bcc_become_keys_and_bcc_is_removed() {
+        let mut table = FieldTable::default();
+        table.insert(
+            "CC".into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![long("a")])),
+        );
+        table.insert(
+            "BCC".into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![long("b"), AMQPValue::LongInt(1)])),
+        );
+        table.insert("keep".into(), long("v"));
+        let properties = AMQPProperties::default().with_headers(table);
+        assert_eq!(
+            sender_routes(&properties).unwrap(),
+            (vec!["a".to_string(), "b".to_string()], true)
+        );
+        let raw = without_bcc(properties).unwrap();
+        let back = crate::frame::parse_properties(&raw);
+        let headers = back.headers().as_ref().unwrap().inner();
+        assert!(headers.contains_key("CC") && headers.contains_key("keep"));
+        assert!(!headers.contains_key("BCC"));
+    }
+
+    #[test]
+    fn cc_must_be_an_array() {
+        let mut table = FieldTable::default();
+        table.insert("CC".into(), long("a"));
+        let properties = AMQPProperties::default().with_headers(table);
+        assert_eq!(
+            sender_routes(&properties).unwrap_err().code,
+            PRECONDITION_FAILED
+        );
+    }
+
+    #[test]
+    fn values_keep_their_type() {
+        assert_eq!(header_value(&long("1")), HeaderValue::Str("1".into()));
+        assert_ne!(
+            header_value(&AMQPValue::LongInt(1)),
+            header_value(&AMQPValue::LongLongInt(1))
+        );
+        assert_eq!(header_value(&AMQPValue::Void), HeaderValue::Void);
+    }
+}

@@ -1,0 +1,458 @@
+//! AMQP exchanges and bindings of one vhost, in memory: the predeclared exchanges, declare / delete,
+//! queue and exchange-to-exchange bindings, auto-delete, alternate exchanges, and routing a message to the
+//! set of queues it reaches.
+//!
+//! Pure state: [`Exchanges`] knows no queues (a queue is only a [`Destination`] name) and no wire format
+//! (binding arguments and message headers arrive as [`HeaderValue`]s the protocol crate rendered). The
+//! vhost (`queues.rs`) holds it under a read-mostly lock and checks that bound queues exist, so every
+//! rule about exchanges is unit-tested here without sockets.
+
+pub mod headers;
+mod router;
+pub mod topic;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use headers::Headers;
+use router::Router;
+
+/// The default exchange: every queue is bound to it by its name; it cannot be declared, deleted or bound.
+pub const DEFAULT_EXCHANGE: &str = "";
+
+/// The exchanges every vhost has, as in RabbitMQ (`amq.match` is a second headers exchange).
+pub const PREDECLARED: [(&str, ExchangeKind); 5] = [
+    ("amq.direct", ExchangeKind::Direct),
+    ("amq.fanout", ExchangeKind::Fanout),
+    ("amq.topic", ExchangeKind::Topic),
+    ("amq.headers", ExchangeKind::Headers),
+    ("amq.match", ExchangeKind::Headers),
+];
+
+/// Errors of the exchange model; the AMQP front end maps each to its reply code (403, 404, 406).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExchangeError {
+    /// 404: the exchange does not exist.
+    #[error("no exchange '{0}' in vhost '/'")]
+    NotFound(String),
+    /// 403: the default exchange, an `amq.*` name, or publishing to an internal exchange.
+    #[error("{0}")]
+    AccessRefused(String),
+    /// 406: a redeclare with different properties, `if-unused` on a bound exchange, bad arguments.
+    #[error("{0}")]
+    PreconditionFailed(String),
+}
+
+/// Exchange types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExchangeKind {
+    Direct,
+    Fanout,
+    Topic,
+    Headers,
+}
+
+impl ExchangeKind {
+    /// The type named in exchange.declare; `None` for a type this broker has not got.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "direct" => Some(Self::Direct),
+            "fanout" => Some(Self::Fanout),
+            "topic" => Some(Self::Topic),
+            "headers" => Some(Self::Headers),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Fanout => "fanout",
+            Self::Topic => "topic",
+            Self::Headers => "headers",
+        }
+    }
+}
+
+/// What an exchange is declared with; a redeclare must match (else 406).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeSpec {
+    pub kind: ExchangeKind,
+    /// Accepted and compared; exchanges still live in memory only (durability is a later increment).
+    pub durable: bool,
+    /// Deleted when its last binding (as a source) goes.
+    pub auto_delete: bool,
+    /// Reachable only through exchange-to-exchange bindings, never by basic.publish.
+    pub internal: bool,
+    /// The `alternate-exchange` argument: where messages go that this exchange routes nowhere. Of the
+    /// arguments it is the only one compared on redeclare, as in RabbitMQ.
+    pub alternate_exchange: Option<String>,
+}
+
+impl ExchangeSpec {
+    pub fn new(kind: ExchangeKind) -> Self {
+        Self {
+            kind,
+            durable: false,
+            auto_delete: false,
+            internal: false,
+            alternate_exchange: None,
+        }
+    }
+}
+
+/// Where a binding leads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Destination {
+    Queue(String),
+    Exchange(String),
+}
+
+/// A field-table value as the router compares it. Strings are kept readable (`x-match` is one); other
+/// values are rendered by the protocol crate *with their type*, so equal renderings mean same type and
+/// same value — RabbitMQ's rule for headers matching.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HeaderValue {
+    /// Void: in a headers binding, "the header is present".
+    Void,
+    Str(String),
+    Other(String),
+}
+
+/// A binding's arguments: the entries (sorted by key) and a canonical rendering that makes two
+/// bindings that differ only in arguments distinct, as in AMQP.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BindingArgs {
+    pub canonical: String,
+    pub entries: Vec<(String, HeaderValue)>,
+}
+
+impl BindingArgs {
+    pub fn new(mut entries: Vec<(String, HeaderValue)>) -> Self {
+        entries.sort();
+        Self {
+            canonical: format!("{entries:?}"),
+            entries,
+        }
+    }
+}
+
+/// One binding: its identity is all four parts (AMQP allows the same pair bound under several keys, or
+/// the same key with different arguments).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Binding {
+    pub source: String,
+    pub destination: Destination,
+    pub key: String,
+    pub args: BindingArgs,
+}
+
+#[derive(Debug)]
+struct Exchange {
+    spec: ExchangeSpec,
+    /// Bindings with this exchange as their source.
+    bindings: BTreeSet<Binding>,
+    router: Router,
+}
+
+impl Exchange {
+    fn new(spec: ExchangeSpec) -> Self {
+        Self {
+            router: Router::new(spec.kind),
+            spec,
+            bindings: BTreeSet::new(),
+        }
+    }
+}
+
+/// The exchanges and bindings of one vhost.
+#[derive(Debug)]
+pub struct Exchanges {
+    exchanges: HashMap<String, Exchange>,
+    /// Bindings by destination, so a deleted queue or exchange takes its bindings along without a scan.
+    inbound: HashMap<Destination, BTreeSet<Binding>>,
+}
+
+impl Default for Exchanges {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn reserved(name: &str) -> bool {
+    name.starts_with("amq.")
+}
+
+fn default_refused() -> ExchangeError {
+    ExchangeError::AccessRefused("operation not permitted on the default exchange".into())
+}
+
+impl Exchanges {
+    /// A vhost's exchanges: the predeclared `amq.*` ones (durable, as in RabbitMQ).
+    pub fn new() -> Self {
+        let exchanges = PREDECLARED
+            .iter()
+            .map(|&(name, kind)| {
+                let spec = ExchangeSpec {
+                    durable: true,
+                    ..ExchangeSpec::new(kind)
+                };
+                (name.to_string(), Exchange::new(spec))
+            })
+            .collect();
+        Self {
+            exchanges,
+            inbound: HashMap::new(),
+        }
+    }
+
+    /// The spec of `name`, if it exists (not for the default exchange, which has none to compare).
+    pub fn spec(&self, name: &str) -> Option<&ExchangeSpec> {
+        self.exchanges.get(name).map(|x| &x.spec)
+    }
+
+    /// Whether `name` exists (the default exchange always does).
+    pub fn exists(&self, name: &str) -> bool {
+        name == DEFAULT_EXCHANGE || self.exchanges.contains_key(name)
+    }
+
+    /// exchange.declare.
+    pub fn declare(
+        &mut self,
+        name: &str,
+        spec: ExchangeSpec,
+        passive: bool,
+    ) -> Result<(), ExchangeError> {
+        if passive {
+            return if self.exists(name) {
+                Ok(())
+            } else {
+                Err(ExchangeError::NotFound(name.to_string()))
+            };
+        }
+        if name == DEFAULT_EXCHANGE {
+            return Err(default_refused());
+        }
+        if reserved(name) {
+            return Err(ExchangeError::AccessRefused(format!(
+                "exchange name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        }
+        if let Some(existing) = self.exchanges.get(name) {
+            let e = &existing.spec;
+            if (e.kind, e.durable, e.auto_delete, e.internal)
+                != (spec.kind, spec.durable, spec.auto_delete, spec.internal)
+            {
+                return Err(ExchangeError::PreconditionFailed(format!(
+                    "cannot redeclare exchange '{name}' in vhost '/' with different type, durable, \
+                     internal or autodelete value"
+                )));
+            }
+            if e.alternate_exchange != spec.alternate_exchange {
+                return Err(ExchangeError::PreconditionFailed(format!(
+                    "inequivalent arg 'alternate-exchange' for exchange '{name}' in vhost '/': \
+                     received {:?} but current is {:?}",
+                    spec.alternate_exchange, e.alternate_exchange
+                )));
+            }
+            return Ok(());
+        }
+        self.exchanges.insert(name.to_string(), Exchange::new(spec));
+        Ok(())
+    }
+
+    /// exchange.delete. Deleting a missing exchange succeeds, as in RabbitMQ. Returns every exchange
+    /// deleted (this one and those auto-deleted because they lost their last binding to it).
+    pub fn delete(&mut self, name: &str, if_unused: bool) -> Result<Vec<String>, ExchangeError> {
+        if name == DEFAULT_EXCHANGE {
+            return Err(default_refused());
+        }
+        if reserved(name) {
+            return Err(ExchangeError::AccessRefused(format!(
+                "deletion of system exchange '{name}' in vhost '/' is not allowed"
+            )));
+        }
+        let Some(exchange) = self.exchanges.get(name) else {
+            return Ok(Vec::new());
+        };
+        if if_unused && !exchange.bindings.is_empty() {
+            return Err(ExchangeError::PreconditionFailed(format!(
+                "exchange '{name}' in vhost '/' in use"
+            )));
+        }
+        let mut deleted = Vec::new();
+        self.remove_exchange(name, &mut deleted);
+        Ok(deleted)
+    }
+
+    /// queue.bind / exchange.bind. The caller has checked that a destination queue exists. Binding twice
+    /// is a no-op.
+    pub fn bind(&mut self, binding: Binding) -> Result<(), ExchangeError> {
+        self.check_ends(&binding)?;
+        let Some(source) = self.exchanges.get_mut(&binding.source) else {
+            return Err(ExchangeError::NotFound(binding.source));
+        };
+        if source.bindings.contains(&binding) {
+            return Ok(());
+        }
+        source.router.validate(&binding)?;
+        source.router.insert(&binding);
+        source.bindings.insert(binding.clone());
+        self.inbound
+            .entry(binding.destination.clone())
+            .or_default()
+            .insert(binding);
+        Ok(())
+    }
+
+    /// queue.unbind / exchange.unbind. Removing a binding that does not exist succeeds. Returns the
+    /// exchanges auto-deleted because they lost their last binding.
+    pub fn unbind(&mut self, binding: &Binding) -> Result<Vec<String>, ExchangeError> {
+        self.check_ends(binding)?;
+        if !self.exchanges.contains_key(&binding.source) {
+            return Err(ExchangeError::NotFound(binding.source.clone()));
+        }
+        let mut deleted = Vec::new();
+        self.remove_binding(binding, &mut deleted);
+        Ok(deleted)
+    }
+
+    /// A queue (or exchange) went: its bindings go with it. Returns the exchanges auto-deleted.
+    pub fn remove_destination(&mut self, destination: &Destination) -> Vec<String> {
+        let mut deleted = Vec::new();
+        for binding in self.inbound.remove(destination).unwrap_or_default() {
+            self.remove_binding(&binding, &mut deleted);
+        }
+        deleted
+    }
+
+    /// The queues a message published to `exchange` reaches. `keys` are its routing key followed by its
+    /// `CC` and `BCC` keys; `headers` are for headers exchanges. Exchange-to-exchange bindings are
+    /// followed once per exchange (cycles end, and a queue reached along several paths gets one copy);
+    /// an exchange that routes the message nowhere hands it to its alternate exchange, if any.
+    /// `headers` is called at most once, and only if a headers exchange is reached: rendering a message's
+    /// headers for matching is work most messages need not pay for.
+    pub fn route(
+        &self,
+        exchange: &str,
+        keys: &[&str],
+        headers: &dyn Fn() -> Option<Headers>,
+    ) -> Result<Vec<String>, ExchangeError> {
+        let mut queues: Vec<String> = Vec::new();
+        if exchange == DEFAULT_EXCHANGE {
+            let mut seen: HashSet<&str> = HashSet::new();
+            for key in keys {
+                if seen.insert(key) {
+                    queues.push((*key).to_string());
+                }
+            }
+            return Ok(queues);
+        }
+        let mut seen_queues: HashSet<String> = HashSet::new();
+        let Some(first) = self.exchanges.get(exchange) else {
+            return Err(ExchangeError::NotFound(exchange.to_string()));
+        };
+        if first.spec.internal {
+            return Err(ExchangeError::AccessRefused(format!(
+                "cannot publish to internal exchange '{exchange}' in vhost '/'"
+            )));
+        }
+        let rendered = std::cell::OnceCell::new();
+        let headers = || rendered.get_or_init(headers).as_ref();
+        let mut seen_exchanges: HashSet<&str> = HashSet::from([exchange]);
+        let mut work = vec![first];
+        let mut destinations = Vec::new();
+        while let Some(x) = work.pop() {
+            destinations.clear();
+            x.router.route(keys, &headers, &mut destinations);
+            if destinations.is_empty() {
+                if let Some(alternate) = x.spec.alternate_exchange.as_deref() {
+                    if let Some((name, ae)) = self.exchanges.get_key_value(alternate) {
+                        if seen_exchanges.insert(name) {
+                            work.push(ae);
+                        }
+                    }
+                }
+            }
+            for destination in &destinations {
+                match destination {
+                    Destination::Queue(name) => {
+                        if !seen_queues.contains(name) {
+                            seen_queues.insert(name.clone());
+                            queues.push(name.clone());
+                        }
+                    }
+                    Destination::Exchange(name) => {
+                        if let Some((name, next)) = self.exchanges.get_key_value(name) {
+                            if seen_exchanges.insert(name) {
+                                work.push(next);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(queues)
+    }
+
+    /// Bindings to or from the default exchange are refused (403) before anything else, and a destination
+    /// exchange must exist (404), as RabbitMQ checks them.
+    fn check_ends(&self, binding: &Binding) -> Result<(), ExchangeError> {
+        if binding.source == DEFAULT_EXCHANGE
+            || binding.destination == Destination::Exchange(DEFAULT_EXCHANGE.to_string())
+        {
+            return Err(default_refused());
+        }
+        if let Destination::Exchange(name) = &binding.destination {
+            if !self.exchanges.contains_key(name) {
+                return Err(ExchangeError::NotFound(name.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_binding(&mut self, binding: &Binding, deleted: &mut Vec<String>) {
+        if let Some(set) = self.inbound.get_mut(&binding.destination) {
+            set.remove(binding);
+            if set.is_empty() {
+                self.inbound.remove(&binding.destination);
+            }
+        }
+        let Some(source) = self.exchanges.get_mut(&binding.source) else {
+            return;
+        };
+        if !source.bindings.remove(binding) {
+            return;
+        }
+        source.router.remove(binding);
+        if source.spec.auto_delete && source.bindings.is_empty() {
+            let name = binding.source.clone();
+            self.remove_exchange(&name, deleted);
+        }
+    }
+
+    fn remove_exchange(&mut self, name: &str, deleted: &mut Vec<String>) {
+        let Some(exchange) = self.exchanges.remove(name) else {
+            return;
+        };
+        deleted.push(name.to_string());
+        for binding in &exchange.bindings {
+            if let Some(set) = self.inbound.get_mut(&binding.destination) {
+                set.remove(binding);
+                if set.is_empty() {
+                    self.inbound.remove(&binding.destination);
+                }
+            }
+        }
+        // Bindings *to* it: their sources may be auto-delete and lose their last binding.
+        for binding in self
+            .inbound
+            .remove(&Destination::Exchange(name.to_string()))
+            .unwrap_or_default()
+        {
+            self.remove_binding(&binding, deleted);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
