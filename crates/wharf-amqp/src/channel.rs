@@ -1,17 +1,20 @@
-//! Channels: their state (consumers, unacknowledged deliveries, a publish being assembled) and the
-//! channel-level methods of the classes built so far (channel, queue, basic; exchange and bindings are
-//! in [`crate::topology`]). Errors come back as a [`Fault`] with the channel number; the session closes the
+//! Channels: their state (consumers, unacknowledged deliveries, a publish being assembled, confirm or
+//! transaction mode) and the channel-level methods of the classes built so far (channel, queue, basic,
+//! confirm, tx; exchange and bindings are in [`crate::topology`]). Errors come back as a [`Fault`] with the channel number; the session closes the
 //! channel or the connection as the fault says.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use amq_protocol::protocol::{basic, basic::AMQPProperties, channel as ch, queue, AMQPClass};
+use amq_protocol::protocol::{
+    basic, basic::AMQPProperties, channel as ch, confirm, queue, tx, AMQPClass,
+};
 use bytes::{Bytes, BytesMut};
 use wharf_core::queues::{
     ConsumeOptions, ConsumerId, Delivery, Message, Queue, QueueEvent, QueueSpec, VHost,
 };
 
+use crate::confirm::Confirms;
 use crate::frame::Frame;
 use crate::reply::*;
 use crate::routing::{message_headers, sender_routes, without_bcc};
@@ -62,6 +65,33 @@ struct Publish {
     body: BytesMut,
 }
 
+/// A publish routed inside a transaction, enqueued at tx.commit.
+#[derive(Debug)]
+struct TxPublish {
+    queues: Vec<String>,
+    message: Arc<Message>,
+    mandatory: bool,
+}
+
+/// What a transaction holds until commit: its publishes (already routed, as RabbitMQ routes at publish
+/// time and enqueues at commit) and its acks / nacks / rejects (already taken from the unacknowledged
+/// set, so a repeated ack is 406 at once; rollback puts them back).
+#[derive(Debug, Default)]
+struct Tx {
+    publishes: Vec<TxPublish>,
+    /// (delivery tag, delivery, requeue).
+    settlements: Vec<(u64, Unacked, bool)>,
+}
+
+/// A channel's publishing mode: confirm and tx exclude each other (406 on a switch, as in RabbitMQ).
+#[derive(Debug, Default)]
+enum Mode {
+    #[default]
+    Plain,
+    Confirm(Confirms),
+    Tx(Tx),
+}
+
 /// One open channel.
 #[derive(Debug, Default)]
 pub struct Channel {
@@ -75,6 +105,7 @@ pub struct Channel {
     publish: Option<Publish>,
     /// The queue last declared on this channel: an empty queue name in later methods means it.
     last_queue: String,
+    mode: Mode,
 }
 
 impl Channel {
@@ -87,7 +118,32 @@ impl Channel {
         for (_, unacked) in std::mem::take(&mut self.unacked) {
             unacked.requeue();
         }
+        if let Mode::Tx(tx) = &mut self.mode {
+            // Uncommitted acks: the messages were never acknowledged, so they go back too.
+            for (_, unacked, _) in std::mem::take(&mut tx.settlements) {
+                unacked.requeue();
+            }
+            tx.publishes.clear();
+        }
         self.publish = None;
+    }
+
+    /// Publisher confirms waiting to be sent (empty outside confirm mode).
+    pub(crate) fn drain_confirms(&mut self) -> Vec<crate::confirm::Outcome> {
+        match &mut self.mode {
+            Mode::Confirm(confirms) => confirms.drain(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Acks / nacks / rejects: applied now, or held by the transaction until commit.
+    fn settle(&mut self, taken: Vec<(u64, Unacked)>, requeue: bool) {
+        match &mut self.mode {
+            Mode::Tx(tx) => tx
+                .settlements
+                .extend(taken.into_iter().map(|(tag, u)| (tag, u, requeue))),
+            _ => settle_or_requeue(taken.into_iter().map(|(_, u)| u), requeue),
+        }
     }
 
     fn next_tag(&mut self) -> u64 {
@@ -96,7 +152,7 @@ impl Channel {
     }
 
     /// Removes the deliveries an ack / nack / reject names; an unknown tag is 406.
-    fn take(&mut self, tag: u64, multiple: bool) -> Result<Vec<Unacked>, Fault> {
+    fn take(&mut self, tag: u64, multiple: bool) -> Result<Vec<(u64, Unacked)>, Fault> {
         let unknown = || Fault::channel(PRECONDITION_FAILED, format!("unknown delivery tag {tag}"));
         if multiple {
             if tag != 0 && !self.unacked.contains_key(&tag) {
@@ -108,11 +164,11 @@ impl Channel {
                 self.unacked.split_off(&(tag + 1))
             };
             let taken = std::mem::replace(&mut self.unacked, rest);
-            return Ok(taken.into_values().collect());
+            return Ok(taken.into_iter().collect());
         }
         self.unacked
             .remove(&tag)
-            .map(|u| vec![u])
+            .map(|u| vec![(tag, u)])
             .ok_or_else(unknown)
     }
 
@@ -203,6 +259,12 @@ pub fn handle(session: &mut Session, frame: Frame) -> ChannelResult {
     }
     match frame {
         Frame::Method(_, class) => {
+            // Confirms of earlier publishes go out before the reply to any other method, so that a
+            // client closing the channel or committing sees them first; consecutive publishes still
+            // share one `multiple` frame.
+            if !matches!(*class, AMQPClass::Basic(basic::AMQPMethod::Publish(_))) {
+                session.send_confirms(id);
+            }
             let (class_id, method_id) = (class.get_amqp_class_id(), class.get_amqp_method_id());
             method(session, id, *class).map_err(|fault| (id, fault.at(class_id, method_id)))
         }
@@ -296,20 +358,57 @@ fn finish_publish(session: &mut Session, id: u16, body: Bytes) -> ChannelResult 
     let mut keys: Vec<&str> = Vec::with_capacity(1 + extra_keys.len());
     keys.push(&publish.routing_key);
     keys.extend(extra_keys.iter().map(String::as_str));
-    let message = Message {
-        exchange: publish.exchange.clone(),
-        routing_key: publish.routing_key.clone(),
-        properties,
-        body,
-    };
-    // The message is cloned only when it may have to go back (mandatory): clones share the bytes.
-    let kept = publish.mandatory.then(|| message.clone());
-    let routed = session
+    let queues = session
         .broker
         .vhost
-        .publish(&keys, &headers, message)
+        .route(&publish.exchange, &keys, &headers)
         .map_err(|e| at(Fault::from(e)))?;
-    if let (Some(message), 0) = (kept, routed) {
+    let message = Arc::new(Message {
+        exchange: publish.exchange,
+        routing_key: publish.routing_key,
+        properties,
+        body,
+    });
+    let channel = channel_mut(session, id).map_err(|f| (id, f))?;
+    match &mut channel.mode {
+        Mode::Tx(tx) => {
+            tx.publishes.push(TxPublish {
+                queues,
+                message,
+                mandatory: publish.mandatory,
+            });
+            Ok(())
+        }
+        Mode::Confirm(confirms) => {
+            let tag = confirms.next_tag();
+            deliver(session, id, &queues, message, publish.mandatory);
+            // Everything is in memory: once enqueued, the message is as safe as it will get. With
+            // durable queues the outcome will wait for the log's fsync.
+            if let Some(Mode::Confirm(confirms)) =
+                session.channels.get_mut(&id).map(|c| &mut c.mode)
+            {
+                confirms.settle(tag, true);
+            }
+            Ok(())
+        }
+        Mode::Plain => {
+            deliver(session, id, &queues, message, publish.mandatory);
+            Ok(())
+        }
+    }
+}
+
+/// Enqueues a routed message on its queues; a mandatory message that reached none comes back in a
+/// basic.return (before its confirm, as in RabbitMQ).
+fn deliver(
+    session: &mut Session,
+    id: u16,
+    queues: &[String],
+    message: Arc<Message>,
+    mandatory: bool,
+) {
+    let routed = session.broker.vhost.deliver(queues, Arc::clone(&message));
+    if mandatory && routed == 0 {
         session.send(
             id,
             AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
@@ -321,7 +420,6 @@ fn finish_publish(session: &mut Session, id: u16, body: Bytes) -> ChannelResult 
         );
         session.send_content(id, &message.properties, &message.body);
     }
-    Ok(())
 }
 
 pub(crate) fn channel_mut(session: &mut Session, id: u16) -> Result<&mut Channel, Fault> {
@@ -329,10 +427,6 @@ pub(crate) fn channel_mut(session: &mut Session, id: u16) -> Result<&mut Channel
         .channels
         .get_mut(&id)
         .ok_or_else(|| Fault::connection(CHANNEL_ERROR, format!("channel {id} is not open")))
-}
-
-fn not_built(what: &str) -> Fault {
-    Fault::connection(NOT_IMPLEMENTED, format!("{what} is not built yet in Wharf"))
 }
 
 /// A method on an open channel.
@@ -436,8 +530,26 @@ fn method(session: &mut Session, id: u16, class: AMQPClass) -> Result<(), Fault>
         }
         AMQPClass::Exchange(method) => return topology::exchange_method(session, id, method),
         AMQPClass::Basic(method) => return basic_method(session, id, method),
-        AMQPClass::Confirm(_) => return Err(not_built("publisher confirms (confirm.select)")),
-        AMQPClass::Tx(_) => return Err(not_built("transactions (tx.select)")),
+        AMQPClass::Confirm(confirm::AMQPMethod::Select(select)) => {
+            let channel = channel_mut(session, id)?;
+            match channel.mode {
+                Mode::Tx(_) => {
+                    return Err(Fault::channel(
+                        PRECONDITION_FAILED,
+                        "cannot switch from tx to confirm mode",
+                    ))
+                }
+                Mode::Confirm(_) => {}
+                Mode::Plain => channel.mode = Mode::Confirm(Confirms::default()),
+            }
+            if !select.nowait {
+                session.send(
+                    id,
+                    AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                );
+            }
+        }
+        AMQPClass::Tx(method) => return tx_method(session, id, method),
         other => {
             return Err(Fault::connection(
                 COMMAND_INVALID,
@@ -561,21 +673,19 @@ fn basic_method(session: &mut Session, id: u16, method: basic::AMQPMethod) -> Re
             }
         }
         basic::AMQPMethod::Ack(ack) => {
-            for u in channel_mut(session, id)?.take(ack.delivery_tag, ack.multiple)? {
-                u.settle();
-            }
+            let channel = channel_mut(session, id)?;
+            let taken = channel.take(ack.delivery_tag, ack.multiple)?;
+            channel.settle(taken, false);
         }
         basic::AMQPMethod::Nack(nack) => {
-            settle_or_requeue(
-                channel_mut(session, id)?.take(nack.delivery_tag, nack.multiple)?,
-                nack.requeue,
-            );
+            let channel = channel_mut(session, id)?;
+            let taken = channel.take(nack.delivery_tag, nack.multiple)?;
+            channel.settle(taken, nack.requeue);
         }
         basic::AMQPMethod::Reject(reject) => {
-            settle_or_requeue(
-                channel_mut(session, id)?.take(reject.delivery_tag, false)?,
-                reject.requeue,
-            );
+            let channel = channel_mut(session, id)?;
+            let taken = channel.take(reject.delivery_tag, false)?;
+            channel.settle(taken, reject.requeue);
         }
         basic::AMQPMethod::Recover(_) | basic::AMQPMethod::RecoverAsync(_) => {
             let reply = matches!(method, basic::AMQPMethod::Recover(_));
@@ -600,8 +710,66 @@ fn basic_method(session: &mut Session, id: u16, method: basic::AMQPMethod) -> Re
     Ok(())
 }
 
+/// tx.select / commit / rollback. Commit enqueues the held publishes in order (returning unroutable
+/// mandatory ones), then applies the held acks; rollback drops the publishes and puts the held deliveries
+/// back among the unacknowledged ones, as RabbitMQ does. Without tx.select, commit and rollback are 406.
+fn tx_method(session: &mut Session, id: u16, method: tx::AMQPMethod) -> Result<(), Fault> {
+    let channel = channel_mut(session, id)?;
+    let reply = match method {
+        tx::AMQPMethod::Select(_) => {
+            match channel.mode {
+                Mode::Confirm(_) => {
+                    return Err(Fault::channel(
+                        PRECONDITION_FAILED,
+                        "cannot switch from confirm to tx mode",
+                    ))
+                }
+                Mode::Tx(_) => {}
+                Mode::Plain => channel.mode = Mode::Tx(Tx::default()),
+            }
+            tx::AMQPMethod::SelectOk(tx::SelectOk {})
+        }
+        tx::AMQPMethod::Commit(_) | tx::AMQPMethod::Rollback(_) => {
+            let commit = matches!(method, tx::AMQPMethod::Commit(_));
+            let Mode::Tx(tx) = &mut channel.mode else {
+                return Err(Fault::channel(
+                    PRECONDITION_FAILED,
+                    "channel is not transactional",
+                ));
+            };
+            let Tx {
+                publishes,
+                settlements,
+            } = std::mem::take(tx);
+            if commit {
+                for p in publishes {
+                    deliver(session, id, &p.queues, p.message, p.mandatory);
+                }
+                for (_, unacked, requeue) in settlements {
+                    settle_or_requeue(std::iter::once(unacked), requeue);
+                }
+                tx::AMQPMethod::CommitOk(tx::CommitOk {})
+            } else {
+                let channel = channel_mut(session, id)?;
+                for (tag, unacked, _) in settlements {
+                    channel.unacked.insert(tag, unacked);
+                }
+                tx::AMQPMethod::RollbackOk(tx::RollbackOk {})
+            }
+        }
+        other => {
+            return Err(Fault::connection(
+                COMMAND_INVALID,
+                format!("unexpected method tx.{other:?}"),
+            ))
+        }
+    };
+    session.send(id, AMQPClass::Tx(reply));
+    Ok(())
+}
+
 /// Rejected messages are requeued (marked redelivered) or dropped; dead-lettering is a later increment.
-fn settle_or_requeue(taken: Vec<Unacked>, requeue: bool) {
+fn settle_or_requeue(taken: impl IntoIterator<Item = Unacked>, requeue: bool) {
     for u in taken {
         if requeue {
             u.requeue();

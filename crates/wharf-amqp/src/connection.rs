@@ -121,6 +121,7 @@ async fn run(
                 }
             }
         }
+        session.flush_confirms();
         if let Err(e) = flush(stream, session, &mut last_write).await {
             return End::Io(e);
         }

@@ -7,6 +7,7 @@
 
 mod channel;
 pub mod config;
+mod confirm;
 mod connection;
 pub mod frame;
 mod handshake;

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use amq_protocol::protocol::{connection, AMQPClass};
+use amq_protocol::protocol::{basic, connection, AMQPClass};
 use tokio::time::Instant;
 use tracing::warn;
 use wharf_core::queues::{DeliverySink, QueueEvent};
@@ -248,8 +248,45 @@ impl Session {
         );
     }
 
+    /// Sends the publisher confirms channel `id` has ready (basic.ack / basic.nack, `multiple` where a
+    /// run allows).
+    pub(crate) fn send_confirms(&mut self, id: u16) {
+        let Some(channel) = self.channels.get_mut(&id).filter(|c| !c.closing) else {
+            return;
+        };
+        for outcome in channel.drain_confirms() {
+            let method = if outcome.ok {
+                basic::AMQPMethod::Ack(basic::Ack {
+                    delivery_tag: outcome.delivery_tag,
+                    multiple: outcome.multiple,
+                })
+            } else {
+                basic::AMQPMethod::Nack(basic::Nack {
+                    delivery_tag: outcome.delivery_tag,
+                    multiple: outcome.multiple,
+                    requeue: false,
+                })
+            };
+            self.send(id, AMQPClass::Basic(method));
+        }
+    }
+
+    /// Sends every channel's ready confirms; the connection calls it once the frames it has read are
+    /// handled, so a burst of publishes gets a few `multiple` acks.
+    pub fn flush_confirms(&mut self) {
+        if self.closing_since.is_some() {
+            return;
+        }
+        let ids: Vec<u16> = self.channels.keys().copied().collect();
+        for id in ids {
+            self.send_confirms(id);
+        }
+    }
+
     /// Sends channel.close for a channel error; the channel waits for close-ok, dropping other frames.
+    /// Confirms of publishes that were enqueued before the error are sent first.
     fn close_channel(&mut self, id: u16, fault: Fault) {
+        self.send_confirms(id);
         let Some(channel) = self.channels.get_mut(&id) else {
             return;
         };

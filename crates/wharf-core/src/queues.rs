@@ -460,19 +460,34 @@ impl VHost {
     }
 
     /// basic.publish: routes `message` from `message.exchange` with `keys` (its routing key, then its `CC`
-    /// and `BCC` keys) and `headers` (rendered only if a headers exchange asks), and enqueues one shared copy on every queue reached. Returns how
-    /// many queues took it (0: the caller returns it if mandatory). A missing exchange is 404, an
-    /// internal one 403.
+    /// and `BCC` keys) and `headers` (rendered only if a headers exchange asks), and enqueues one shared
+    /// copy on every queue reached. Returns how many queues took it (0: the caller returns it if
+    /// mandatory). A missing exchange is 404, an internal one 403.
     pub fn publish(
         &self,
         keys: &[&str],
         headers: &dyn Fn() -> Option<Headers>,
         message: Message,
     ) -> Result<usize, QueueError> {
-        let names = self
-            .exchanges
-            .read()
-            .route(&message.exchange, keys, headers)?;
+        let names = self.route(&message.exchange, keys, headers)?;
+        Ok(self.deliver(&names, Arc::new(message)))
+    }
+
+    /// The routing half of [`VHost::publish`]: the names of the queues `exchange` routes to. Split out so
+    /// a transaction can route (and fail on a missing exchange) at publish time and enqueue at commit,
+    /// as RabbitMQ does.
+    pub fn route(
+        &self,
+        exchange: &str,
+        keys: &[&str],
+        headers: &dyn Fn() -> Option<Headers>,
+    ) -> Result<Vec<String>, QueueError> {
+        Ok(self.exchanges.read().route(exchange, keys, headers)?)
+    }
+
+    /// The enqueueing half of [`VHost::publish`]: one shared copy on every named queue that still exists
+    /// (a queue deleted since routing is skipped). Returns how many queues took it.
+    pub fn deliver(&self, names: &[String], message: Arc<Message>) -> usize {
         let targets: Vec<Arc<Queue>> = {
             let queues = self.queues.read();
             names
@@ -480,11 +495,10 @@ impl VHost {
                 .filter_map(|n| queues.get(n).cloned())
                 .collect()
         };
-        let message = Arc::new(message);
         for queue in &targets {
             queue.enqueue(Arc::clone(&message));
         }
-        Ok(targets.len())
+        targets.len()
     }
 
     /// exchange.declare.
@@ -723,6 +737,19 @@ mod tests {
     fn publish(vhost: &VHost, message: Message) -> bool {
         let key = message.routing_key.clone();
         vhost.publish(&[&key], &|| None, message).unwrap() > 0
+    }
+
+    #[test]
+    fn routing_now_and_delivering_later_skips_a_queue_deleted_between() {
+        // The split a transaction uses: routed at publish, enqueued at commit.
+        let vhost = VHost::new();
+        vhost.declare_queue(1, "q", false, spec()).unwrap();
+        let names = vhost.route("", &["q"], &|| None).unwrap();
+        assert_eq!(names, ["q"]);
+        assert_eq!(vhost.deliver(&names, Arc::new(msg("a"))), 1);
+        assert_eq!(vhost.counts_of("q"), 1);
+        vhost.delete_queue(1, "q", false, false).unwrap();
+        assert_eq!(vhost.deliver(&names, Arc::new(msg("b"))), 0);
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! (wrong protocol header, garbage, an oversized frame) that closes only its own connection. Exchanges:
 //! RabbitMQ tutorials 3 (fanout), 4 (direct) and 5 (topics), a headers exchange, exchange-to-exchange
 //! bindings, an alternate exchange, mandatory returns, `CC` / `BCC`, and exchange errors that close only
-//! their channel.
+//! their channel. Publisher confirms (routed, unroutable-mandatory, a bulk run, one `multiple` ack for a
+//! burst) and transactions (publish and ack, commit and rollback, the 406 mode switches); auto-delete and
+//! deleted queues ending their consumers; tune-ok above the server's limits and a silent client cut off
+//! by heartbeats, through raw sockets.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -14,8 +17,8 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
-    ExchangeBindOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, ExchangeUnbindOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    ConfirmSelectOptions, ExchangeBindOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    ExchangeUnbindOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -95,6 +98,30 @@ impl Drop for Wharf {
     }
 }
 
+/// A broker, a connection to it and one channel: the start of most tests.
+async fn open() -> (Wharf, Connection, Channel) {
+    let wharf = Wharf::start();
+    let conn = wharf.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    (wharf, conn, channel)
+}
+
+/// (ready messages, consumers) of `queue`, by a passive queue.declare (a missing queue closes the
+/// channel with 404).
+async fn counts(channel: &Channel, queue: &str) -> lapin::Result<(u32, u32)> {
+    let ok = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((ok.message_count(), ok.consumer_count()))
+}
+
 async fn declare(channel: &Channel, name: &str) {
     channel
         .queue_declare(
@@ -142,9 +169,7 @@ async fn consume(channel: &Channel, queue: &str, tag: &str) -> lapin::Consumer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_world_declare_publish_consume_ack() {
-    let wharf = Wharf::start();
-    let conn = wharf.connect().await;
-    let channel = conn.create_channel().await.unwrap();
+    let (_wharf, conn, channel) = open().await;
     declare(&channel, "hello").await;
     publish(&channel, "hello", b"Hello World!").await;
     let mut consumer = consume(&channel, "hello", "hello-consumer").await;
@@ -163,18 +188,7 @@ async fn hello_world_declare_publish_consume_ack() {
     delivery.ack(BasicAckOptions::default()).await.unwrap();
     // Acked: a second channel finds the queue empty with one consumer.
     let other = conn.create_channel().await.unwrap();
-    let queue = other
-        .queue_declare(
-            "hello".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!((queue.message_count(), queue.consumer_count()), (0, 1));
+    assert_eq!(counts(&other, "hello").await.unwrap(), (0, 1));
     conn.close(200, "bye".into()).await.unwrap();
 }
 
@@ -248,9 +262,7 @@ async fn unacked_messages_come_back_redelivered_after_the_channel_closes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_get_and_get_empty() {
-    let wharf = Wharf::start();
-    let conn = wharf.connect().await;
-    let channel = conn.create_channel().await.unwrap();
+    let (_wharf, conn, channel) = open().await;
     declare(&channel, "pull").await;
     publish(&channel, "pull", b"one").await;
     publish(&channel, "pull", b"two").await;
@@ -342,9 +354,7 @@ async fn passive_declare_of_a_missing_queue_closes_only_the_channel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_and_5_mib_messages() {
-    let wharf = Wharf::start();
-    let conn = wharf.connect().await;
-    let channel = conn.create_channel().await.unwrap();
+    let (_wharf, _conn, channel) = open().await;
     declare(&channel, "sizes").await;
     let big: Vec<u8> = (0..5 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
     publish(&channel, "sizes", b"").await;
@@ -388,9 +398,7 @@ fn wrong_protocol_header_gets_ours_back_then_close() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_oversized_frames_close_only_their_connection() {
-    let wharf = Wharf::start();
-    let conn = wharf.connect().await;
-    let channel = conn.create_channel().await.unwrap();
+    let (wharf, conn, channel) = open().await;
     declare(&channel, "steady").await;
 
     let bad_inputs: [&[u8]; 3] = [
@@ -523,9 +531,7 @@ fn assert_refused(err: lapin::Error, code: u16, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tutorial_3_publish_subscribe_with_fanout() {
-    let wharf = Wharf::start();
-    let conn = wharf.connect().await;
-    let channel = conn.create_channel().await.unwrap();
+    let (wharf, conn, channel) = open().await;
     declare_exchange(
         &channel,
         "logs",
@@ -595,9 +601,7 @@ async fn tutorial_3_publish_subscribe_with_fanout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tutorial_4_routing_with_direct() {
-    let wharf = Wharf::start();
-    let conn = wharf.connect().await;
-    let channel = conn.create_channel().await.unwrap();
+    let (_wharf, _conn, channel) = open().await;
     declare_exchange(
         &channel,
         "direct_logs",
@@ -673,9 +677,7 @@ async fn tutorial_4_routing_with_direct() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tutorial_5_topics() {
-    let wharf = Wharf::start();
-    let conn = wharf.connect().await;
-    let channel = conn.create_channel().await.unwrap();
+    let (_wharf, _conn, channel) = open().await;
     declare_exchange(
         &channel,
         "topic_logs",
@@ -735,9 +737,7 @@ async fn tutorial_5_topics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_exchange_all_and_any() {
-    let wharf = Wharf::start();
-    let conn = wharf.connect().await;
-    let channel = conn.create_channel().await.unwrap();
+    let (_wharf, _conn, channel) = open().await;
     declare_exchange(
         &channel,
         "docs",
@@ -805,9 +805,7 @@ async fn headers_exchange_all_and_any() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exchange_to_exchange_binding_delivers_once() {
-    let wharf = Wharf::start();
-    let conn = wharf.connect().await;
-    let channel = conn.create_channel().await.unwrap();
+    let (_wharf, _conn, channel) = open().await;
     declare_exchange(&channel, "up", ExchangeKind::Topic, FieldTable::default()).await;
     declare_exchange(
         &channel,
@@ -864,9 +862,7 @@ async fn exchange_to_exchange_binding_delivers_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alternate_exchange_catches_unroutable_messages() {
-    let wharf = Wharf::start();
-    let conn = wharf.connect().await;
-    let channel = conn.create_channel().await.unwrap();
+    let (_wharf, _conn, channel) = open().await;
     declare_exchange(
         &channel,
         "unrouted",
@@ -940,9 +936,7 @@ async fn alternate_exchange_catches_unroutable_messages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cc_and_bcc_add_routes_and_bcc_is_hidden() {
-    let wharf = Wharf::start();
-    let conn = wharf.connect().await;
-    let channel = conn.create_channel().await.unwrap();
+    let (_wharf, _conn, channel) = open().await;
     for q in ["to", "cc", "bcc"] {
         declare(&channel, q).await;
     }
@@ -1137,4 +1131,437 @@ async fn exchange_errors_close_only_their_channel() {
         .await
         .expect_err("deleted");
     assert_refused(err, 404, "NOT_FOUND");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Publisher confirms and transactions.
+
+async fn publish_opts(
+    channel: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    options: BasicPublishOptions,
+) -> lapin::PublisherConfirm {
+    channel
+        .basic_publish(
+            exchange.into(),
+            key.into(),
+            options,
+            body,
+            BasicProperties::default(),
+        )
+        .await
+        .expect("basic.publish")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirms_for_routed_and_unroutable_messages() {
+    let (_wharf, _conn, channel) = open().await;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    declare(&channel, "confirmed").await;
+    let routed = publish_opts(&channel, "", "confirmed", b"a", Default::default())
+        .await
+        .await
+        .unwrap();
+    assert!(routed.is_ack());
+    assert!(routed.take_message().is_none());
+    let mandatory = BasicPublishOptions {
+        mandatory: true,
+        ..Default::default()
+    };
+    // Unroutable and mandatory: basic.return, then basic.ack (as RabbitMQ).
+    let unroutable = publish_opts(&channel, "", "nowhere", b"b", mandatory)
+        .await
+        .await
+        .unwrap();
+    assert!(unroutable.is_ack());
+    let returned = unroutable.take_message().expect("returned with its ack");
+    assert_eq!(returned.reply_code, 312);
+    assert_eq!(returned.delivery.data, b"b");
+    // Unroutable, not mandatory: just acked.
+    let dropped = publish_opts(&channel, "", "nowhere", b"c", Default::default())
+        .await
+        .await
+        .unwrap();
+    assert!(dropped.is_ack());
+    assert_eq!(counts(&channel, "confirmed").await.unwrap(), (1, 0));
+    // A confirm channel cannot become transactional.
+    assert_refused(
+        channel.tx_select().await.unwrap_err(),
+        406,
+        "PRECONDITION_FAILED",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_confirms_with_wait_for_confirms() {
+    let (_wharf, _conn, channel) = open().await;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    declare(&channel, "bulk").await;
+    let mut pending = Vec::new();
+    for i in 0..2000 {
+        let body = format!("m{i}");
+        pending.push(publish_opts(&channel, "", "bulk", body.as_bytes(), Default::default()).await);
+    }
+    let returns = tokio::time::timeout(OP_TIMEOUT, channel.wait_for_confirms())
+        .await
+        .expect("confirmed in time")
+        .unwrap();
+    assert!(returns.is_empty());
+    for confirm in pending {
+        assert!(confirm.await.unwrap().is_ack());
+    }
+    assert_eq!(counts(&channel, "bulk").await.unwrap(), (2000, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tx_commit_delivers_and_rollback_does_not() {
+    let (_wharf, conn, channel) = open().await;
+    declare(&channel, "txq").await;
+    let observer = conn.create_channel().await.unwrap();
+    channel.tx_select().await.unwrap();
+    publish(&channel, "txq", b"t1").await;
+    assert_eq!(
+        counts(&observer, "txq").await.unwrap(),
+        (0, 0),
+        "held until commit"
+    );
+    channel.tx_commit().await.unwrap();
+    assert_eq!(counts(&observer, "txq").await.unwrap(), (1, 0));
+    publish(&channel, "txq", b"t2").await;
+    channel.tx_rollback().await.unwrap();
+    channel.tx_commit().await.unwrap();
+    assert_eq!(drain(&observer, "txq").await, ["t1"]);
+    // A tx channel cannot enter confirm mode.
+    assert_refused(
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap_err(),
+        406,
+        "PRECONDITION_FAILED",
+    );
+    // Commit and rollback without tx.select are 406.
+    let plain = conn.create_channel().await.unwrap();
+    assert_refused(
+        plain.tx_commit().await.unwrap_err(),
+        406,
+        "PRECONDITION_FAILED",
+    );
+    let plain = conn.create_channel().await.unwrap();
+    assert_refused(
+        plain.tx_rollback().await.unwrap_err(),
+        406,
+        "PRECONDITION_FAILED",
+    );
+    assert!(conn.status().connected());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tx_acks_apply_at_commit() {
+    let (_wharf, conn, channel) = open().await;
+    declare(&channel, "txack").await;
+    publish(&channel, "txack", b"a").await;
+    publish(&channel, "txack", b"b").await;
+    let tx = conn.create_channel().await.unwrap();
+    tx.tx_select().await.unwrap();
+    let get = || async {
+        tx.basic_get("txack".into(), BasicGetOptions { no_ack: false })
+            .await
+            .unwrap()
+            .expect("a message")
+            .delivery
+    };
+    let a = get().await;
+    assert_eq!(a.data, b"a");
+    let ack = |tag| tx.basic_ack(tag, BasicAckOptions::default());
+    ack(a.delivery_tag).await.unwrap();
+    // Rolled back: the ack is undone and the delivery is unacknowledged again, so it can be acked again.
+    tx.tx_rollback().await.unwrap();
+    ack(a.delivery_tag).await.unwrap();
+    tx.tx_commit().await.unwrap();
+    let b = get().await;
+    assert_eq!(b.data, b"b");
+    ack(b.delivery_tag).await.unwrap();
+    // Never committed: closing the channel puts "b" back; "a" stays acknowledged.
+    tx.close(200, "bye".into()).await.unwrap();
+    assert_eq!(drain(&channel, "txack").await, ["b"]);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Consumer lifecycle.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_delete_queue_goes_with_its_last_consumer() {
+    let (_wharf, conn, channel) = open().await;
+    channel
+        .queue_declare(
+            "fleeting".into(),
+            QueueDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let _one = consume(&channel, "fleeting", "one").await;
+    let _two = consume(&channel, "fleeting", "two").await;
+    let cancel = |tag: &'static str| {
+        channel.basic_cancel(tag.into(), lapin::options::BasicCancelOptions::default())
+    };
+    cancel("one").await.unwrap();
+    assert_eq!(counts(&channel, "fleeting").await.unwrap(), (0, 1));
+    cancel("two").await.unwrap();
+    let checker = conn.create_channel().await.unwrap();
+    assert_refused(
+        counts(&checker, "fleeting").await.unwrap_err(),
+        404,
+        "NOT_FOUND",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_queue_cancels_its_consumers() {
+    let (_wharf, conn, channel) = open().await;
+    declare(&channel, "doomed").await;
+    let mut consumer = consume(&channel, "doomed", "watcher").await;
+    let other = conn.create_channel().await.unwrap();
+    other
+        .queue_delete("doomed".into(), Default::default())
+        .await
+        .unwrap();
+    // lapin declares consumer_cancel_notify: the server's basic.cancel ends the consumer's stream.
+    let end = tokio::time::timeout(OP_TIMEOUT, consumer.next())
+        .await
+        .expect("consumer ended in time");
+    assert!(end.is_none(), "stream ended, got {end:?}");
+    assert!(channel.status().connected(), "the channel stays open");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Tuning and heartbeats, through a raw socket (frames encoded by amq-protocol).
+
+use amq_protocol::protocol::{connection as conn_methods, AMQPClass};
+use wharf_amqp::frame::{next_frame, write_method, Frame};
+
+/// A hand-driven AMQP client, for what lapin will not send.
+struct RawClient {
+    s: TcpStream,
+    buf: bytes::BytesMut,
+}
+
+impl RawClient {
+    /// Connects, sends the protocol header and start-ok (PLAIN guest/guest), and returns the client
+    /// with the server's connection.tune.
+    fn until_tune(wharf: &Wharf) -> (RawClient, conn_methods::Tune) {
+        let mut client = RawClient {
+            s: wharf.raw(),
+            buf: bytes::BytesMut::new(),
+        };
+        client.s.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
+        assert!(matches!(
+            client.method(),
+            Some(AMQPClass::Connection(conn_methods::AMQPMethod::Start(_)))
+        ));
+        client.send(AMQPClass::Connection(conn_methods::AMQPMethod::StartOk(
+            conn_methods::StartOk {
+                client_properties: FieldTable::default(),
+                mechanism: "PLAIN".into(),
+                response: "\0guest\0guest".into(),
+                locale: "en_US".into(),
+            },
+        )));
+        match client.method() {
+            Some(AMQPClass::Connection(conn_methods::AMQPMethod::Tune(tune))) => (client, tune),
+            other => panic!("expected connection.tune, got {other:?}"),
+        }
+    }
+
+    fn send(&mut self, method: AMQPClass) {
+        let mut out = Vec::new();
+        write_method(&mut out, 0, method).unwrap();
+        self.s.write_all(&out).unwrap();
+    }
+
+    /// Finishes the handshake (server's tune values, no heartbeats) and opens channel 1.
+    fn open(wharf: &Wharf) -> RawClient {
+        let (mut client, tune) = RawClient::until_tune(wharf);
+        client.send(AMQPClass::Connection(conn_methods::AMQPMethod::TuneOk(
+            conn_methods::TuneOk {
+                channel_max: tune.channel_max,
+                frame_max: tune.frame_max,
+                heartbeat: 0,
+            },
+        )));
+        client.send(AMQPClass::Connection(conn_methods::AMQPMethod::Open(
+            conn_methods::Open {
+                virtual_host: "/".into(),
+            },
+        )));
+        assert!(matches!(
+            client.method(),
+            Some(AMQPClass::Connection(conn_methods::AMQPMethod::OpenOk(_)))
+        ));
+        let mut out = Vec::new();
+        write_method(
+            &mut out,
+            1,
+            AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::Open(
+                amq_protocol::protocol::channel::Open {},
+            )),
+        )
+        .unwrap();
+        client.s.write_all(&out).unwrap();
+        assert!(matches!(
+            client.method(),
+            Some(AMQPClass::Channel(
+                amq_protocol::protocol::channel::AMQPMethod::OpenOk(_)
+            ))
+        ));
+        client
+    }
+
+    /// The next frame, or None once the server closed the socket.
+    fn frame(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(frame) = next_frame(&mut self.buf, 1 << 20).unwrap() {
+                return Some(frame);
+            }
+            let mut chunk = [0u8; 4096];
+            match self.s.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("socket still open: {e}"),
+            }
+        }
+    }
+
+    /// The next method, skipping heartbeats; None once the socket closed.
+    fn method(&mut self) -> Option<AMQPClass> {
+        loop {
+            match self.frame()? {
+                Frame::Method(_, class) => return Some(*class),
+                Frame::Heartbeat(_) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn tune_ok_above_the_servers_limits_is_refused() {
+    let wharf = Wharf::start();
+    for (channel_max, frame_max) in [(2048, 131_072), (2047, 131_073)] {
+        let (mut client, tune) = RawClient::until_tune(&wharf);
+        assert_eq!((tune.channel_max, tune.frame_max), (2047, 131_072));
+        client.send(AMQPClass::Connection(conn_methods::AMQPMethod::TuneOk(
+            conn_methods::TuneOk {
+                channel_max,
+                frame_max,
+                heartbeat: 0,
+            },
+        )));
+        match client.method() {
+            Some(AMQPClass::Connection(conn_methods::AMQPMethod::Close(close))) => {
+                assert_eq!(close.reply_code, 530, "{close:?}");
+            }
+            other => panic!("expected connection.close 530, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_client_without_heartbeats_is_disconnected() {
+    let wharf = Wharf::start();
+    let (mut client, _) = RawClient::until_tune(&wharf);
+    client.send(AMQPClass::Connection(conn_methods::AMQPMethod::TuneOk(
+        conn_methods::TuneOk {
+            channel_max: 0,
+            frame_max: 0,
+            heartbeat: 1,
+        },
+    )));
+    client.send(AMQPClass::Connection(conn_methods::AMQPMethod::Open(
+        conn_methods::Open {
+            virtual_host: "/".into(),
+        },
+    )));
+    let opened = Instant::now();
+    assert!(matches!(
+        client.method(),
+        Some(AMQPClass::Connection(conn_methods::AMQPMethod::OpenOk(_)))
+    ));
+    // From now on the client sends nothing; the server keeps sending heartbeats and, after two silent
+    // intervals, closes the socket.
+    let mut heartbeats = 0;
+    while let Some(frame) = client.frame() {
+        assert!(matches!(frame, Frame::Heartbeat(0)), "{frame:?}");
+        heartbeats += 1;
+    }
+    let silent_for = opened.elapsed();
+    assert!(heartbeats >= 1, "the server sent heartbeats");
+    assert!(
+        silent_for >= Duration::from_millis(1500) && silent_for < Duration::from_secs(5),
+        "disconnected after {silent_for:?}"
+    );
+}
+
+#[test]
+fn a_burst_of_publishes_is_confirmed_by_one_multiple_ack() {
+    use amq_protocol::protocol::{basic, confirm};
+    let wharf = Wharf::start();
+    let mut client = RawClient::open(&wharf);
+    let mut out = Vec::new();
+    write_method(
+        &mut out,
+        1,
+        AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
+            nowait: false,
+        })),
+    )
+    .unwrap();
+    client.s.write_all(&out).unwrap();
+    assert!(matches!(
+        client.method(),
+        Some(AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(_)))
+    ));
+    // Three publishes to the default exchange (unroutable, not mandatory), written at once: the server
+    // handles them in one pass and confirms them with a single basic.ack, multiple, tag 3.
+    let mut out = Vec::new();
+    for _ in 0..3 {
+        write_method(
+            &mut out,
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+                exchange: "".into(),
+                routing_key: "nowhere".into(),
+                mandatory: false,
+                immediate: false,
+            })),
+        )
+        .unwrap();
+        wharf_amqp::frame::write_content(&mut out, 1, Default::default(), b"x", 131_072).unwrap();
+    }
+    client.s.write_all(&out).unwrap();
+    let mut acks = Vec::new();
+    while acks.last().map(|a: &basic::Ack| a.delivery_tag) != Some(3) {
+        match client.method() {
+            Some(AMQPClass::Basic(basic::AMQPMethod::Ack(ack))) => acks.push(ack),
+            other => panic!("expected basic.ack, got {other:?}"),
+        }
+    }
+    // Normally one frame; a slow socket may split the burst, but tags only grow and end at 3.
+    assert!(
+        acks.last().is_some_and(|a| a.multiple) || acks.len() == 3,
+        "{acks:?}"
+    );
 }
