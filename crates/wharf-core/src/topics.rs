@@ -167,6 +167,16 @@ impl Topic {
         self.name.starts_with("__")
     }
 
+    /// What the produce path needs from the config — `max.message.bytes` and `message.timestamp.type` — read
+    /// under the lock, without cloning the overrides on every request.
+    pub fn produce_settings(&self, defaults: &TopicDefaults) -> (i64, crate::TimestampType) {
+        let config = self.config.read();
+        (
+            config.max_message_bytes(defaults),
+            config.timestamp_type(defaults),
+        )
+    }
+
     /// The topic's config overrides.
     pub fn config(&self) -> TopicConfig {
         self.config.read().clone()
@@ -203,6 +213,8 @@ pub struct TopicRegistry {
     dir: PathBuf,
     defaults: TopicDefaults,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    /// The same topics by id, for requests that name topics by id (every fetch of current clients).
+    by_id: RwLock<std::collections::HashMap<[u8; 16], Arc<Topic>>>,
     admin: Mutex<()>,
     producer_fields: ProducerFields,
     /// Producer snapshots, one file per partition log (`<log name>.json`), beside the topics directory.
@@ -251,6 +263,7 @@ impl TopicRegistry {
             producers_dir,
             defaults,
             topics: RwLock::new(BTreeMap::new()),
+            by_id: RwLock::new(std::collections::HashMap::new()),
             admin: Mutex::new(()),
             producer_fields,
         };
@@ -285,7 +298,7 @@ impl TopicRegistry {
                 meta.partitions,
                 meta.config,
             )?;
-            self.topics.write().insert(meta.name.clone(), topic);
+            self.insert(topic);
         }
         info!(topics = self.topics.read().len(), "topics loaded");
         Ok(())
@@ -331,6 +344,12 @@ impl TopicRegistry {
             config: RwLock::new(config),
             partitions: RwLock::new(Arc::new(parts)),
         }))
+    }
+
+    /// Adds a topic to both maps.
+    fn insert(&self, topic: Arc<Topic>) {
+        self.by_id.write().insert(topic.id, Arc::clone(&topic));
+        self.topics.write().insert(topic.name.clone(), topic);
     }
 
     /// Opens (creating if needed) the log of one partition.
@@ -401,7 +420,7 @@ impl TopicRegistry {
 
     /// The topic with Kafka topic id `id`, if any (requests of newer versions name topics by id).
     pub fn get_by_id(&self, id: &[u8; 16]) -> Option<Arc<Topic>> {
-        self.topics.read().values().find(|t| &t.id == id).cloned()
+        self.by_id.read().get(id).cloned()
     }
 
     /// Every topic, by name.
@@ -426,9 +445,7 @@ impl TopicRegistry {
         let id: [u8; 16] = rand::random();
         self.write_meta(name, id, count, &config)?;
         let topic = self.open_topic(name, id, count, config)?;
-        self.topics
-            .write()
-            .insert(name.to_string(), Arc::clone(&topic));
+        self.insert(Arc::clone(&topic));
         info!(topic = name, partitions = count, "topic created");
         Ok(topic)
     }
@@ -452,6 +469,7 @@ impl TopicRegistry {
         let Some(topic) = self.topics.write().remove(name) else {
             return Err(CoreError::UnknownTopic(name.to_string()));
         };
+        self.by_id.write().remove(&topic.id);
         remove_durably(&self.meta_path(name))?;
         for partition in topic.partitions().iter() {
             self.logs.delete_log(&log_name(name, partition.index))?;

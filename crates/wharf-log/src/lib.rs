@@ -52,6 +52,7 @@ pub use config::{Durability, LogConfig, ManagerConfig, BATCH_BYTES_MAX, SEGMENT_
 pub use error::{LogError, Result};
 pub use file_cache::FileCache;
 pub use frame::KnownCrc;
+pub use fsio::{sync_dir, write_atomic};
 pub use log::{Appended, Log, LogStats, Offsets};
 pub use manager::{validate_name, LogManager, LOG_NAME_MAX_LEN};
 pub use segment::Batch;

@@ -94,15 +94,6 @@ pub fn dispatch(
     peer_host: &str,
 ) -> Result<Reply, RequestError> {
     let v = request.version;
-    let client = ClientInfo {
-        client_id: request
-            .header
-            .client_id
-            .as_ref()
-            .map(|c| c.to_string())
-            .unwrap_or_default(),
-        host: peer_host.to_string(),
-    };
     Ok(match request.api_key {
         ApiKey::ApiVersions => Reply::Now(ResponseKind::ApiVersions(api_versions::handle(
             decode_body(request)?,
@@ -152,7 +143,19 @@ pub fn dispatch(
         ApiKey::FindCoordinator => Reply::Now(ResponseKind::FindCoordinator(
             groups::find_coordinator(broker, decode_body(request)?, v),
         )),
-        ApiKey::JoinGroup => groups::join_group(broker, decode_body(request)?, v, &client),
+        ApiKey::JoinGroup => {
+            // Only group members are described with their client id and host: build them only here.
+            let client = ClientInfo {
+                client_id: request
+                    .header
+                    .client_id
+                    .as_ref()
+                    .map(|c| c.to_string())
+                    .unwrap_or_default(),
+                host: peer_host.to_string(),
+            };
+            groups::join_group(broker, decode_body(request)?, v, &client)
+        }
         ApiKey::SyncGroup => groups::sync_group(broker, decode_body(request)?, v),
         ApiKey::Heartbeat => Reply::Now(ResponseKind::Heartbeat(groups::heartbeat(
             broker,
@@ -229,10 +232,4 @@ pub fn message(text: impl Into<String>) -> Option<StrBytes> {
     Some(StrBytes::from_string(text.into()))
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use wharf_core::now_ms;

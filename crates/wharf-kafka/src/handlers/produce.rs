@@ -133,10 +133,8 @@ fn append(
     index: i32,
     records: &[u8],
 ) -> Result<(PartitionProduceResponse, u64), (ResponseError, Option<String>)> {
-    let config = topic.config();
-    let defaults = broker.topics.defaults();
-    let max_batch_bytes = usize::try_from(config.max_message_bytes(defaults)).unwrap_or(0);
-    let timestamp_type = config.timestamp_type(defaults);
+    let (max_message_bytes, timestamp_type) = topic.produce_settings(broker.topics.defaults());
+    let max_batch_bytes = usize::try_from(max_message_bytes).unwrap_or(0);
     let batches = batch::split(records, max_batch_bytes).map_err(|e| (e.error, Some(e.message)))?;
     if batches.iter().any(|(_, h)| h.is_transactional()) {
         return Err((
