@@ -11,14 +11,15 @@ use amq_protocol::protocol::{
 };
 use bytes::{Bytes, BytesMut};
 use wharf_core::queues::{
-    ConsumeOptions, ConsumerId, Delivery, Message, Queue, QueueEvent, QueueSpec, VHost,
+    ConsumeOptions, ConsumerId, Delivered, Delivery, Message, PendingSync, Queue, QueueEvent,
+    QueueSpec, VHost,
 };
 
 use crate::confirm::Confirms;
 use crate::frame::Frame;
 use crate::reply::*;
 use crate::routing::{message_headers, sender_routes, without_bcc};
-use crate::session::Session;
+use crate::session::{AfterSync, Session};
 use crate::topology;
 
 /// Class id of `basic`, the only content class.
@@ -37,10 +38,6 @@ impl Unacked {
     fn requeue(self) {
         self.queue
             .requeue(self.consumer, self.position, self.message);
-    }
-
-    fn settle(self) {
-        self.queue.settle(self.consumer);
     }
 }
 
@@ -126,6 +123,13 @@ impl Channel {
             tx.publishes.clear();
         }
         self.publish = None;
+    }
+
+    /// Records the outcome of publish `tag` once it is known (confirm mode only).
+    pub(crate) fn settle_confirm(&mut self, tag: u64, ok: bool) {
+        if let Mode::Confirm(confirms) = &mut self.mode {
+            confirms.settle(tag, ok);
+        }
     }
 
     /// Publisher confirms waiting to be sent (empty outside confirm mode).
@@ -368,6 +372,7 @@ fn finish_publish(session: &mut Session, id: u16, body: Bytes) -> ChannelResult 
         routing_key: publish.routing_key,
         properties,
         body,
+        persistent: *parsed.delivery_mode() == Some(2),
     });
     let channel = channel_mut(session, id).map_err(|f| (id, f))?;
     match &mut channel.mode {
@@ -381,13 +386,23 @@ fn finish_publish(session: &mut Session, id: u16, body: Bytes) -> ChannelResult 
         }
         Mode::Confirm(confirms) => {
             let tag = confirms.next_tag();
-            deliver(session, id, &queues, message, publish.mandatory);
-            // Everything is in memory: once enqueued, the message is as safe as it will get. With
-            // durable queues the outcome will wait for the log's fsync.
-            if let Some(Mode::Confirm(confirms)) =
-                session.channels.get_mut(&id).map(|c| &mut c.mode)
-            {
-                confirms.settle(tag, true);
+            let delivered = deliver(session, id, &queues, message, publish.mandatory);
+            let ok = !delivered.failed;
+            if delivered.sync.is_empty() {
+                // In memory only (transient, or no durable queue): enqueued is as safe as it gets.
+                if let Some(c) = session.channels.get_mut(&id) {
+                    c.settle_confirm(tag, ok);
+                }
+            } else {
+                // Persistent in a durable queue: confirmed once the log has it durably.
+                session.after_sync(
+                    delivered.sync,
+                    AfterSync::Confirm {
+                        channel: id,
+                        tag,
+                        ok,
+                    },
+                );
             }
             Ok(())
         }
@@ -406,9 +421,9 @@ fn deliver(
     queues: &[String],
     message: Arc<Message>,
     mandatory: bool,
-) {
-    let routed = session.broker.vhost.deliver(queues, Arc::clone(&message));
-    if mandatory && routed == 0 {
+) -> Delivered {
+    let delivered = session.broker.vhost.deliver(queues, Arc::clone(&message));
+    if mandatory && delivered.queues == 0 {
         session.send(
             id,
             AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
@@ -420,6 +435,7 @@ fn deliver(
         );
         session.send_content(id, &message.properties, &message.body);
     }
+    delivered
 }
 
 pub(crate) fn channel_mut(session: &mut Session, id: u16) -> Result<&mut Channel, Fault> {
@@ -742,11 +758,17 @@ fn tx_method(session: &mut Session, id: u16, method: tx::AMQPMethod) -> Result<(
                 settlements,
             } = std::mem::take(tx);
             if commit {
+                let mut sync = PendingSync::default();
                 for p in publishes {
-                    deliver(session, id, &p.queues, p.message, p.mandatory);
+                    sync.merge(deliver(session, id, &p.queues, p.message, p.mandatory).sync);
                 }
                 for (_, unacked, requeue) in settlements {
                     settle_or_requeue(std::iter::once(unacked), requeue);
+                }
+                if !sync.is_empty() {
+                    // commit-ok once the transaction's persistent messages are durable.
+                    session.after_sync(sync, AfterSync::CommitOk { channel: id });
+                    return Ok(());
                 }
                 tx::AMQPMethod::CommitOk(tx::CommitOk {})
             } else {
@@ -769,13 +791,30 @@ fn tx_method(session: &mut Session, id: u16, method: tx::AMQPMethod) -> Result<(
 }
 
 /// Rejected messages are requeued (marked redelivered) or dropped; dead-lettering is a later increment.
+/// Settlements go to each queue in one call per run of the same queue, so a `multiple` ack costs one
+/// journal record per queue, not one per message.
 fn settle_or_requeue(taken: impl IntoIterator<Item = Unacked>, requeue: bool) {
+    if requeue {
+        taken.into_iter().for_each(Unacked::requeue);
+        return;
+    }
+    type Settled = Vec<(Option<ConsumerId>, u64)>;
+    let mut run: Option<(Arc<Queue>, Settled)> = None;
     for u in taken {
-        if requeue {
-            u.requeue();
-        } else {
-            u.settle();
+        match &mut run {
+            Some((queue, items)) if Arc::ptr_eq(queue, &u.queue) => {
+                items.push((u.consumer, u.position))
+            }
+            _ => {
+                if let Some((queue, items)) = run.take() {
+                    queue.settle(&items);
+                }
+                run = Some((u.queue, vec![(u.consumer, u.position)]));
+            }
         }
+    }
+    if let Some((queue, items)) = run {
+        queue.settle(&items);
     }
 }
 

@@ -14,7 +14,7 @@ use tracing::{debug, info};
 
 use crate::frame::{next_frame, PROTOCOL_HEADER};
 use crate::server::{stopped, Broker};
-use crate::session::{Session, Step};
+use crate::session::{Session, Step, SyncedStream};
 
 /// Spare room kept in the read buffer before each read.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
@@ -28,8 +28,16 @@ pub async fn serve(mut stream: TcpStream, broker: Arc<Broker>, shutdown: watch::
     let loopback = peer.is_some_and(|p| p.ip().is_loopback());
     let _ = stream.set_nodelay(true);
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
-    let mut session = Session::new(Arc::clone(&broker), events_tx, loopback);
-    let end = run(&mut stream, &mut session, &mut events_rx, shutdown).await;
+    let (synced_tx, mut synced_rx) = mpsc::unbounded_channel();
+    let mut session = Session::new(Arc::clone(&broker), events_tx, synced_tx, loopback);
+    let end = run(
+        &mut stream,
+        &mut session,
+        &mut events_rx,
+        &mut synced_rx,
+        shutdown,
+    )
+    .await;
     session.release_all();
     // Deliveries already on their way to this connection go back to their queues.
     events_rx.close();
@@ -77,6 +85,7 @@ async fn run(
     stream: &mut TcpStream,
     session: &mut Session,
     events: &mut mpsc::UnboundedReceiver<(u16, wharf_core::queues::QueueEvent)>,
+    synced: &mut SyncedStream,
     mut shutdown: watch::Receiver<bool>,
 ) -> End {
     let handshake_deadline =
@@ -121,6 +130,7 @@ async fn run(
                 }
             }
         }
+        session.start_sync();
         session.flush_confirms();
         if let Err(e) = flush(stream, session, &mut last_write).await {
             return End::Io(e);
@@ -148,6 +158,7 @@ async fn run(
                 Err(e) => return End::Io(e),
             },
             Some((channel, event)) = events.recv() => session.handle_event(channel, event),
+            Some((durable, actions)) = synced.recv() => session.synced(durable, actions),
             _ = tokio::time::sleep_until(read_deadline) => {
                 return if session.closing_since().is_some() {
                     End::Timeout("connection.close-ok")

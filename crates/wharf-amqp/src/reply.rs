@@ -17,6 +17,7 @@ pub const CHANNEL_ERROR: u16 = 504;
 pub const UNEXPECTED_FRAME: u16 = 505;
 pub const NOT_ALLOWED: u16 = 530;
 pub const NOT_IMPLEMENTED: u16 = 540;
+pub const INTERNAL_ERROR: u16 = 541;
 
 /// What went wrong, with the method that caused it (class and method id, 0 when none).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +70,7 @@ impl Fault {
             UNEXPECTED_FRAME => "UNEXPECTED_FRAME",
             NOT_ALLOWED => "NOT_ALLOWED",
             NOT_IMPLEMENTED => "NOT_IMPLEMENTED",
+            INTERNAL_ERROR => "INTERNAL_ERROR",
             _ => "ERROR",
         };
         let mut text = format!("{name} - {}", self.text);
@@ -85,6 +87,10 @@ impl Fault {
 
 impl From<QueueError> for Fault {
     fn from(err: QueueError) -> Self {
+        if let QueueError::Internal(_) = err {
+            // Storage failed: a connection error, as RabbitMQ's internal errors are.
+            return Fault::connection(INTERNAL_ERROR, err.to_string());
+        }
         let code = match err {
             QueueError::NotFound(_) => NOT_FOUND,
             QueueError::PreconditionFailed(_) => PRECONDITION_FAILED,
@@ -93,6 +99,7 @@ impl From<QueueError> for Fault {
             QueueError::Exchange(ExchangeError::NotFound(_)) => NOT_FOUND,
             QueueError::Exchange(ExchangeError::AccessRefused(_)) => ACCESS_REFUSED,
             QueueError::Exchange(ExchangeError::PreconditionFailed(_)) => PRECONDITION_FAILED,
+            QueueError::Internal(_) => INTERNAL_ERROR,
         };
         Fault::channel(code, err.to_string())
     }

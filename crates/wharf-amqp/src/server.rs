@@ -16,16 +16,16 @@ use crate::connection;
 /// What every AMQP connection shares.
 #[derive(Debug)]
 pub struct Broker {
-    /// The only vhost of this increment, `/`.
+    /// The only vhost of this increment, `/` (its durable state lives in the data directory).
     pub vhost: Arc<VHost>,
     pub config: AmqpConfig,
     next_connection: AtomicU64,
 }
 
 impl Broker {
-    pub fn new(config: AmqpConfig) -> Arc<Self> {
+    pub fn new(config: AmqpConfig, vhost: Arc<VHost>) -> Arc<Self> {
         Arc::new(Self {
-            vhost: VHost::new(),
+            vhost,
             config,
             next_connection: AtomicU64::new(1),
         })

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use amq_protocol::protocol::{basic, connection, AMQPClass};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::warn;
-use wharf_core::queues::{DeliverySink, QueueEvent};
+use wharf_core::queues::{DeliverySink, PendingSync, QueueEvent};
 
 use crate::channel::Channel;
 use crate::config::FRAME_MAX_MIN;
@@ -51,10 +52,34 @@ pub struct Session {
     pub(crate) channels: HashMap<u16, Channel>,
     out: Vec<u8>,
     pub(crate) sink: DeliverySink,
+    /// Durability waits gathered while handling the frames read so far, started together by
+    /// [`Session::start_sync`].
+    pending_sync: PendingSync,
+    after_sync: Vec<AfterSync>,
+    synced: SyncedSink,
 }
 
+/// What to do once a batch of publishes is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterSync {
+    /// Settle publisher-confirm `tag` on `channel` (`ok`: no queue refused the message).
+    Confirm { channel: u16, tag: u64, ok: bool },
+    /// Send tx.commit-ok on `channel`.
+    CommitOk { channel: u16 },
+}
+
+/// Where finished durability waits report: `(durable, actions)`.
+pub type SyncedSink = mpsc::UnboundedSender<(bool, Vec<AfterSync>)>;
+/// The connection's end of [`SyncedSink`].
+pub type SyncedStream = mpsc::UnboundedReceiver<(bool, Vec<AfterSync>)>;
+
 impl Session {
-    pub fn new(broker: Arc<Broker>, sink: DeliverySink, loopback: bool) -> Self {
+    pub fn new(
+        broker: Arc<Broker>,
+        sink: DeliverySink,
+        synced: SyncedSink,
+        loopback: bool,
+    ) -> Self {
         let config = &broker.config;
         Self {
             id: broker.next_connection_id(),
@@ -68,7 +93,69 @@ impl Session {
             channels: HashMap::new(),
             out: Vec::new(),
             sink,
+            pending_sync: PendingSync::default(),
+            after_sync: Vec::new(),
+            synced,
             broker,
+        }
+    }
+
+    /// Defers `action` until `sync` is durable (it joins the other waits of this read).
+    pub(crate) fn after_sync(&mut self, sync: PendingSync, action: AfterSync) {
+        self.pending_sync.merge(sync);
+        self.after_sync.push(action);
+    }
+
+    /// Starts one task waiting for every durability wait gathered since the last call; it reports through
+    /// the connection's synced stream. One wait per read keeps a pipelining publisher at one task per
+    /// batch of frames, and the log's group commit shares the fsync among all such tasks.
+    pub fn start_sync(&mut self) {
+        if self.after_sync.is_empty() {
+            return;
+        }
+        let sync = std::mem::take(&mut self.pending_sync);
+        let actions = std::mem::take(&mut self.after_sync);
+        let report = self.synced.clone();
+        tokio::spawn(async move {
+            let durable = match sync.wait().await {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!("publishes could not be made durable: {e}");
+                    false
+                }
+            };
+            let _ = report.send((durable, actions));
+        });
+    }
+
+    /// A durability wait finished: settle its confirms, send its commit-oks (on channels still open).
+    pub fn synced(&mut self, durable: bool, actions: Vec<AfterSync>) {
+        for action in actions {
+            match action {
+                AfterSync::Confirm { channel, tag, ok } => {
+                    if let Some(c) = self.channels.get_mut(&channel) {
+                        c.settle_confirm(tag, ok && durable);
+                    }
+                }
+                AfterSync::CommitOk { channel } => {
+                    if self.channels.get(&channel).is_none_or(|c| c.closing) {
+                        continue;
+                    }
+                    if durable {
+                        self.send(
+                            channel,
+                            AMQPClass::Tx(amq_protocol::protocol::tx::AMQPMethod::CommitOk(
+                                amq_protocol::protocol::tx::CommitOk {},
+                            )),
+                        );
+                    } else {
+                        self.close_connection(Fault::connection(
+                            INTERNAL_ERROR,
+                            "the transaction's messages could not be made durable",
+                        ));
+                    }
+                }
+            }
         }
     }
 

@@ -4,13 +4,17 @@
 //! It depends on `wharf-log` for storage and must not know about sockets or wire formats: protocol crates
 //! translate their frames into calls on this model and its errors into their protocol's error codes.
 
+pub mod backlog;
+pub mod definitions;
 pub mod error;
 pub mod exchanges;
 pub mod groups;
 pub mod offsets;
 mod persist;
 pub mod producers;
+pub mod queue_log;
 pub mod queues;
+pub mod range_set;
 pub mod topic_config;
 pub mod topics;
 

@@ -3,10 +3,11 @@
 //! them to its exchanges and bindings ([`crate::exchanges`]): publish routes through the exchange table,
 //! bind checks the queue exists, and a deleted queue takes its bindings along.
 //!
-//! Messages live in memory only; durable queues, TTL, length limits and dead-lettering come later. It
-//! knows no wire format:
-//! message properties are kept as the opaque bytes the protocol crate gave us, so they can be stored as
-//! received once queues sit on the log engine.
+//! A non-durable (or exclusive) queue keeps its messages in memory; a durable one keeps them in its log and
+//! journal ([`crate::backlog`], [`crate::queue_log`]), and the durable topology is saved in
+//! [`crate::definitions`], so that [`VHost::open`] brings both back after a restart. TTL, length limits and
+//! dead-lettering come later. It knows no wire format: message properties are kept as the opaque bytes the
+//! protocol crate gave us and stored as received.
 //!
 //! Concurrency: the exchange table and the queue table are read-mostly `RwLock`s, taken in that order
 //! (exchanges, then queues) whenever both are needed, so a bind cannot slip in between a queue's removal
@@ -16,17 +17,23 @@
 //! consumer can have outstanding is bounded by its prefetch; no-ack consumers are bounded only by the
 //! connection draining its channel (a per-connection bound is a later increment).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, info, warn};
+use wharf_log::{Durability, LogManager};
 
+pub use crate::backlog::PendingSync;
+use crate::backlog::{Backlog, LogBacklog, Maintenance};
+use crate::definitions::{BindingDef, Definitions, DefinitionsFile, ExchangeDef, QueueDef};
 use crate::exchanges::headers::Headers;
 use crate::exchanges::{Binding, BindingArgs, Destination, ExchangeError, ExchangeSpec, Exchanges};
+use crate::queue_log::QueueLogs;
 
 /// Longest queue name (AMQP short strings are at most 255 bytes).
 pub const QUEUE_NAME_MAX_LEN: usize = 255;
@@ -55,6 +62,15 @@ pub enum QueueError {
     /// An exchange or binding operation failed (403, 404, 406 by its own kind).
     #[error(transparent)]
     Exchange(#[from] ExchangeError),
+    /// 541: storage failed (the log engine or the definitions file).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<crate::CoreError> for QueueError {
+    fn from(e: crate::CoreError) -> Self {
+        QueueError::Internal(e.to_string())
+    }
 }
 
 /// A published message. `properties` are the content-header properties as the protocol encoded them.
@@ -64,6 +80,8 @@ pub struct Message {
     pub routing_key: String,
     pub properties: Bytes,
     pub body: Bytes,
+    /// delivery-mode 2: survives a restart when it sits in a durable queue.
+    pub persistent: bool,
 }
 
 /// What a consumer's connection receives from a queue.
@@ -107,6 +125,14 @@ pub struct QueueSpec {
     pub arguments: String,
 }
 
+impl QueueSpec {
+    /// Whether the queue sits on the log engine and survives restarts: durable and not exclusive (an
+    /// exclusive queue dies with its connection, so at the latest with the process, as in RabbitMQ).
+    pub fn on_log(&self) -> bool {
+        self.durable && !self.exclusive
+    }
+}
+
 /// A consumer as a queue sees it.
 #[derive(Debug)]
 struct Consumer {
@@ -127,25 +153,27 @@ impl Consumer {
     }
 }
 
-/// A ready message and where it sits.
 #[derive(Debug)]
-struct Ready {
-    position: u64,
-    message: Arc<Message>,
-    redelivered: bool,
-}
-
-#[derive(Debug, Default)]
 struct QueueState {
-    /// Ordered by `position`.
-    ready: VecDeque<Ready>,
+    backlog: Backlog,
     consumers: Vec<Consumer>,
     /// Round-robin cursor into `consumers`: dispatch starts after the last consumer served.
     next_consumer: usize,
-    next_position: u64,
     /// Set once a consumer was added: an auto-delete queue is deleted when its last one goes.
     had_consumer: bool,
     deleted: bool,
+}
+
+impl QueueState {
+    fn new(backlog: Backlog) -> Self {
+        Self {
+            backlog,
+            consumers: Vec::new(),
+            next_consumer: 0,
+            had_consumer: false,
+            deleted: false,
+        }
+    }
 }
 
 /// One queue.
@@ -155,6 +183,8 @@ pub struct Queue {
     spec: QueueSpec,
     /// The connection an exclusive queue belongs to.
     owner: Option<ConnectionId>,
+    /// For a queue on the log engine: the id naming its logs.
+    durable_id: Option<u64>,
     state: Mutex<QueueState>,
 }
 
@@ -171,9 +201,14 @@ impl Queue {
     pub fn counts(&self) -> (u32, u32) {
         let s = self.state.lock();
         (
-            u32::try_from(s.ready.len()).unwrap_or(u32::MAX),
+            u32::try_from(s.backlog.ready_count()).unwrap_or(u32::MAX),
             u32::try_from(s.consumers.len()).unwrap_or(u32::MAX),
         )
+    }
+
+    /// Whether this queue sits on the log engine.
+    pub fn is_durable(&self) -> bool {
+        self.durable_id.is_some()
     }
 
     fn check_access(&self, connection: ConnectionId) -> Result<(), QueueError> {
@@ -185,16 +220,16 @@ impl Queue {
         }
     }
 
-    fn enqueue(self: &Arc<Self>, message: Arc<Message>) {
+    /// Enqueues `message`; returns what a publisher must wait for before confirming it.
+    fn enqueue(self: &Arc<Self>, message: Arc<Message>) -> Result<Option<PendingSync>, QueueError> {
         let mut s = self.state.lock();
-        let position = s.next_position;
-        s.next_position += 1;
-        s.ready.push_back(Ready {
-            position,
-            message,
-            redelivered: false,
-        });
+        if s.deleted {
+            return Ok(None);
+        }
+        let sync = s.backlog.push(message)?;
         dispatch(self, &mut s);
+        s.backlog.flush_journal();
+        Ok(sync)
     }
 
     /// Puts a delivered message back at its original position, marked redelivered, and releases the
@@ -210,23 +245,35 @@ impl Queue {
         if s.deleted {
             return;
         }
-        let at = s.ready.partition_point(|r| r.position < position);
-        s.ready.insert(
-            at,
-            Ready {
-                position,
-                message,
-                redelivered: true,
-            },
-        );
+        s.backlog.requeue(position, message);
         dispatch(self, &mut s);
+        s.backlog.flush_journal();
     }
 
-    /// A delivery was acknowledged (or rejected without requeue): release the consumer's credit.
-    pub fn settle(self: &Arc<Self>, consumer: Option<ConsumerId>) {
+    /// Deliveries were acknowledged (or rejected without requeue): each `(consumer, position)` releases its
+    /// consumer's credit and is settled for good (journaled, for a durable queue: one record for the lot).
+    pub fn settle(self: &Arc<Self>, settled: &[(Option<ConsumerId>, u64)]) {
         let mut s = self.state.lock();
-        release_credit(&mut s, consumer);
+        for &(consumer, position) in settled {
+            release_credit(&mut s, consumer);
+            if !s.deleted {
+                s.backlog.settle(position);
+            }
+        }
         dispatch(self, &mut s);
+        s.backlog.flush_journal();
+    }
+
+    /// Journal flush and maintenance work for a durable queue (run outside the lock: it may fsync).
+    fn maintenance(&self) -> Option<Maintenance> {
+        let mut s = self.state.lock();
+        if s.deleted {
+            return None;
+        }
+        match &mut s.backlog {
+            Backlog::Log(l) => l.maintenance(),
+            Backlog::Memory(_) => None,
+        }
     }
 }
 
@@ -241,7 +288,7 @@ fn release_credit(s: &mut QueueState, consumer: Option<ConsumerId>) {
 /// Hands ready messages to consumers with credit, round-robin, until either runs out. A consumer whose
 /// connection is gone is dropped and its message stays ready.
 fn dispatch(queue: &Arc<Queue>, s: &mut QueueState) {
-    while !s.ready.is_empty() && !s.consumers.is_empty() {
+    while !s.consumers.is_empty() && s.backlog.ready_count() > 0 {
         let n = s.consumers.len();
         let start = s.next_consumer % n;
         let Some(index) = (0..n)
@@ -250,11 +297,12 @@ fn dispatch(queue: &Arc<Queue>, s: &mut QueueState) {
         else {
             return;
         };
-        let Some(ready) = s.ready.pop_front() else {
+        let Some(ready) = s.backlog.pop() else {
             return;
         };
-        let remaining = u32::try_from(s.ready.len()).unwrap_or(u32::MAX);
+        let remaining = u32::try_from(s.backlog.ready_count()).unwrap_or(u32::MAX);
         let Some(consumer) = s.consumers.get_mut(index) else {
+            s.backlog.unpop(ready);
             return;
         };
         let delivery = Delivery {
@@ -273,7 +321,7 @@ fn dispatch(queue: &Arc<Queue>, s: &mut QueueState) {
         {
             // The connection is gone; its close will cancel the rest. Keep the message.
             s.consumers.remove(index);
-            s.ready.push_front(ready);
+            s.backlog.unpop(ready);
             continue;
         }
         if !consumer.no_ack {
@@ -301,6 +349,27 @@ pub struct DeclareOk {
     pub consumer_count: u32,
 }
 
+/// The outcome of enqueueing one message on the queues it was routed to.
+#[derive(Debug, Default)]
+pub struct Delivered {
+    /// How many queues took it (0: a mandatory message is returned).
+    pub queues: usize,
+    /// What to wait for before confirming it (the logs of the durable queues that took a persistent copy).
+    pub sync: PendingSync,
+    /// A durable queue could not store it: the publisher gets a basic.nack, not an ack.
+    pub failed: bool,
+}
+
+/// Where a vhost keeps what must survive a restart.
+#[derive(Debug)]
+struct Store {
+    logs: QueueLogs,
+    file: DefinitionsFile,
+    next_queue_id: AtomicU64,
+    /// Serializes rewrites of the definitions file, so the last write holds the newest topology.
+    save_lock: Mutex<()>,
+}
+
 /// The queues, exchanges and bindings of one vhost (only `/` in this increment).
 #[derive(Debug, Default)]
 pub struct VHost {
@@ -308,11 +377,183 @@ pub struct VHost {
     exchanges: RwLock<Exchanges>,
     queues: RwLock<HashMap<String, Arc<Queue>>>,
     next_consumer: AtomicU64,
+    /// `None`: nothing survives a restart (tests of the model); durable queues then live in memory too.
+    store: Option<Store>,
 }
 
 impl VHost {
+    /// A vhost that keeps everything in memory.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// A vhost whose durable topology lives in `dir` and whose durable queues live in `logs` (message logs
+    /// under `durability`); restores what a previous run left: exchanges, queues with their messages (in
+    /// order; those delivered and not acknowledged marked redelivered), bindings.
+    pub fn open(
+        dir: &Path,
+        logs: Arc<LogManager>,
+        durability: Durability,
+    ) -> crate::Result<Arc<Self>> {
+        let file = DefinitionsFile::new(dir);
+        let defs = file.load()?;
+        let logs = QueueLogs::new(logs, durability);
+        let known: HashSet<u64> = defs.queues.iter().map(|q| q.id).collect();
+        logs.delete_orphans(&|id| known.contains(&id))?;
+        let next_id = defs
+            .queues
+            .iter()
+            .map(|q| q.id + 1)
+            .max()
+            .unwrap_or(1)
+            .max(defs.next_queue_id);
+        let mut exchanges = Exchanges::new();
+        for x in &defs.exchanges {
+            match x.spec() {
+                Some(spec) => {
+                    if let Err(e) = exchanges.declare(&x.name, spec, false) {
+                        warn!(exchange = %x.name, "not restored: {e}");
+                    }
+                }
+                None => warn!(exchange = %x.name, kind = %x.kind, "not restored: unknown type"),
+            }
+        }
+        let mut queues = HashMap::new();
+        for q in &defs.queues {
+            let backlog = LogBacklog::open(&logs, q.id)?;
+            let spec = QueueSpec {
+                durable: true,
+                exclusive: false,
+                auto_delete: q.auto_delete,
+                arguments: q.arguments.clone(),
+            };
+            queues.insert(
+                q.name.clone(),
+                Arc::new(Queue {
+                    name: q.name.clone(),
+                    spec,
+                    owner: None,
+                    durable_id: Some(q.id),
+                    state: Mutex::new(QueueState::new(Backlog::Log(Box::new(backlog)))),
+                }),
+            );
+        }
+        for b in &defs.bindings {
+            let Some(destination) = b.destination() else {
+                continue;
+            };
+            if let Destination::Queue(q) = &destination {
+                if !queues.contains_key(q) {
+                    continue;
+                }
+            }
+            let binding = Binding {
+                source: b.source.clone(),
+                destination,
+                key: b.routing_key.clone(),
+                args: b.args(),
+            };
+            if let Err(e) = exchanges.bind(binding) {
+                warn!(source = %b.source, destination = %b.destination, "binding not restored: {e}");
+            }
+        }
+        info!(
+            exchanges = defs.exchanges.len(),
+            queues = queues.len(),
+            bindings = defs.bindings.len(),
+            "AMQP definitions restored"
+        );
+        Ok(Arc::new(Self {
+            exchanges: RwLock::new(exchanges),
+            queues: RwLock::new(queues),
+            next_consumer: AtomicU64::new(0),
+            store: Some(Store {
+                logs,
+                file,
+                next_queue_id: AtomicU64::new(next_id),
+                save_lock: Mutex::new(()),
+            }),
+        }))
+    }
+
+    /// Rewrites the definitions file from the current topology (no-op without a store).
+    fn save_definitions(&self) -> Result<(), QueueError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let _guard = store.save_lock.lock();
+        let defs = {
+            let exchanges = self.exchanges.read();
+            let queues = self.queues.read();
+            let (durable_exchanges, bindings) = exchanges.durable_view();
+            let durable_exchange = |name: &str| exchanges.spec(name).is_some_and(|x| x.durable);
+            let mut queue_defs: Vec<QueueDef> = queues
+                .values()
+                .filter_map(|q| {
+                    q.durable_id.map(|id| QueueDef {
+                        name: q.name.clone(),
+                        id,
+                        auto_delete: q.spec.auto_delete,
+                        arguments: q.spec.arguments.clone(),
+                    })
+                })
+                .collect();
+            queue_defs.sort_by_key(|q| q.id);
+            let binding_defs = bindings
+                .into_iter()
+                .filter(|b| durable_exchange(&b.source))
+                .filter_map(|b| {
+                    let (destination, destination_type) = match &b.destination {
+                        Destination::Queue(q) => {
+                            queues.get(q).filter(|q| q.is_durable())?;
+                            (q.clone(), "queue")
+                        }
+                        Destination::Exchange(x) => {
+                            durable_exchange(x).then_some(())?;
+                            (x.clone(), "exchange")
+                        }
+                    };
+                    Some(BindingDef {
+                        source: b.source,
+                        destination,
+                        destination_type: destination_type.to_string(),
+                        routing_key: b.key,
+                        arguments: b.args.entries,
+                    })
+                })
+                .collect();
+            Definitions {
+                version: 0,
+                next_queue_id: store.next_queue_id.load(Ordering::Relaxed),
+                exchanges: durable_exchanges
+                    .iter()
+                    .map(|(name, spec)| ExchangeDef::new(name, spec))
+                    .collect(),
+                queues: queue_defs,
+                bindings: binding_defs,
+            }
+        };
+        store.file.save(&defs)?;
+        Ok(())
+    }
+
+    /// Periodic work of durable queues: journal compaction and giving back consumed segments. Blocking
+    /// (fsyncs): call it from a blocking thread.
+    pub fn maintain(&self) {
+        let queues: Vec<Arc<Queue>> = self
+            .queues
+            .read()
+            .values()
+            .filter(|q| q.is_durable())
+            .cloned()
+            .collect();
+        for queue in queues {
+            if let Some(work) = queue.maintenance() {
+                if let Err(e) = work.run() {
+                    warn!(queue = queue.name(), "queue maintenance failed: {e}");
+                }
+            }
+        }
     }
 
     /// queue.declare. An empty name asks for a server-named `amq.gen-…` queue.
@@ -360,13 +601,29 @@ impl VHost {
                 consumer_count,
             });
         }
+        let (backlog, durable_id) = match &self.store {
+            Some(store) if spec.on_log() => {
+                let id = store.next_queue_id.fetch_add(1, Ordering::Relaxed);
+                let backlog = LogBacklog::open(&store.logs, id)?;
+                (Backlog::Log(Box::new(backlog)), Some(id))
+            }
+            _ => (Backlog::memory(), None),
+        };
         let queue = Arc::new(Queue {
             name: name.clone(),
             owner: spec.exclusive.then_some(connection),
             spec,
-            state: Mutex::new(QueueState::default()),
+            durable_id,
+            state: Mutex::new(QueueState::new(backlog)),
         });
-        queues.insert(name, Arc::clone(&queue));
+        queues.insert(name.clone(), Arc::clone(&queue));
+        drop(queues);
+        if durable_id.is_some() {
+            if let Err(e) = self.save_definitions() {
+                self.remove(&queue);
+                return Err(e);
+            }
+        }
         Ok(DeclareOk {
             queue,
             message_count: 0,
@@ -408,7 +665,7 @@ impl VHost {
                     "queue '{name}' in vhost '/' in use"
                 )));
             }
-            if if_empty && !s.ready.is_empty() {
+            if if_empty && s.backlog.ready_count() > 0 {
                 return Err(QueueError::PreconditionFailed(format!(
                     "queue '{name}' in vhost '/' is not empty"
                 )));
@@ -417,8 +674,10 @@ impl VHost {
         Ok(self.remove(&queue))
     }
 
-    /// Removes `queue` from the table and cancels its consumers; returns its ready count.
+    /// Removes `queue` from the table, cancels its consumers and (for a durable queue) forgets it on disk;
+    /// returns its ready count.
     fn remove(&self, queue: &Arc<Queue>) -> u32 {
+        let mut save = queue.is_durable();
         {
             let mut exchanges = self.exchanges.write();
             let mut queues = self.queues.write();
@@ -430,14 +689,29 @@ impl VHost {
                 let gone =
                     exchanges.remove_destination(&Destination::Queue(queue.name().to_string()));
                 if !gone.is_empty() {
+                    save = true;
                     debug!(queue = queue.name(), exchanges = ?gone, "auto-deleted with the queue's bindings");
                 }
             }
         }
+        if save {
+            // The file stops naming the queue before its logs go (see `definitions`).
+            if let Err(e) = self.save_definitions() {
+                warn!(
+                    queue = queue.name(),
+                    "definitions not saved after a delete: {e}"
+                );
+            }
+        }
         let mut s = queue.state.lock();
         s.deleted = true;
-        let count = u32::try_from(s.ready.len()).unwrap_or(u32::MAX);
-        s.ready.clear();
+        let count = u32::try_from(s.backlog.ready_count()).unwrap_or(u32::MAX);
+        s.backlog = Backlog::memory();
+        if let (Some(store), Some(id)) = (&self.store, queue.durable_id) {
+            if let Err(e) = store.logs.delete(id) {
+                warn!(queue = queue.name(), "cannot delete the queue's logs: {e}");
+            }
+        }
         for c in s.consumers.drain(..) {
             let _ = c.sink.send((
                 c.channel,
@@ -454,8 +728,8 @@ impl VHost {
     pub fn purge_queue(&self, connection: ConnectionId, name: &str) -> Result<u32, QueueError> {
         let queue = self.lookup(connection, name)?;
         let mut s = queue.state.lock();
-        let count = u32::try_from(s.ready.len()).unwrap_or(u32::MAX);
-        s.ready.clear();
+        let count = u32::try_from(s.backlog.purge()).unwrap_or(u32::MAX);
+        s.backlog.flush_journal();
         Ok(count)
     }
 
@@ -468,7 +742,7 @@ impl VHost {
         keys: &[&str],
         headers: &dyn Fn() -> Option<Headers>,
         message: Message,
-    ) -> Result<usize, QueueError> {
+    ) -> Result<Delivered, QueueError> {
         let names = self.route(&message.exchange, keys, headers)?;
         Ok(self.deliver(&names, Arc::new(message)))
     }
@@ -486,19 +760,22 @@ impl VHost {
     }
 
     /// The enqueueing half of [`VHost::publish`]: one shared copy on every named queue that still exists
-    /// (a queue deleted since routing is skipped). Returns how many queues took it.
-    pub fn deliver(&self, names: &[String], message: Arc<Message>) -> usize {
-        let targets: Vec<Arc<Queue>> = {
-            let queues = self.queues.read();
-            names
-                .iter()
-                .filter_map(|n| queues.get(n).cloned())
-                .collect()
-        };
-        for queue in &targets {
-            queue.enqueue(Arc::clone(&message));
+    /// (a queue deleted since routing is skipped).
+    pub fn deliver(&self, names: &[String], message: Arc<Message>) -> Delivered {
+        let mut out = Delivered::default();
+        let queues = self.queues.read();
+        for queue in names.iter().filter_map(|n| queues.get(n)) {
+            out.queues += 1;
+            match queue.enqueue(Arc::clone(&message)) {
+                Ok(Some(sync)) => out.sync.merge(sync),
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(queue = queue.name(), "message not stored: {e}");
+                    out.failed = true;
+                }
+            }
         }
-        targets.len()
+        out
     }
 
     /// exchange.declare.
@@ -508,14 +785,41 @@ impl VHost {
         spec: ExchangeSpec,
         passive: bool,
     ) -> Result<(), QueueError> {
-        Ok(self.exchanges.write().declare(name, spec, passive)?)
+        let created = {
+            let mut exchanges = self.exchanges.write();
+            let existed = exchanges.exists(name);
+            exchanges.declare(name, spec.clone(), passive)?;
+            !existed && !passive
+        };
+        if created && spec.durable {
+            self.save_definitions()?;
+        }
+        Ok(())
     }
 
     /// exchange.delete (missing: succeeds).
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), QueueError> {
         let gone = self.exchanges.write().delete(name, if_unused)?;
         debug!(exchanges = ?gone, "deleted");
+        if !gone.is_empty() {
+            self.save_definitions()?;
+        }
         Ok(())
+    }
+
+    /// Whether a binding change between these ends must be saved: both ends durable, or exchanges were
+    /// auto-deleted by it.
+    fn binding_is_durable(&self, source: &str, destination: &Destination) -> bool {
+        if self.store.is_none() {
+            return false;
+        }
+        let exchanges = self.exchanges.read();
+        let durable_exchange = |name: &str| exchanges.spec(name).is_some_and(|x| x.durable);
+        durable_exchange(source)
+            && match destination {
+                Destination::Queue(q) => self.queues.read().get(q).is_some_and(|q| q.is_durable()),
+                Destination::Exchange(x) => durable_exchange(x),
+            }
     }
 
     /// queue.bind (`bind = true`) or queue.unbind. The queue must exist and be usable by `connection`;
@@ -535,6 +839,7 @@ impl VHost {
             key: key.to_string(),
             args,
         };
+        let durable = self.binding_is_durable(exchange, &binding.destination);
         let mut exchanges = self.exchanges.write();
         if exchange == crate::exchanges::DEFAULT_EXCHANGE {
             // 403 before 404, as RabbitMQ checks them.
@@ -544,13 +849,19 @@ impl VHost {
             .into());
         }
         self.lookup(connection, queue)?;
-        if bind {
+        let save = if bind {
             exchanges.bind(binding)?;
+            durable
         } else {
             let gone = exchanges.unbind(&binding)?;
             if !gone.is_empty() {
                 debug!(exchanges = ?gone, "auto-deleted after unbind");
             }
+            durable || !gone.is_empty()
+        };
+        drop(exchanges);
+        if save {
+            self.save_definitions()?;
         }
         Ok(())
     }
@@ -571,14 +882,21 @@ impl VHost {
             key: key.to_string(),
             args,
         };
+        let durable = self.binding_is_durable(source, &binding.destination);
         let mut exchanges = self.exchanges.write();
-        if bind {
+        let save = if bind {
             exchanges.bind(binding)?;
+            durable
         } else {
             let gone = exchanges.unbind(&binding)?;
             if !gone.is_empty() {
                 debug!(exchanges = ?gone, "auto-deleted after unbind");
             }
+            durable || !gone.is_empty()
+        };
+        drop(exchanges);
+        if save {
+            self.save_definitions()?;
         }
         Ok(())
     }
@@ -615,6 +933,7 @@ impl VHost {
         });
         s.had_consumer = true;
         dispatch(&queue, &mut s);
+        s.backlog.flush_journal();
         drop(s);
         Ok((queue, id))
     }
@@ -640,10 +959,11 @@ impl VHost {
     ) -> Result<Option<Delivery>, QueueError> {
         let queue = self.lookup(connection, queue_name)?;
         let mut s = queue.state.lock();
-        let Some(ready) = s.ready.pop_front() else {
+        let Some(ready) = s.backlog.pop() else {
             return Ok(None);
         };
-        let remaining = u32::try_from(s.ready.len()).unwrap_or(u32::MAX);
+        let remaining = u32::try_from(s.backlog.ready_count()).unwrap_or(u32::MAX);
+        s.backlog.flush_journal();
         drop(s);
         Ok(Some(Delivery {
             queue: Arc::clone(&queue),
@@ -702,6 +1022,7 @@ mod tests {
             routing_key: "q".into(),
             properties: Bytes::new(),
             body: Bytes::from(body.to_string()),
+            persistent: false,
         }
     }
 
@@ -736,7 +1057,7 @@ mod tests {
 
     fn publish(vhost: &VHost, message: Message) -> bool {
         let key = message.routing_key.clone();
-        vhost.publish(&[&key], &|| None, message).unwrap() > 0
+        vhost.publish(&[&key], &|| None, message).unwrap().queues > 0
     }
 
     #[test]
@@ -746,10 +1067,10 @@ mod tests {
         vhost.declare_queue(1, "q", false, spec()).unwrap();
         let names = vhost.route("", &["q"], &|| None).unwrap();
         assert_eq!(names, ["q"]);
-        assert_eq!(vhost.deliver(&names, Arc::new(msg("a"))), 1);
+        assert_eq!(vhost.deliver(&names, Arc::new(msg("a"))).queues, 1);
         assert_eq!(vhost.counts_of("q"), 1);
         vhost.delete_queue(1, "q", false, false).unwrap();
-        assert_eq!(vhost.deliver(&names, Arc::new(msg("b"))), 0);
+        assert_eq!(vhost.deliver(&names, Arc::new(msg("b"))).queues, 0);
     }
 
     #[test]
@@ -771,7 +1092,12 @@ mod tests {
             exchange: "amq.fanout".into(),
             ..msg("f")
         };
-        assert_eq!(vhost.publish(&["k"], &|| None, fanned.clone()), Ok(2));
+        assert_eq!(
+            vhost
+                .publish(&["k"], &|| None, fanned.clone())
+                .map(|d| d.queues),
+            Ok(2)
+        );
         assert_eq!(
             vhost.get(1, "r").unwrap().unwrap().message.body,
             fanned.body
@@ -779,7 +1105,10 @@ mod tests {
         vhost.delete_queue(1, "q", false, false).unwrap();
         // A new queue of the same name is not bound: the old bindings went with the old queue.
         vhost.declare_queue(1, "q", false, spec()).unwrap();
-        assert_eq!(vhost.publish(&["k"], &|| None, fanned), Ok(1));
+        assert_eq!(
+            vhost.publish(&["k"], &|| None, fanned).map(|d| d.queues),
+            Ok(1)
+        );
         assert_eq!(vhost.counts_of("q"), 0);
     }
 
@@ -841,8 +1170,154 @@ mod tests {
         let again = next(&mut rx_a).unwrap();
         assert_eq!(&again.message.body[..], b"0");
         assert!(again.redelivered);
-        db.queue.settle(db.consumer);
+        db.queue.settle(&[(db.consumer, db.position)]);
         assert_eq!(&next(&mut rx_b).unwrap().message.body[..], b"2");
+    }
+
+    fn durable() -> QueueSpec {
+        QueueSpec {
+            durable: true,
+            ..spec()
+        }
+    }
+
+    fn open_durable(dir: &std::path::Path) -> (Arc<LogManager>, Arc<VHost>) {
+        let logs = Arc::new(
+            LogManager::open(dir.join("logs"), wharf_log::ManagerConfig::default()).unwrap(),
+        );
+        let vhost = VHost::open(&dir.join("amqp"), Arc::clone(&logs), Durability::Always).unwrap();
+        (logs, vhost)
+    }
+
+    fn persistent(body: &str) -> Message {
+        Message {
+            persistent: true,
+            ..msg(body)
+        }
+    }
+
+    fn bodies(vhost: &VHost) -> Vec<(String, bool)> {
+        let mut out = Vec::new();
+        while let Some(d) = vhost.get(1, "q").unwrap() {
+            out.push((
+                String::from_utf8_lossy(&d.message.body).into_owned(),
+                d.redelivered,
+            ));
+            d.queue.settle(&[(None, d.position)]);
+        }
+        out
+    }
+
+    #[test]
+    fn a_durable_queue_comes_back_with_its_unsettled_persistent_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (logs, vhost) = open_durable(dir.path());
+            vhost.declare_queue(1, "q", false, durable()).unwrap();
+            vhost
+                .declare_exchange(
+                    "x",
+                    ExchangeSpec {
+                        durable: true,
+                        ..ExchangeSpec::new(crate::exchanges::ExchangeKind::Fanout)
+                    },
+                    false,
+                )
+                .unwrap();
+            vhost
+                .bind_queue(1, true, "q", "x", "", BindingArgs::default())
+                .unwrap();
+            // A non-durable queue and its binding do not come back.
+            vhost.declare_queue(1, "gone", false, spec()).unwrap();
+            vhost
+                .bind_queue(1, true, "gone", "x", "", BindingArgs::default())
+                .unwrap();
+            for i in 0..10 {
+                let d = vhost
+                    .publish(&["q"], &|| None, persistent(&i.to_string()))
+                    .unwrap();
+                assert!(!d.sync.is_empty(), "a persistent message waits for the log");
+            }
+            let t = vhost.publish(&["q"], &|| None, msg("transient")).unwrap();
+            assert!(t.sync.is_empty());
+            assert_eq!(vhost.counts_of("q"), 11);
+            // 0 and 1 acknowledged, 2 delivered and left unacknowledged, 3 acknowledged out of order.
+            let mut got = Vec::new();
+            for _ in 0..4 {
+                got.push(vhost.get(1, "q").unwrap().unwrap());
+            }
+            got[0].queue.settle(&[
+                (None, got[0].position),
+                (None, got[1].position),
+                (None, got[3].position),
+            ]);
+            logs.close().unwrap();
+        }
+        let (logs, vhost) = open_durable(dir.path());
+        assert_eq!(vhost.counts_of("q"), 7);
+        assert!(matches!(
+            vhost.lookup(1, "gone"),
+            Err(QueueError::NotFound(_))
+        ));
+        let after: Vec<(String, bool)> = bodies(&vhost);
+        let want: Vec<(String, bool)> = std::iter::once(("2".to_string(), true))
+            .chain((4..10).map(|i| (i.to_string(), false)))
+            .collect();
+        assert_eq!(after, want);
+        // The binding came back with the queue.
+        assert_eq!(
+            vhost
+                .publish(
+                    &["k"],
+                    &|| None,
+                    Message {
+                        exchange: "x".into(),
+                        ..persistent("via x")
+                    }
+                )
+                .unwrap()
+                .queues,
+            1
+        );
+        logs.close().unwrap();
+        drop(vhost);
+        // Everything settled before this restart stays settled; the message routed through `x` is back.
+        let (logs, vhost) = open_durable(dir.path());
+        assert_eq!(bodies(&vhost), vec![("via x".to_string(), false)]);
+        vhost.delete_queue(1, "q", false, false).unwrap();
+        logs.close().unwrap();
+        drop(vhost);
+        let (logs, vhost) = open_durable(dir.path());
+        assert!(matches!(vhost.lookup(1, "q"), Err(QueueError::NotFound(_))));
+        assert!(
+            logs.existing()
+                .unwrap()
+                .iter()
+                .all(|n| !n.starts_with("__amqp.")),
+            "{:?}",
+            logs.existing()
+        );
+        logs.close().unwrap();
+    }
+
+    #[test]
+    fn a_consumed_backlog_gives_its_segments_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (logs, vhost) = open_durable(dir.path());
+        vhost.declare_queue(1, "q", false, durable()).unwrap();
+        let body = "x".repeat(64 * 1024);
+        // Past two 64 MiB segments.
+        for _ in 0..(2 * 1024 + 100) {
+            vhost.publish(&["q"], &|| None, persistent(&body)).unwrap();
+        }
+        let size = |logs: &LogManager| logs.get("__amqp.1.m").unwrap().stats().segments;
+        assert!(size(&logs) >= 3);
+        while let Some(d) = vhost.get(1, "q").unwrap() {
+            d.queue.settle(&[(None, d.position)]);
+        }
+        vhost.maintain();
+        assert_eq!(size(&logs), 1, "only the active segment is left");
+        logs.close().unwrap();
     }
 
     #[test]

@@ -97,7 +97,14 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<
                 .local_addr()
                 .context("cannot read the AMQP listener's address")?;
             bound.insert("amqp", local);
-            let broker = wharf_amqp::Broker::new(config.amqp.front_end());
+            let vhost = wharf_core::queues::VHost::open(
+                &data_dir.path().join("amqp").join("vhosts").join("default"),
+                Arc::clone(&logs),
+                config.storage.log_config().durability,
+            )
+            .context("cannot restore the AMQP definitions and durable queues")?;
+            tokio::spawn(maintain_queues_periodically(Arc::downgrade(&vhost)));
+            let broker = wharf_amqp::Broker::new(config.amqp.front_end(), vhost);
             amqp_task = Some(tokio::spawn(wharf_amqp::serve(
                 listener,
                 broker,
@@ -254,6 +261,22 @@ async fn snapshot_producers_periodically(topics: std::sync::Weak<TopicRegistry>)
         if let Ok(Err(err)) = outcome {
             warn!("cannot write producer snapshots: {err}");
         }
+    }
+}
+
+/// How often durable queues compact their journals and give back consumed segments.
+const QUEUE_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs durable-queue maintenance every [`QUEUE_MAINTENANCE_INTERVAL`] until the vhost is gone.
+async fn maintain_queues_periodically(vhost: std::sync::Weak<wharf_core::queues::VHost>) {
+    let mut tick = tokio::time::interval(QUEUE_MAINTENANCE_INTERVAL);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(vhost) = vhost.upgrade() else {
+            return;
+        };
+        let _ = tokio::task::spawn_blocking(move || vhost.maintain()).await;
     }
 }
 

@@ -11,7 +11,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -23,50 +22,32 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
-const START_TIMEOUT: Duration = Duration::from_secs(10);
 const OP_TIMEOUT: Duration = Duration::from_secs(10);
+
+mod support;
 
 /// A running broker with only its AMQP listener open, on a free port; killed on drop.
 struct Wharf {
-    child: Child,
-    dir: tempfile::TempDir,
+    process: support::BrokerProcess,
     amqp: String,
 }
 
 impl Wharf {
     fn start() -> Wharf {
-        let dir = tempfile::tempdir().unwrap();
-        let ready = dir.path().join("ready.json");
-        let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
-            .current_dir(dir.path())
-            .args(["serve", "--data-dir", "data"])
-            .args(["--kafka-listen", "off", "--http-listen", "off"])
-            .args(["--amqp-listen", "127.0.0.1:0", "--ready-file"])
-            .arg(&ready)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&ready) {
-                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-                let amqp = v["amqp"].as_str().expect("amqp in ready file").to_string();
-                return Wharf { child, dir, amqp };
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("wharf exited with {status}");
-            }
-            assert!(Instant::now() < deadline, "wharf not ready");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let process = support::BrokerProcess::start(&[
+            "--kafka-listen",
+            "off",
+            "--http-listen",
+            "off",
+            "--amqp-listen",
+            "127.0.0.1:0",
+        ]);
+        let amqp = process.addr("amqp");
+        Wharf { process, amqp }
     }
 
     fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+        self.process.stderr()
     }
 
     fn uri(&self) -> String {
@@ -88,13 +69,6 @@ impl Wharf {
         let s = TcpStream::connect(&self.amqp).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         s
-    }
-}
-
-impl Drop for Wharf {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -77,7 +77,7 @@ impl ExchangeKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExchangeSpec {
     pub kind: ExchangeKind,
-    /// Accepted and compared; exchanges still live in memory only (durability is a later increment).
+    /// Survives a restart (with its bindings to durable destinations): see [`crate::definitions`].
     pub durable: bool,
     /// Deleted when its last binding (as a source) goes.
     pub auto_delete: bool,
@@ -110,7 +110,9 @@ pub enum Destination {
 /// A field-table value as the router compares it. Strings are kept readable (`x-match` is one); other
 /// values are rendered by the protocol crate *with their type*, so equal renderings mean same type and
 /// same value — RabbitMQ's rule for headers matching.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum HeaderValue {
     /// Void: in a headers binding, "the header is present".
     Void,
@@ -282,6 +284,24 @@ impl Exchanges {
         let mut deleted = Vec::new();
         self.remove_exchange(name, &mut deleted);
         Ok(deleted)
+    }
+
+    /// The durable exchanges other than the predeclared ones, and every binding: what
+    /// [`crate::definitions`] saves (it keeps the bindings whose both ends are durable).
+    pub fn durable_view(&self) -> (Vec<(String, ExchangeSpec)>, Vec<Binding>) {
+        let mut exchanges: Vec<(String, ExchangeSpec)> = self
+            .exchanges
+            .iter()
+            .filter(|(name, x)| x.spec.durable && !reserved(name))
+            .map(|(name, x)| (name.clone(), x.spec.clone()))
+            .collect();
+        exchanges.sort_by(|a, b| a.0.cmp(&b.0));
+        let bindings = self
+            .exchanges
+            .values()
+            .flat_map(|x| x.bindings.iter().cloned())
+            .collect();
+        (exchanges, bindings)
     }
 
     /// queue.bind / exchange.bind. The caller has checked that a destination queue exists. Binding twice

@@ -1,0 +1,588 @@
+//! The ready messages of one queue, in memory or on the log engine.
+//!
+//! A non-durable queue keeps its messages in a `VecDeque` ([`MemoryBacklog`]). A durable queue keeps them in
+//! its message log ([`LogBacklog`], layout in [`crate::queue_log`]) and holds in memory only:
+//! - a read-ahead **window** of the next messages (bounded by [`WINDOW_MESSAGES_MAX`] / [`WINDOW_BYTES_MAX`]);
+//!   while consumers keep up, a published message goes straight into it and is never read back;
+//! - the **requeued** messages (rejected or returned by a closed channel), which go out first;
+//! - range sets of **settled** and **transient** positions, and three watermarks.
+//!
+//! So a backlog of millions of messages costs a few bytes each in memory at most (none while settlements
+//! arrive in order): the messages wait in the log. Every change that must survive a restart is journaled
+//! (see [`LogBacklog::flush_journal`]); recovery replays the journal and starts reading at the low watermark.
+//!
+//! Positions: a message's position is its offset in the message log (or a counter, in memory). Everything
+//! below the **low watermark** is settled; a position at or above it is exactly one of: unread in the log
+//! (at or past the cursor), in the window, requeued, out with a consumer, or settled.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use tracing::{info, warn};
+use wharf_log::{Appended, Log};
+
+use crate::queue_log::{decode_message, encode_message, JournalRecord, QueueLogs};
+use crate::queues::Message;
+use crate::range_set::RangeSet;
+
+/// Most messages read ahead into a durable queue's window.
+pub const WINDOW_MESSAGES_MAX: usize = 1024;
+/// Most body bytes held in a durable queue's window (one larger message is always admitted).
+pub const WINDOW_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Bytes asked of the log per read-ahead.
+const READ_BYTES: usize = 256 * 1024;
+/// Journal bytes after which the next maintenance writes a snapshot and drops older records.
+const JOURNAL_COMPACT_BYTES: u64 = 1024 * 1024;
+/// A scratch encoding buffer larger than this is dropped after use instead of kept for the next message.
+const SCRATCH_KEEP_BYTES: usize = 256 * 1024;
+
+/// A message ready for delivery.
+#[derive(Debug)]
+pub(crate) struct Ready {
+    pub position: u64,
+    pub message: Arc<Message>,
+    pub redelivered: bool,
+}
+
+/// What a publisher must wait for before its message counts as safe: the message log up to an offset,
+/// made durable as the log's policy says. Merged over all queues a message reached.
+#[derive(Debug, Default, Clone)]
+pub struct PendingSync {
+    targets: Vec<(Arc<Log>, u64)>,
+}
+
+impl PendingSync {
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+
+    pub(crate) fn add(&mut self, log: &Arc<Log>, next_offset: u64) {
+        match self.targets.iter_mut().find(|(l, _)| Arc::ptr_eq(l, log)) {
+            Some((_, target)) => *target = (*target).max(next_offset),
+            None => self.targets.push((Arc::clone(log), next_offset)),
+        }
+    }
+
+    /// Folds `other` in (the furthest target per log).
+    pub fn merge(&mut self, other: PendingSync) {
+        for (log, target) in other.targets {
+            self.add(&log, target);
+        }
+    }
+
+    /// Waits until every target is as durable as its log's policy requires (`always`: fdatasync'ed,
+    /// group-committed with every other waiter of the log).
+    pub async fn wait(self) -> crate::Result<()> {
+        for (log, target) in self.targets {
+            log.wait_for_policy_async(target).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A queue's ready messages.
+#[derive(Debug)]
+pub(crate) enum Backlog {
+    Memory(MemoryBacklog),
+    Log(Box<LogBacklog>),
+}
+
+impl Backlog {
+    pub fn memory() -> Self {
+        Backlog::Memory(MemoryBacklog::default())
+    }
+
+    /// Enqueues a message; returns what a publisher must wait for (nothing for memory or transient).
+    pub fn push(&mut self, message: Arc<Message>) -> crate::Result<Option<PendingSync>> {
+        match self {
+            Backlog::Memory(m) => {
+                m.push(message);
+                Ok(None)
+            }
+            Backlog::Log(l) => l.push(message),
+        }
+    }
+
+    /// The next message to deliver; it counts as delivered from now on (use [`Backlog::unpop`] if it
+    /// could not be handed out).
+    pub fn pop(&mut self) -> Option<Ready> {
+        match self {
+            Backlog::Memory(m) => m.ready.pop_front(),
+            Backlog::Log(l) => l.pop(),
+        }
+    }
+
+    /// Puts back a message [`Backlog::pop`] gave that could not be delivered after all.
+    pub fn unpop(&mut self, ready: Ready) {
+        match self {
+            Backlog::Memory(m) => m.ready.push_front(ready),
+            Backlog::Log(l) => l.unpop(ready),
+        }
+    }
+
+    /// A delivered message comes back (nack / reject with requeue, channel closed): it goes out again
+    /// before the rest, at its original position, marked redelivered.
+    pub fn requeue(&mut self, position: u64, message: Arc<Message>) {
+        match self {
+            Backlog::Memory(m) => {
+                let at = m.ready.partition_point(|r| r.position < position);
+                m.ready.insert(
+                    at,
+                    Ready {
+                        position,
+                        message,
+                        redelivered: true,
+                    },
+                );
+            }
+            Backlog::Log(l) => {
+                l.requeued.insert(position, message);
+            }
+        }
+    }
+
+    /// A delivered message is done with (acknowledged, or rejected without requeue).
+    pub fn settle(&mut self, position: u64) {
+        if let Backlog::Log(l) = self {
+            l.settle(position);
+        }
+    }
+
+    pub fn ready_count(&self) -> u64 {
+        match self {
+            Backlog::Memory(m) => m.ready.len() as u64,
+            Backlog::Log(l) => l.ready_count(),
+        }
+    }
+
+    /// Drops every ready message; returns how many.
+    pub fn purge(&mut self) -> u64 {
+        match self {
+            Backlog::Memory(m) => {
+                let n = m.ready.len() as u64;
+                m.ready.clear();
+                n
+            }
+            Backlog::Log(l) => l.purge(),
+        }
+    }
+
+    /// Writes what changed since the last call to the journal (durable queues only).
+    pub fn flush_journal(&mut self) {
+        if let Backlog::Log(l) = self {
+            l.flush_journal();
+        }
+    }
+}
+
+/// Ready messages of a non-durable queue.
+#[derive(Debug, Default)]
+pub(crate) struct MemoryBacklog {
+    /// Ordered by position.
+    ready: VecDeque<Ready>,
+    next_position: u64,
+}
+
+impl MemoryBacklog {
+    fn push(&mut self, message: Arc<Message>) {
+        let position = self.next_position;
+        self.next_position += 1;
+        self.ready.push_back(Ready {
+            position,
+            message,
+            redelivered: false,
+        });
+    }
+}
+
+/// Ready messages of a durable queue: see the module docs.
+#[derive(Debug)]
+pub(crate) struct LogBacklog {
+    messages: Arc<Log>,
+    journal: Arc<Log>,
+    /// Next position to read from the message log into the window.
+    cursor: u64,
+    /// The message log's end as of the last append.
+    end: u64,
+    /// The log end at open: transient messages below it are from before the restart and are dropped.
+    recovered_end: u64,
+    window: VecDeque<Ready>,
+    window_bytes: usize,
+    requeued: BTreeMap<u64, Arc<Message>>,
+    /// Settled positions at or above `low`.
+    settled: RangeSet,
+    /// How many of `settled` are at or above `cursor` (settled before a restart and not read since).
+    settled_ahead: u64,
+    /// Positions holding transient messages, at or above `low`.
+    transient: RangeSet,
+    /// Every position below is settled.
+    low: u64,
+    /// Every position below was delivered at least once.
+    delivered_high: u64,
+    /// Unsettled positions below this were delivered before the restart: they come back redelivered.
+    redelivered_below: u64,
+    /// Facts not journaled yet.
+    pending: JournalRecord,
+    journal_dirty: bool,
+    journal_bytes_since_snapshot: u64,
+    /// Set when reading the log failed: the queue stops reading (and says so once) rather than spin.
+    stalled: bool,
+    scratch: Vec<u8>,
+}
+
+/// Work a durable queue's maintenance does outside the queue's lock (it fsyncs).
+#[derive(Debug)]
+pub(crate) struct Maintenance {
+    messages: Arc<Log>,
+    journal: Arc<Log>,
+    low: u64,
+    snapshot: Option<Appended>,
+}
+
+impl Maintenance {
+    /// Makes the snapshot durable, drops the journal records before it, and gives back the space of message
+    /// segments wholly below the low watermark.
+    pub fn run(self) -> crate::Result<()> {
+        if let Some(snapshot) = self.snapshot {
+            self.journal.wait_durable(snapshot.next_offset)?;
+            self.journal.advance_log_start(snapshot.base_offset)?;
+        }
+        if self.low > self.messages.offsets().log_start {
+            self.messages.advance_log_start(self.low)?;
+        }
+        Ok(())
+    }
+}
+
+impl LogBacklog {
+    /// Opens queue `id`'s logs and rebuilds its state from the journal.
+    pub fn open(logs: &QueueLogs, id: u64) -> crate::Result<Self> {
+        let (messages, journal) = logs.open(id)?;
+        let offsets = messages.offsets();
+        let end = offsets.log_end;
+        let mut facts = JournalRecord::default();
+        let mut from = journal.offsets().log_start;
+        let journal_end = journal.offsets().log_end;
+        while from < journal_end {
+            let batches = journal.read(from, 1024 * 1024, None)?;
+            let Some(last) = batches.last() else { break };
+            from = last.next_offset();
+            for batch in &batches {
+                match JournalRecord::decode(&batch.payload) {
+                    Ok(record) => facts.absorb(&record),
+                    Err(e) => warn!(
+                        log = journal.name(),
+                        offset = batch.base_offset,
+                        "skipping a journal record: {e}"
+                    ),
+                }
+            }
+        }
+        // The journal may know positions the message log lost (an unsynced tail lost in a crash): those
+        // positions will be reused by new messages, so facts about them are dropped here, and the snapshot
+        // written below replaces every older record.
+        let mut low = facts.low.max(offsets.log_start).min(end);
+        let mut settled = facts.settled;
+        settled.union_with(&facts.transient);
+        let mut transient = facts.transient;
+        for set in [&mut settled, &mut transient] {
+            set.remove_below(low);
+            let past_end = set.count_in(end, u64::MAX);
+            if past_end > 0 {
+                let kept: Vec<(u64, u64)> = set
+                    .iter()
+                    .filter(|&(s, _)| s < end)
+                    .map(|(s, e)| (s, e.min(end)))
+                    .collect();
+                *set = RangeSet::new();
+                for (s, e) in kept {
+                    set.insert_range(s, e);
+                }
+            }
+        }
+        while let Some((s, e)) = settled.first() {
+            if s != low {
+                break;
+            }
+            low = e;
+            settled.remove_below(e);
+        }
+        transient.remove_below(low);
+        let delivered_high = facts.delivered_high.min(end);
+        let mut backlog = LogBacklog {
+            cursor: low,
+            end,
+            recovered_end: end,
+            window: VecDeque::new(),
+            window_bytes: 0,
+            requeued: BTreeMap::new(),
+            settled_ahead: settled.len(),
+            settled,
+            transient,
+            low,
+            delivered_high,
+            redelivered_below: delivered_high,
+            pending: JournalRecord::default(),
+            journal_dirty: false,
+            journal_bytes_since_snapshot: 0,
+            stalled: false,
+            scratch: Vec::new(),
+            messages,
+            journal,
+        };
+        if end > offsets.log_start || journal_end > 0 {
+            let maintenance = backlog.snapshot();
+            maintenance.run()?;
+            info!(
+                queue_log = backlog.messages.name(),
+                ready = backlog.ready_count(),
+                "durable queue recovered"
+            );
+        }
+        Ok(backlog)
+    }
+
+    fn push(&mut self, message: Arc<Message>) -> crate::Result<Option<PendingSync>> {
+        encode_message(&message, &mut self.scratch);
+        let appended = self.messages.append(&self.scratch, 1, crate::now_ms());
+        if self.scratch.capacity() > SCRATCH_KEEP_BYTES {
+            self.scratch = Vec::new();
+        }
+        let appended = appended?;
+        let position = appended.base_offset;
+        self.end = appended.next_offset;
+        if !message.persistent {
+            self.transient.insert(position);
+            self.pending.transient.insert(position);
+            self.journal_dirty = true;
+        }
+        let persistent = message.persistent;
+        if self.cursor == position
+            && self.window.len() < WINDOW_MESSAGES_MAX
+            && (self.window_bytes < WINDOW_BYTES_MAX || self.window.is_empty())
+        {
+            self.window_bytes += message.body.len();
+            self.window.push_back(Ready {
+                position,
+                message,
+                redelivered: false,
+            });
+            self.cursor = appended.next_offset;
+        }
+        Ok(persistent.then(|| {
+            let mut sync = PendingSync::default();
+            sync.add(&self.messages, appended.next_offset);
+            sync
+        }))
+    }
+
+    fn pop(&mut self) -> Option<Ready> {
+        let ready = if let Some((position, message)) = self.requeued.pop_first() {
+            Ready {
+                position,
+                message,
+                redelivered: true,
+            }
+        } else {
+            if self.window.is_empty() {
+                self.refill();
+            }
+            let ready = self.window.pop_front()?;
+            self.window_bytes = self.window_bytes.saturating_sub(ready.message.body.len());
+            ready
+        };
+        if ready.position >= self.delivered_high {
+            self.delivered_high = ready.position + 1;
+            self.journal_dirty = true;
+        }
+        Some(ready)
+    }
+
+    fn unpop(&mut self, ready: Ready) {
+        if ready.redelivered {
+            self.requeued.insert(ready.position, ready.message);
+        } else {
+            self.window_bytes += ready.message.body.len();
+            self.window.push_front(ready);
+        }
+    }
+
+    /// Reads the next messages from the log into the window, skipping settled positions and transient
+    /// messages from before the restart.
+    fn refill(&mut self) {
+        while self.window.is_empty() && self.cursor < self.end && !self.stalled {
+            let batches = match self.messages.read(self.cursor, READ_BYTES, None) {
+                Ok(b) => b,
+                Err(e) => {
+                    warn!(
+                        log = self.messages.name(),
+                        position = self.cursor,
+                        "cannot read the queue's messages, delivery from it stops: {e}"
+                    );
+                    self.stalled = true;
+                    return;
+                }
+            };
+            if batches.is_empty() {
+                return;
+            }
+            for batch in batches {
+                let position = batch.base_offset;
+                if position < self.cursor {
+                    continue;
+                }
+                self.cursor = batch.next_offset();
+                if self.settled.contains(position) {
+                    self.settled_ahead = self.settled_ahead.saturating_sub(1);
+                    continue;
+                }
+                match decode_message(&batch.payload) {
+                    Ok(m) if !m.persistent && position < self.recovered_end => {
+                        // Transient: it does not outlive a restart.
+                        self.settle(position);
+                    }
+                    Ok(m) => {
+                        self.window_bytes += m.body.len();
+                        self.window.push_back(Ready {
+                            position,
+                            message: Arc::new(m),
+                            redelivered: position < self.redelivered_below,
+                        });
+                    }
+                    Err(e) => {
+                        warn!(
+                            log = self.messages.name(),
+                            position, "dropping a message record that does not decode: {e}"
+                        );
+                        self.settle(position);
+                    }
+                }
+                if self.window.len() >= WINDOW_MESSAGES_MAX || self.window_bytes >= WINDOW_BYTES_MAX
+                {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn settle(&mut self, position: u64) {
+        if position < self.low {
+            return;
+        }
+        self.settled.insert(position);
+        self.pending.settled.insert(position);
+        self.journal_dirty = true;
+        self.raise_low();
+    }
+
+    fn raise_low(&mut self) {
+        while let Some((s, e)) = self.settled.first() {
+            if s != self.low {
+                break;
+            }
+            self.low = e;
+            self.settled.remove_below(e);
+        }
+        self.transient.remove_below(self.low);
+    }
+
+    fn ready_count(&self) -> u64 {
+        let unread = self
+            .end
+            .saturating_sub(self.cursor)
+            .saturating_sub(self.settled_ahead);
+        self.requeued.len() as u64 + self.window.len() as u64 + unread
+    }
+
+    fn purge(&mut self) -> u64 {
+        let count = self.ready_count();
+        let positions: Vec<u64> = self
+            .requeued
+            .keys()
+            .copied()
+            .chain(self.window.iter().map(|r| r.position))
+            .collect();
+        self.requeued.clear();
+        self.window.clear();
+        self.window_bytes = 0;
+        for p in positions {
+            self.settle(p);
+        }
+        if self.cursor < self.end {
+            self.settled.insert_range(self.cursor, self.end);
+            self.pending.settled.insert_range(self.cursor, self.end);
+            self.settled_ahead = 0;
+            self.cursor = self.end;
+            self.journal_dirty = true;
+            self.raise_low();
+        }
+        count
+    }
+
+    /// Appends one journal record with the facts gathered since the last one (cheap: the journal's policy
+    /// is `os`, nothing waits).
+    pub fn flush_journal(&mut self) {
+        if !self.journal_dirty {
+            return;
+        }
+        self.journal_dirty = false;
+        let record = JournalRecord {
+            low: self.low,
+            delivered_high: self.delivered_high,
+            settled: std::mem::take(&mut self.pending.settled),
+            transient: std::mem::take(&mut self.pending.transient),
+        };
+        self.append_journal(&record);
+    }
+
+    fn append_journal(&mut self, record: &JournalRecord) -> Option<Appended> {
+        let mut buf = Vec::with_capacity(64);
+        record.encode(&mut buf);
+        match self.journal.append(&buf, 1, crate::now_ms()) {
+            Ok(appended) => {
+                self.journal_bytes_since_snapshot += buf.len() as u64;
+                Some(appended)
+            }
+            Err(e) => {
+                // A lost settlement means a redelivery after a restart, never a lost message.
+                warn!(log = self.journal.name(), "cannot journal settlements: {e}");
+                None
+            }
+        }
+    }
+
+    /// Writes the whole state as one journal record; [`Maintenance::run`] then drops the records before it.
+    fn snapshot(&mut self) -> Maintenance {
+        self.journal_dirty = false;
+        self.pending = JournalRecord::default();
+        let record = JournalRecord {
+            low: self.low,
+            delivered_high: self.delivered_high,
+            settled: self.settled.clone(),
+            transient: self.transient.clone(),
+        };
+        let snapshot = self.append_journal(&record);
+        self.journal_bytes_since_snapshot = 0;
+        Maintenance {
+            messages: Arc::clone(&self.messages),
+            journal: Arc::clone(&self.journal),
+            low: self.low,
+            snapshot,
+        }
+    }
+
+    /// What periodic maintenance should do now, if anything: compact a journal that grew, give back consumed
+    /// message segments.
+    pub fn maintenance(&mut self) -> Option<Maintenance> {
+        self.flush_journal();
+        if self.journal_bytes_since_snapshot >= JOURNAL_COMPACT_BYTES {
+            return Some(self.snapshot());
+        }
+        (self.low > self.messages.offsets().log_start).then(|| Maintenance {
+            messages: Arc::clone(&self.messages),
+            journal: Arc::clone(&self.journal),
+            low: self.low,
+            snapshot: None,
+        })
+    }
+}

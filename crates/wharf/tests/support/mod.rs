@@ -1,0 +1,135 @@
+//! A real `wharf` process for integration tests: started on free ports in its own directory, found through
+//! its ready file, and stopped gracefully (SIGTERM), killed (SIGKILL, as a crash) or restarted on the same
+//! data directory.
+
+#![allow(dead_code)] // each test file uses a different part
+
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A running broker; killed on drop.
+pub struct BrokerProcess {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    args: Vec<String>,
+    /// The ready file's contents: listener name → bound address.
+    pub listeners: serde_json::Value,
+    /// Starts so far in this directory (names each start's stderr file).
+    starts: u32,
+}
+
+impl BrokerProcess {
+    /// Starts `wharf serve --data-dir data <args> --ready-file ...` in a new temporary directory.
+    pub fn start(args: &[&str]) -> BrokerProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (child, listeners) = spawn(dir.path(), &args, 0);
+        BrokerProcess {
+            child,
+            dir,
+            args,
+            listeners,
+            starts: 1,
+        }
+    }
+
+    /// The address bound by listener `name` (`amqp`, `kafka`, `http`).
+    pub fn addr(&self, name: &str) -> String {
+        self.listeners[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {name} listener in {}", self.listeners))
+            .to_string()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the broker wrote to stderr, over all its starts here.
+    pub fn stderr(&self) -> String {
+        (0..self.starts)
+            .map(|n| {
+                std::fs::read_to_string(self.dir.path().join(format!("stderr.{n}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// SIGKILL: the process dies at once, as in a crash.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        // SAFETY: kill(2) with the pid of our own child, which we have not reaped yet.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "wharf did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the broker again on the same data directory (after [`Self::kill9`] or [`Self::terminate`]);
+    /// listeners get new free ports.
+    pub fn restart(&mut self) {
+        let (child, listeners) = spawn(self.dir.path(), &self.args, self.starts);
+        self.child = child;
+        self.listeners = listeners;
+        self.starts += 1;
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(dir: &Path, args: &[String], start: u32) -> (Child, serde_json::Value) {
+    let ready = dir.join("ready.json");
+    let _ = std::fs::remove_file(&ready);
+    let stderr = std::fs::File::create(dir.join(format!("stderr.{start}.log"))).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .current_dir(dir)
+        .args(["serve", "--data-dir", "data"])
+        .args(args)
+        .arg("--ready-file")
+        .arg(&ready)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&ready) {
+            let listeners: serde_json::Value = serde_json::from_str(&text).unwrap();
+            return (child, listeners);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let log = std::fs::read_to_string(dir.join(format!("stderr.{start}.log")))
+                .unwrap_or_default();
+            panic!("wharf exited with {status}: {log}");
+        }
+        assert!(Instant::now() < deadline, "wharf not ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
