@@ -12,7 +12,7 @@ use amq_protocol::protocol::{
 use bytes::{Bytes, BytesMut};
 use wharf_core::queues::{
     ConsumeOptions, ConsumerId, Delivered, Delivery, Message, PendingSync, Queue, QueueEvent,
-    QueueSpec, VHost,
+    QueueSpec, Settle, VHost,
 };
 
 use crate::confirm::Confirms;
@@ -32,12 +32,33 @@ struct Unacked {
     consumer: Option<ConsumerId>,
     position: u64,
     message: Arc<wharf_core::queues::Message>,
+    expires_at: Option<i64>,
 }
 
 impl Unacked {
     fn requeue(self) {
         self.queue
-            .requeue(self.consumer, self.position, self.message);
+            .requeue(self.consumer, self.position, self.message, self.expires_at);
+    }
+}
+
+/// How an ack / nack / reject ends a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Ack,
+    /// Back to its queue, marked redelivered.
+    Requeue,
+    /// Rejected without requeue: dropped or dead-lettered.
+    Reject,
+}
+
+impl Outcome {
+    fn of_reject(requeue: bool) -> Self {
+        if requeue {
+            Outcome::Requeue
+        } else {
+            Outcome::Reject
+        }
     }
 }
 
@@ -76,8 +97,8 @@ struct TxPublish {
 #[derive(Debug, Default)]
 struct Tx {
     publishes: Vec<TxPublish>,
-    /// (delivery tag, delivery, requeue).
-    settlements: Vec<(u64, Unacked, bool)>,
+    /// (delivery tag, delivery, outcome).
+    settlements: Vec<(u64, Unacked, Outcome)>,
 }
 
 /// A channel's publishing mode: confirm and tx exclude each other (406 on a switch, as in RabbitMQ).
@@ -141,12 +162,12 @@ impl Channel {
     }
 
     /// Acks / nacks / rejects: applied now, or held by the transaction until commit.
-    fn settle(&mut self, taken: Vec<(u64, Unacked)>, requeue: bool) {
+    fn settle(&mut self, taken: Vec<(u64, Unacked)>, outcome: Outcome) {
         match &mut self.mode {
             Mode::Tx(tx) => tx
                 .settlements
-                .extend(taken.into_iter().map(|(tag, u)| (tag, u, requeue))),
-            _ => settle_or_requeue(taken.into_iter().map(|(_, u)| u), requeue),
+                .extend(taken.into_iter().map(|(tag, u)| (tag, u, outcome))),
+            _ => apply(taken.into_iter().map(|(_, u)| u), outcome),
         }
     }
 
@@ -352,6 +373,7 @@ fn finish_publish(session: &mut Session, id: u16, body: Bytes) -> ChannelResult 
     };
     let at = |fault: Fault| (id, fault.at(BASIC_CLASS_ID, 40));
     let (extra_keys, has_bcc) = sender_routes(&publish.parsed).map_err(at)?;
+    let expiration_ms = crate::queue_args::expiration_ms(&publish.parsed).map_err(at)?;
     let parsed = publish.parsed;
     let headers = || message_headers(&parsed);
     let properties = if has_bcc {
@@ -373,6 +395,8 @@ fn finish_publish(session: &mut Session, id: u16, body: Bytes) -> ChannelResult 
         properties,
         body,
         persistent: *parsed.delivery_mode() == Some(2),
+        priority: parsed.priority().unwrap_or(0),
+        expiration_ms,
     });
     let channel = channel_mut(session, id).map_err(|f| (id, f))?;
     match &mut channel.mode {
@@ -475,13 +499,17 @@ fn method(session: &mut Session, id: u16, class: AMQPClass) -> Result<(), Fault>
             );
         }
         AMQPClass::Queue(queue::AMQPMethod::Declare(declare)) => {
+            let name = declare.queue.as_str();
             let spec = QueueSpec {
                 durable: declare.durable,
                 exclusive: declare.exclusive,
                 auto_delete: declare.auto_delete,
-                arguments: format!("{:?}", declare.arguments.inner()),
+                arguments: if declare.passive {
+                    Default::default()
+                } else {
+                    crate::queue_args::queue_args(name, &declare.arguments)?
+                },
             };
-            let name = declare.queue.as_str();
             let ok = vhost.declare_queue(conn, name, declare.passive, spec)?;
             channel_mut(session, id)?.last_queue = ok.queue.name().to_string();
             if !declare.nowait {
@@ -624,6 +652,7 @@ fn basic_method(session: &mut Session, id: u16, method: basic::AMQPMethod) -> Re
                 no_ack: consume.no_ack,
                 exclusive: consume.exclusive,
                 prefetch: channel.prefetch,
+                priority: crate::queue_args::consumer_priority(&consume.arguments),
             };
             // Reply first: deliveries the consume triggers reach this connection as events, which are
             // handled after this frame, so consume-ok always precedes them.
@@ -662,7 +691,7 @@ fn basic_method(session: &mut Session, id: u16, method: basic::AMQPMethod) -> Re
         }
         basic::AMQPMethod::Get(get) => {
             let name = channel_mut(session, id)?.queue_name(get.queue.as_str())?;
-            match vhost.get(conn, &name)? {
+            match vhost.get(conn, &name, get.no_ack)? {
                 None => session.send(
                     id,
                     AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
@@ -691,17 +720,17 @@ fn basic_method(session: &mut Session, id: u16, method: basic::AMQPMethod) -> Re
         basic::AMQPMethod::Ack(ack) => {
             let channel = channel_mut(session, id)?;
             let taken = channel.take(ack.delivery_tag, ack.multiple)?;
-            channel.settle(taken, false);
+            channel.settle(taken, Outcome::Ack);
         }
         basic::AMQPMethod::Nack(nack) => {
             let channel = channel_mut(session, id)?;
             let taken = channel.take(nack.delivery_tag, nack.multiple)?;
-            channel.settle(taken, nack.requeue);
+            channel.settle(taken, Outcome::of_reject(nack.requeue));
         }
         basic::AMQPMethod::Reject(reject) => {
             let channel = channel_mut(session, id)?;
             let taken = channel.take(reject.delivery_tag, false)?;
-            channel.settle(taken, reject.requeue);
+            channel.settle(taken, Outcome::of_reject(reject.requeue));
         }
         basic::AMQPMethod::Recover(_) | basic::AMQPMethod::RecoverAsync(_) => {
             let reply = matches!(method, basic::AMQPMethod::Recover(_));
@@ -762,8 +791,8 @@ fn tx_method(session: &mut Session, id: u16, method: tx::AMQPMethod) -> Result<(
                 for p in publishes {
                     sync.merge(deliver(session, id, &p.queues, p.message, p.mandatory).sync);
                 }
-                for (_, unacked, requeue) in settlements {
-                    settle_or_requeue(std::iter::once(unacked), requeue);
+                for (_, unacked, outcome) in settlements {
+                    apply(std::iter::once(unacked), outcome);
                 }
                 if !sync.is_empty() {
                     // commit-ok once the transaction's persistent messages are durable.
@@ -790,31 +819,35 @@ fn tx_method(session: &mut Session, id: u16, method: tx::AMQPMethod) -> Result<(
     Ok(())
 }
 
-/// Rejected messages are requeued (marked redelivered) or dropped; dead-lettering is a later increment.
-/// Settlements go to each queue in one call per run of the same queue, so a `multiple` ack costs one
-/// journal record per queue, not one per message.
-fn settle_or_requeue(taken: impl IntoIterator<Item = Unacked>, requeue: bool) {
-    if requeue {
-        taken.into_iter().for_each(Unacked::requeue);
-        return;
-    }
-    type Settled = Vec<(Option<ConsumerId>, u64)>;
+/// Ends deliveries: requeued (marked redelivered), or settled — acknowledged, or rejected (dead-lettered
+/// when the queue has a dead-letter exchange). Settlements go to each queue in one call per run of the same
+/// queue, so a `multiple` ack costs one journal record per queue, not one per message.
+fn apply(taken: impl IntoIterator<Item = Unacked>, outcome: Outcome) {
+    let how = match outcome {
+        Outcome::Requeue => {
+            taken.into_iter().for_each(Unacked::requeue);
+            return;
+        }
+        Outcome::Ack => Settle::Ack,
+        Outcome::Reject => Settle::Reject,
+    };
+    type Settled = Vec<(Option<ConsumerId>, u64, Arc<Message>)>;
     let mut run: Option<(Arc<Queue>, Settled)> = None;
     for u in taken {
         match &mut run {
             Some((queue, items)) if Arc::ptr_eq(queue, &u.queue) => {
-                items.push((u.consumer, u.position))
+                items.push((u.consumer, u.position, u.message))
             }
             _ => {
                 if let Some((queue, items)) = run.take() {
-                    queue.settle(&items);
+                    queue.settle(how, &items);
                 }
-                run = Some((u.queue, vec![(u.consumer, u.position)]));
+                run = Some((u.queue, vec![(u.consumer, u.position, u.message)]));
             }
         }
     }
     if let Some((queue, items)) = run {
-        queue.settle(&items);
+        queue.settle(how, &items);
     }
 }
 
@@ -824,6 +857,7 @@ fn unacked(delivery: &Delivery) -> Unacked {
         consumer: delivery.consumer,
         position: delivery.position,
         message: Arc::clone(&delivery.message),
+        expires_at: delivery.expires_at,
     }
 }
 
@@ -843,9 +877,12 @@ pub fn event(session: &mut Session, id: u16, event: QueueEvent) {
                         .map(|r| r.no_ack)
                 });
             let (Some(no_ack), Some(channel)) = (no_ack, session.channels.get_mut(&id)) else {
-                delivery
-                    .queue
-                    .requeue(delivery.consumer, delivery.position, delivery.message);
+                delivery.queue.requeue(
+                    delivery.consumer,
+                    delivery.position,
+                    delivery.message,
+                    delivery.expires_at,
+                );
                 return;
             };
             let tag = channel.next_tag();

@@ -24,6 +24,8 @@ pub struct Broker {
 
 impl Broker {
     pub fn new(config: AmqpConfig, vhost: Arc<VHost>) -> Arc<Self> {
+        // Dead-lettered messages get their x-death history written by the AMQP codec.
+        vhost.set_codec(Arc::new(crate::dead_letter::AmqpCodec));
         Arc::new(Self {
             vhost,
             config,

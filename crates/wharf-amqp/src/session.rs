@@ -274,7 +274,8 @@ impl Session {
     /// A queue event after the connection (or the event's channel) is gone: the message goes back.
     pub fn requeue_event(&mut self, event: QueueEvent) {
         if let QueueEvent::Deliver(d) = event {
-            d.queue.requeue(d.consumer, d.position, d.message);
+            d.queue
+                .requeue(d.consumer, d.position, d.message, d.expires_at);
         }
     }
 

@@ -1,19 +1,22 @@
 //! The ready messages of one queue, in memory or on the log engine.
 //!
-//! A non-durable queue keeps its messages in a `VecDeque` ([`MemoryBacklog`]). A durable queue keeps them in
-//! its message log ([`LogBacklog`], layout in [`crate::queue_log`]) and holds in memory only:
-//! - a read-ahead **window** of the next messages (bounded by [`WINDOW_MESSAGES_MAX`] / [`WINDOW_BYTES_MAX`]);
-//!   while consumers keep up, a published message goes straight into it and is never read back;
+//! A non-durable queue keeps its messages in memory ([`MemoryBacklog`]: one FIFO, or one per priority level
+//! for `x-max-priority`). A durable queue keeps them in its message log ([`LogBacklog`], layout in
+//! [`crate::queue_log`]) and holds in memory only:
+//! - for a plain queue, a read-ahead **window** of the next messages (bounded by [`WINDOW_MESSAGES_MAX`] /
+//!   [`WINDOW_BYTES_MAX`]); while consumers keep up, a published message goes straight into it and is never
+//!   read back. So a backlog of millions of messages costs nothing per message in memory: it waits in the log;
+//! - for a priority queue, an index of ready positions per priority level (16 bytes a message), the
+//!   messages themselves being read from the log one at a time as they are delivered;
 //! - the **requeued** messages (rejected or returned by a closed channel), which go out first;
 //! - range sets of **settled** and **transient** positions, and three watermarks.
 //!
-//! So a backlog of millions of messages costs a few bytes each in memory at most (none while settlements
-//! arrive in order): the messages wait in the log. Every change that must survive a restart is journaled
-//! (see [`LogBacklog::flush_journal`]); recovery replays the journal and starts reading at the low watermark.
+//! Every change that must survive a restart is journaled (see [`LogBacklog::flush_journal`]); recovery
+//! replays the journal and starts reading at the low watermark.
 //!
 //! Positions: a message's position is its offset in the message log (or a counter, in memory). Everything
 //! below the **low watermark** is settled; a position at or above it is exactly one of: unread in the log
-//! (at or past the cursor), in the window, requeued, out with a consumer, or settled.
+//! (at or past the cursor), in the window or index, requeued, out with a consumer, or settled.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -42,6 +45,18 @@ pub(crate) struct Ready {
     pub position: u64,
     pub message: Arc<Message>,
     pub redelivered: bool,
+    /// When it expires in this queue (ms since the epoch).
+    pub expires_at: Option<i64>,
+}
+
+/// The level a message goes to in a queue with `max_priority` levels above 0 (RabbitMQ caps priorities
+/// above the maximum at the maximum).
+fn level_of(priority: u8, max_priority: Option<u8>) -> usize {
+    max_priority.map_or(0, |max| usize::from(priority.min(max)))
+}
+
+fn body_len(message: &Message) -> u64 {
+    message.body.len() as u64
 }
 
 /// What a publisher must wait for before its message counts as safe: the message log up to an offset,
@@ -88,18 +103,23 @@ pub(crate) enum Backlog {
 }
 
 impl Backlog {
-    pub fn memory() -> Self {
-        Backlog::Memory(MemoryBacklog::default())
+    pub fn memory(max_priority: Option<u8>) -> Self {
+        Backlog::Memory(MemoryBacklog::new(max_priority))
     }
 
-    /// Enqueues a message; returns what a publisher must wait for (nothing for memory or transient).
-    pub fn push(&mut self, message: Arc<Message>) -> crate::Result<Option<PendingSync>> {
+    /// Enqueues a message that expires at `expires_at`; returns what a publisher must wait for (nothing for
+    /// memory or transient).
+    pub fn push(
+        &mut self,
+        message: Arc<Message>,
+        expires_at: Option<i64>,
+    ) -> crate::Result<Option<PendingSync>> {
         match self {
             Backlog::Memory(m) => {
-                m.push(message);
+                m.push(message, expires_at);
                 Ok(None)
             }
-            Backlog::Log(l) => l.push(message),
+            Backlog::Log(l) => l.push(message, expires_at),
         }
     }
 
@@ -107,7 +127,7 @@ impl Backlog {
     /// could not be handed out).
     pub fn pop(&mut self) -> Option<Ready> {
         match self {
-            Backlog::Memory(m) => m.ready.pop_front(),
+            Backlog::Memory(m) => m.pop(),
             Backlog::Log(l) => l.pop(),
         }
     }
@@ -115,33 +135,32 @@ impl Backlog {
     /// Puts back a message [`Backlog::pop`] gave that could not be delivered after all.
     pub fn unpop(&mut self, ready: Ready) {
         match self {
-            Backlog::Memory(m) => m.ready.push_front(ready),
+            Backlog::Memory(m) => m.unpop(ready),
             Backlog::Log(l) => l.unpop(ready),
         }
     }
 
-    /// A delivered message comes back (nack / reject with requeue, channel closed): it goes out again
-    /// before the rest, at its original position, marked redelivered.
-    pub fn requeue(&mut self, position: u64, message: Arc<Message>) {
+    /// When the next message to deliver expires: `None` if there is none, `Some(None)` if it never does.
+    pub fn head_expiry(&mut self) -> Option<Option<i64>> {
         match self {
-            Backlog::Memory(m) => {
-                let at = m.ready.partition_point(|r| r.position < position);
-                m.ready.insert(
-                    at,
-                    Ready {
-                        position,
-                        message,
-                        redelivered: true,
-                    },
-                );
-            }
+            Backlog::Memory(m) => m.head().map(|r| r.expires_at),
+            Backlog::Log(l) => l.head_expiry(),
+        }
+    }
+
+    /// A delivered message comes back (nack / reject with requeue, channel closed): it goes out again
+    /// before the rest (of its priority), at its original position, marked redelivered.
+    pub fn requeue(&mut self, position: u64, message: Arc<Message>, expires_at: Option<i64>) {
+        match self {
+            Backlog::Memory(m) => m.requeue(position, message, expires_at),
             Backlog::Log(l) => {
-                l.requeued.insert(position, message);
+                l.bytes += body_len(&message);
+                l.requeued.insert(position, (message, expires_at));
             }
         }
     }
 
-    /// A delivered message is done with (acknowledged, or rejected without requeue).
+    /// A delivered message is done with (acknowledged, rejected without requeue, expired, dropped).
     pub fn settle(&mut self, position: u64) {
         if let Backlog::Log(l) = self {
             l.settle(position);
@@ -150,8 +169,16 @@ impl Backlog {
 
     pub fn ready_count(&self) -> u64 {
         match self {
-            Backlog::Memory(m) => m.ready.len() as u64,
+            Backlog::Memory(m) => m.count,
             Backlog::Log(l) => l.ready_count(),
+        }
+    }
+
+    /// Body bytes of the ready messages.
+    pub fn ready_bytes(&self) -> u64 {
+        match self {
+            Backlog::Memory(m) => m.bytes,
+            Backlog::Log(l) => l.bytes,
         }
     }
 
@@ -159,8 +186,11 @@ impl Backlog {
     pub fn purge(&mut self) -> u64 {
         match self {
             Backlog::Memory(m) => {
-                let n = m.ready.len() as u64;
-                m.ready.clear();
+                let n = m.count;
+                *m = MemoryBacklog {
+                    next_position: m.next_position,
+                    ..MemoryBacklog::new(m.max_priority)
+                };
                 n
             }
             Backlog::Log(l) => l.purge(),
@@ -175,24 +205,103 @@ impl Backlog {
     }
 }
 
-/// Ready messages of a non-durable queue.
-#[derive(Debug, Default)]
+/// Ready messages of a non-durable queue: one FIFO per priority level, each ordered by position.
+#[derive(Debug)]
 pub(crate) struct MemoryBacklog {
-    /// Ordered by position.
-    ready: VecDeque<Ready>,
+    levels: Vec<VecDeque<Ready>>,
+    max_priority: Option<u8>,
+    count: u64,
+    bytes: u64,
     next_position: u64,
 }
 
 impl MemoryBacklog {
-    fn push(&mut self, message: Arc<Message>) {
+    fn new(max_priority: Option<u8>) -> Self {
+        let levels = max_priority.map_or(1, |m| usize::from(m) + 1);
+        Self {
+            levels: (0..levels).map(|_| VecDeque::new()).collect(),
+            max_priority,
+            count: 0,
+            bytes: 0,
+            next_position: 0,
+        }
+    }
+
+    fn level(&mut self, message: &Message) -> &mut VecDeque<Ready> {
+        let at = level_of(message.priority, self.max_priority).min(self.levels.len() - 1);
+        &mut self.levels[at]
+    }
+
+    fn push(&mut self, message: Arc<Message>, expires_at: Option<i64>) {
         let position = self.next_position;
         self.next_position += 1;
-        self.ready.push_back(Ready {
+        self.count += 1;
+        self.bytes += body_len(&message);
+        self.level(&message).push_back(Ready {
             position,
             message,
             redelivered: false,
+            expires_at,
         });
     }
+
+    fn head(&self) -> Option<&Ready> {
+        self.levels.iter().rev().find_map(|l| l.front())
+    }
+
+    fn pop(&mut self) -> Option<Ready> {
+        let ready = self.levels.iter_mut().rev().find_map(|l| l.pop_front())?;
+        self.count -= 1;
+        self.bytes = self.bytes.saturating_sub(body_len(&ready.message));
+        Some(ready)
+    }
+
+    fn unpop(&mut self, ready: Ready) {
+        self.count += 1;
+        self.bytes += body_len(&ready.message);
+        self.level(&ready.message).push_front(ready);
+    }
+
+    fn requeue(&mut self, position: u64, message: Arc<Message>, expires_at: Option<i64>) {
+        self.count += 1;
+        self.bytes += body_len(&message);
+        let level = self.level(&message);
+        let at = level.partition_point(|r| r.position < position);
+        level.insert(
+            at,
+            Ready {
+                position,
+                message,
+                redelivered: true,
+                expires_at,
+            },
+        );
+    }
+}
+
+/// How a durable queue finds its next message.
+#[derive(Debug)]
+enum Order {
+    /// In log order: messages past `cursor` are read ahead into a bounded window.
+    Fifo {
+        window: VecDeque<Ready>,
+        window_bytes: usize,
+    },
+    /// By priority: every ready position is indexed, with its expiry, by level.
+    Priority {
+        levels: Vec<VecDeque<(u64, Option<i64>)>>,
+        max_priority: u8,
+        count: u64,
+    },
+}
+
+/// What [`LogBacklog::open`] needs to know about the queue.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct OpenOptions {
+    /// `x-max-priority`: index by priority.
+    pub max_priority: Option<u8>,
+    /// The queue has a byte limit: count the bytes of a recovered backlog (reads it once at open).
+    pub count_bytes: bool,
 }
 
 /// Ready messages of a durable queue: see the module docs.
@@ -200,15 +309,16 @@ impl MemoryBacklog {
 pub(crate) struct LogBacklog {
     messages: Arc<Log>,
     journal: Arc<Log>,
-    /// Next position to read from the message log into the window.
+    order: Order,
+    /// Next position to read from the message log (FIFO order; the log end in priority order).
     cursor: u64,
     /// The message log's end as of the last append.
     end: u64,
     /// The log end at open: transient messages below it are from before the restart and are dropped.
     recovered_end: u64,
-    window: VecDeque<Ready>,
-    window_bytes: usize,
-    requeued: BTreeMap<u64, Arc<Message>>,
+    requeued: BTreeMap<u64, (Arc<Message>, Option<i64>)>,
+    /// Body bytes of ready messages (after a restart, exact only if counted at open).
+    bytes: u64,
     /// Settled positions at or above `low`.
     settled: RangeSet,
     /// How many of `settled` are at or above `cursor` (settled before a restart and not read since).
@@ -254,9 +364,26 @@ impl Maintenance {
     }
 }
 
+/// Keeps the ranges of `set` below `end` only.
+fn cut_at(set: &mut RangeSet, end: u64) {
+    if set.count_in(end, u64::MAX) == 0 {
+        return;
+    }
+    let kept: Vec<(u64, u64)> = set
+        .iter()
+        .filter(|&(s, _)| s < end)
+        .map(|(s, e)| (s, e.min(end)))
+        .collect();
+    *set = RangeSet::new();
+    for (s, e) in kept {
+        set.insert_range(s, e);
+    }
+}
+
 impl LogBacklog {
-    /// Opens queue `id`'s logs and rebuilds its state from the journal.
-    pub fn open(logs: &QueueLogs, id: u64) -> crate::Result<Self> {
+    /// Opens queue `id`'s logs and rebuilds its state from the journal (and, for priority queues or byte
+    /// limits, from one read of the backlog).
+    pub fn open(logs: &QueueLogs, id: u64, options: OpenOptions) -> crate::Result<Self> {
         let (messages, journal) = logs.open(id)?;
         let offsets = messages.offsets();
         let end = offsets.log_end;
@@ -287,18 +414,7 @@ impl LogBacklog {
         let mut transient = facts.transient;
         for set in [&mut settled, &mut transient] {
             set.remove_below(low);
-            let past_end = set.count_in(end, u64::MAX);
-            if past_end > 0 {
-                let kept: Vec<(u64, u64)> = set
-                    .iter()
-                    .filter(|&(s, _)| s < end)
-                    .map(|(s, e)| (s, e.min(end)))
-                    .collect();
-                *set = RangeSet::new();
-                for (s, e) in kept {
-                    set.insert_range(s, e);
-                }
-            }
+            cut_at(set, end);
         }
         while let Some((s, e)) = settled.first() {
             if s != low {
@@ -309,13 +425,24 @@ impl LogBacklog {
         }
         transient.remove_below(low);
         let delivered_high = facts.delivered_high.min(end);
+        let order = match options.max_priority {
+            Some(max_priority) => Order::Priority {
+                levels: (0..=max_priority).map(|_| VecDeque::new()).collect(),
+                max_priority,
+                count: 0,
+            },
+            None => Order::Fifo {
+                window: VecDeque::new(),
+                window_bytes: 0,
+            },
+        };
         let mut backlog = LogBacklog {
+            order,
             cursor: low,
             end,
             recovered_end: end,
-            window: VecDeque::new(),
-            window_bytes: 0,
             requeued: BTreeMap::new(),
+            bytes: 0,
             settled_ahead: settled.len(),
             settled,
             transient,
@@ -330,6 +457,9 @@ impl LogBacklog {
             messages,
             journal,
         };
+        if options.max_priority.is_some() || options.count_bytes {
+            backlog.scan()?;
+        }
         if end > offsets.log_start || journal_end > 0 {
             let maintenance = backlog.snapshot();
             maintenance.run()?;
@@ -342,8 +472,59 @@ impl LogBacklog {
         Ok(backlog)
     }
 
-    fn push(&mut self, message: Arc<Message>) -> crate::Result<Option<PendingSync>> {
-        encode_message(&message, &mut self.scratch);
+    /// Reads the recovered backlog once: counts its bytes and, in priority order, indexes it.
+    fn scan(&mut self) -> crate::Result<()> {
+        let mut at = self.cursor;
+        while at < self.end {
+            let batches = self.messages.read(at, READ_BYTES, None)?;
+            let Some(last) = batches.last() else { break };
+            at = last.next_offset();
+            for batch in batches {
+                let position = batch.base_offset;
+                if position < self.cursor || self.settled.contains(position) {
+                    continue;
+                }
+                match decode_message(&batch.payload) {
+                    Ok((m, _)) if !m.persistent => self.settle(position),
+                    Ok((m, expires_at)) => {
+                        self.bytes += body_len(&m);
+                        if let Order::Priority {
+                            levels,
+                            max_priority,
+                            count,
+                        } = &mut self.order
+                        {
+                            let level = level_of(m.priority, Some(*max_priority));
+                            if let Some(l) = levels.get_mut(level) {
+                                l.push_back((position, expires_at));
+                                *count += 1;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        warn!(
+                            log = self.messages.name(),
+                            position, "dropping a message record that does not decode: {e}"
+                        );
+                        self.settle(position);
+                    }
+                }
+            }
+        }
+        if matches!(self.order, Order::Priority { .. }) {
+            // Everything is indexed: nothing is left to read in log order.
+            self.cursor = self.end;
+            self.settled_ahead = 0;
+        }
+        Ok(())
+    }
+
+    fn push(
+        &mut self,
+        message: Arc<Message>,
+        expires_at: Option<i64>,
+    ) -> crate::Result<Option<PendingSync>> {
+        encode_message(&message, expires_at, &mut self.scratch);
         let appended = self.messages.append(&self.scratch, 1, crate::now_ms());
         if self.scratch.capacity() > SCRATCH_KEEP_BYTES {
             self.scratch = Vec::new();
@@ -351,23 +532,44 @@ impl LogBacklog {
         let appended = appended?;
         let position = appended.base_offset;
         self.end = appended.next_offset;
+        self.bytes += body_len(&message);
         if !message.persistent {
             self.transient.insert(position);
             self.pending.transient.insert(position);
             self.journal_dirty = true;
         }
         let persistent = message.persistent;
-        if self.cursor == position
-            && self.window.len() < WINDOW_MESSAGES_MAX
-            && (self.window_bytes < WINDOW_BYTES_MAX || self.window.is_empty())
-        {
-            self.window_bytes += message.body.len();
-            self.window.push_back(Ready {
-                position,
-                message,
-                redelivered: false,
-            });
-            self.cursor = appended.next_offset;
+        match &mut self.order {
+            Order::Fifo {
+                window,
+                window_bytes,
+            } => {
+                if self.cursor == position
+                    && window.len() < WINDOW_MESSAGES_MAX
+                    && (*window_bytes < WINDOW_BYTES_MAX || window.is_empty())
+                {
+                    *window_bytes += message.body.len();
+                    window.push_back(Ready {
+                        position,
+                        message,
+                        redelivered: false,
+                        expires_at,
+                    });
+                    self.cursor = appended.next_offset;
+                }
+            }
+            Order::Priority {
+                levels,
+                max_priority,
+                count,
+            } => {
+                let level = level_of(message.priority, Some(*max_priority));
+                if let Some(l) = levels.get_mut(level) {
+                    l.push_back((position, expires_at));
+                    *count += 1;
+                }
+                self.cursor = appended.next_offset;
+            }
         }
         Ok(persistent.then(|| {
             let mut sync = PendingSync::default();
@@ -376,21 +578,52 @@ impl LogBacklog {
         }))
     }
 
+    fn head_expiry(&mut self) -> Option<Option<i64>> {
+        if let Some((_, (_, expires_at))) = self.requeued.first_key_value() {
+            return Some(*expires_at);
+        }
+        if let Order::Fifo { window, .. } = &self.order {
+            if window.is_empty() {
+                self.refill();
+            }
+        }
+        match &self.order {
+            Order::Fifo { window, .. } => window.front().map(|r| r.expires_at),
+            Order::Priority { levels, .. } => {
+                levels.iter().rev().find_map(|l| l.front()).map(|&(_, e)| e)
+            }
+        }
+    }
+
     fn pop(&mut self) -> Option<Ready> {
-        let ready = if let Some((position, message)) = self.requeued.pop_first() {
+        let ready = if let Some((position, (message, expires_at))) = self.requeued.pop_first() {
             Ready {
                 position,
                 message,
                 redelivered: true,
+                expires_at,
             }
         } else {
-            if self.window.is_empty() {
-                self.refill();
+            match &mut self.order {
+                Order::Fifo { window, .. } => {
+                    if window.is_empty() {
+                        self.refill();
+                    }
+                    let Order::Fifo {
+                        window,
+                        window_bytes,
+                    } = &mut self.order
+                    else {
+                        return None;
+                    };
+                    let ready = window.pop_front()?;
+                    *window_bytes = window_bytes.saturating_sub(ready.message.body.len());
+                    ready
+                }
+                Order::Priority { .. } => self.pop_indexed()?,
             }
-            let ready = self.window.pop_front()?;
-            self.window_bytes = self.window_bytes.saturating_sub(ready.message.body.len());
-            ready
         };
+        self.bytes = self.bytes.saturating_sub(body_len(&ready.message));
         if ready.position >= self.delivered_high {
             self.delivered_high = ready.position + 1;
             self.journal_dirty = true;
@@ -398,19 +631,71 @@ impl LogBacklog {
         Some(ready)
     }
 
+    /// Priority order: the oldest message of the highest non-empty level, read from the log.
+    fn pop_indexed(&mut self) -> Option<Ready> {
+        loop {
+            let Order::Priority { levels, count, .. } = &mut self.order else {
+                return None;
+            };
+            let (position, expires_at) = levels.iter_mut().rev().find_map(|l| l.pop_front())?;
+            *count -= 1;
+            let read = self
+                .messages
+                .read(position, 1, Some(position + 1))
+                .map_err(|e| e.to_string())
+                .and_then(|mut b| b.pop().ok_or_else(|| "no such record".to_string()))
+                .and_then(|b| decode_message(&b.payload).map_err(|e| e.to_string()));
+            match read {
+                Ok((message, _)) => {
+                    return Some(Ready {
+                        position,
+                        message: Arc::new(message),
+                        redelivered: position < self.redelivered_below,
+                        expires_at,
+                    })
+                }
+                Err(e) => {
+                    warn!(
+                        log = self.messages.name(),
+                        position, "dropping a message that cannot be read: {e}"
+                    );
+                    self.settle(position);
+                }
+            }
+        }
+    }
+
     fn unpop(&mut self, ready: Ready) {
-        if ready.redelivered {
-            self.requeued.insert(ready.position, ready.message);
-        } else {
-            self.window_bytes += ready.message.body.len();
-            self.window.push_front(ready);
+        self.bytes += body_len(&ready.message);
+        match &mut self.order {
+            Order::Fifo {
+                window,
+                window_bytes,
+            } if !ready.redelivered => {
+                *window_bytes += ready.message.body.len();
+                window.push_front(ready);
+            }
+            _ => {
+                self.requeued
+                    .insert(ready.position, (ready.message, ready.expires_at));
+            }
         }
     }
 
     /// Reads the next messages from the log into the window, skipping settled positions and transient
     /// messages from before the restart.
     fn refill(&mut self) {
-        while self.window.is_empty() && self.cursor < self.end && !self.stalled {
+        loop {
+            let Order::Fifo {
+                window,
+                window_bytes,
+            } = &mut self.order
+            else {
+                return;
+            };
+            if !window.is_empty() || self.cursor >= self.end || self.stalled {
+                return;
+            }
             let batches = match self.messages.read(self.cursor, READ_BYTES, None) {
                 Ok(b) => b,
                 Err(e) => {
@@ -426,6 +711,7 @@ impl LogBacklog {
             if batches.is_empty() {
                 return;
             }
+            let mut drop_positions = Vec::new();
             for batch in batches {
                 let position = batch.base_offset;
                 if position < self.cursor {
@@ -437,16 +723,17 @@ impl LogBacklog {
                     continue;
                 }
                 match decode_message(&batch.payload) {
-                    Ok(m) if !m.persistent && position < self.recovered_end => {
-                        // Transient: it does not outlive a restart.
-                        self.settle(position);
+                    // Transient: it does not outlive a restart.
+                    Ok((m, _)) if !m.persistent && position < self.recovered_end => {
+                        drop_positions.push(position)
                     }
-                    Ok(m) => {
-                        self.window_bytes += m.body.len();
-                        self.window.push_back(Ready {
+                    Ok((m, expires_at)) => {
+                        *window_bytes += m.body.len();
+                        window.push_back(Ready {
                             position,
                             message: Arc::new(m),
                             redelivered: position < self.redelivered_below,
+                            expires_at,
                         });
                     }
                     Err(e) => {
@@ -454,13 +741,15 @@ impl LogBacklog {
                             log = self.messages.name(),
                             position, "dropping a message record that does not decode: {e}"
                         );
-                        self.settle(position);
+                        drop_positions.push(position);
                     }
                 }
-                if self.window.len() >= WINDOW_MESSAGES_MAX || self.window_bytes >= WINDOW_BYTES_MAX
-                {
+                if window.len() >= WINDOW_MESSAGES_MAX || *window_bytes >= WINDOW_BYTES_MAX {
                     break;
                 }
+            }
+            for p in drop_positions {
+                self.settle(p);
             }
         }
     }
@@ -491,20 +780,33 @@ impl LogBacklog {
             .end
             .saturating_sub(self.cursor)
             .saturating_sub(self.settled_ahead);
-        self.requeued.len() as u64 + self.window.len() as u64 + unread
+        let held = match &self.order {
+            Order::Fifo { window, .. } => window.len() as u64,
+            Order::Priority { count, .. } => *count,
+        };
+        self.requeued.len() as u64 + held + unread
     }
 
     fn purge(&mut self) -> u64 {
         let count = self.ready_count();
-        let positions: Vec<u64> = self
-            .requeued
-            .keys()
-            .copied()
-            .chain(self.window.iter().map(|r| r.position))
-            .collect();
+        let mut positions: Vec<u64> = self.requeued.keys().copied().collect();
         self.requeued.clear();
-        self.window.clear();
-        self.window_bytes = 0;
+        match &mut self.order {
+            Order::Fifo {
+                window,
+                window_bytes,
+            } => {
+                positions.extend(window.drain(..).map(|r| r.position));
+                *window_bytes = 0;
+            }
+            Order::Priority { levels, count, .. } => {
+                for l in levels.iter_mut() {
+                    positions.extend(l.drain(..).map(|(p, _)| p));
+                }
+                *count = 0;
+            }
+        }
+        self.bytes = 0;
         for p in positions {
             self.settle(p);
         }

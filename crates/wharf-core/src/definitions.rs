@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{CoreError, Result};
 use crate::exchanges::{BindingArgs, Destination, ExchangeKind, ExchangeSpec, HeaderValue};
 use crate::persist::write_atomic;
+use crate::queue_args::QueueArgs;
 
 /// Version of the definitions file format.
 const DEFINITIONS_VERSION: u32 = 1;
@@ -70,8 +71,9 @@ pub struct QueueDef {
     /// Names the queue's logs (`__amqp.<id>.m`, `__amqp.<id>.j`).
     pub id: u64,
     pub auto_delete: bool,
-    /// The canonical rendering of the declare arguments, compared on redeclare.
-    pub arguments: String,
+    /// The `x-*` arguments it was declared with.
+    #[serde(default)]
+    pub arguments: QueueArgs,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -186,7 +188,10 @@ mod tests {
                 name: "q".into(),
                 id: 2,
                 auto_delete: false,
-                arguments: String::new(),
+                arguments: QueueArgs {
+                    message_ttl_ms: Some(1000),
+                    ..QueueArgs::default()
+                },
             }],
             bindings: vec![BindingDef {
                 source: "x".into(),

@@ -12,6 +12,7 @@ pub mod groups;
 pub mod offsets;
 mod persist;
 pub mod producers;
+pub mod queue_args;
 pub mod queue_log;
 pub mod queues;
 pub mod range_set;

@@ -27,6 +27,8 @@ const MESSAGE_RECORD_VERSION: u8 = 1;
 const JOURNAL_RECORD_VERSION: u8 = 1;
 /// Flag bit: delivery-mode 2.
 const FLAG_PERSISTENT: u8 = 1;
+/// `expires_at` of a message that never expires.
+const NO_EXPIRY: i64 = i64::MAX;
 /// Segment size of message logs: small enough that a consumed backlog gives its space back soon, large
 /// enough that a queue of a few GiB has few files.
 pub const MESSAGE_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -58,10 +60,10 @@ pub fn queue_id_of_log(name: &str) -> Option<u64> {
 }
 
 /// Encodes a message record.
-pub fn encode_message(message: &Message, out: &mut Vec<u8>) {
+pub fn encode_message(message: &Message, expires_at: Option<i64>, out: &mut Vec<u8>) {
     out.clear();
     out.reserve(
-        8 + message.exchange.len()
+        24 + message.exchange.len()
             + message.routing_key.len()
             + message.properties.len()
             + message.body.len(),
@@ -72,6 +74,9 @@ pub fn encode_message(message: &Message, out: &mut Vec<u8>) {
     } else {
         0
     });
+    out.push(message.priority);
+    out.put_i64_le(expires_at.unwrap_or(NO_EXPIRY));
+    out.put_u64_le(message.expiration_ms.unwrap_or(u64::MAX));
     // Both are AMQP short strings (at most 255 bytes); the protocol layer has checked that.
     let exchange = &message.exchange.as_bytes()[..message.exchange.len().min(255)];
     let key = &message.routing_key.as_bytes()[..message.routing_key.len().min(255)];
@@ -85,12 +90,15 @@ pub fn encode_message(message: &Message, out: &mut Vec<u8>) {
 }
 
 /// Decodes a message record; properties and body share `payload`'s buffer.
-pub fn decode_message(payload: &Bytes) -> Result<Message, RecordError> {
+pub fn decode_message(payload: &Bytes) -> Result<(Message, Option<i64>), RecordError> {
     let mut r = Reader::new(payload);
     if r.u8()? != MESSAGE_RECORD_VERSION {
         return Err(RecordError("unknown message record version"));
     }
     let flags = r.u8()?;
+    let priority = r.u8()?;
+    let expires_at = r.u64()? as i64;
+    let expiration_ms = r.u64()?;
     let exchange_len = usize::from(r.u8()?);
     let exchange = r.string(exchange_len)?;
     let key_len = usize::from(r.u8()?);
@@ -100,13 +108,16 @@ pub fn decode_message(payload: &Bytes) -> Result<Message, RecordError> {
     r.take(props_len)?;
     let properties = payload.slice(props_at..r.at);
     let body = payload.slice(r.at..);
-    Ok(Message {
+    let message = Message {
         exchange,
         routing_key,
         properties,
         body,
         persistent: flags & FLAG_PERSISTENT != 0,
-    })
+        priority,
+        expiration_ms: (expiration_ms != u64::MAX).then_some(expiration_ms),
+    };
+    Ok((message, (expires_at != NO_EXPIRY).then_some(expires_at)))
 }
 
 /// One journal record: facts about positions of the message log.
@@ -307,15 +318,17 @@ mod tests {
             properties: Bytes::from_static(b"\x00\x00"),
             body: Bytes::from_static(b"hello"),
             persistent: true,
+            priority: 3,
+            expiration_ms: Some(60_000),
         }
     }
 
     #[test]
     fn message_records_round_trip_and_truncation_is_refused() {
         let mut buf = Vec::new();
-        encode_message(&message(), &mut buf);
+        encode_message(&message(), Some(1234), &mut buf);
         let bytes = Bytes::from(buf.clone());
-        assert_eq!(decode_message(&bytes).unwrap(), message());
+        assert_eq!(decode_message(&bytes).unwrap(), (message(), Some(1234)));
         for cut in 0..buf.len() - 5 {
             // Anything shorter than the header + properties fails (the body may be any length).
             let short = Bytes::copy_from_slice(&buf[..cut]);

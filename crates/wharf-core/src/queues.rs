@@ -19,8 +19,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -29,10 +29,11 @@ use tracing::{debug, info, warn};
 use wharf_log::{Durability, LogManager};
 
 pub use crate::backlog::PendingSync;
-use crate::backlog::{Backlog, LogBacklog, Maintenance};
+use crate::backlog::{Backlog, LogBacklog, Maintenance, OpenOptions, Ready};
 use crate::definitions::{BindingDef, Definitions, DefinitionsFile, ExchangeDef, QueueDef};
 use crate::exchanges::headers::Headers;
 use crate::exchanges::{Binding, BindingArgs, Destination, ExchangeError, ExchangeSpec, Exchanges};
+pub use crate::queue_args::{DeathReason, Overflow, QueueArgs};
 use crate::queue_log::QueueLogs;
 
 /// Longest queue name (AMQP short strings are at most 255 bytes).
@@ -82,6 +83,10 @@ pub struct Message {
     pub body: Bytes,
     /// delivery-mode 2: survives a restart when it sits in a durable queue.
     pub persistent: bool,
+    /// The priority property (0 when absent); matters in queues with `x-max-priority`.
+    pub priority: u8,
+    /// The expiration property, in ms: the message expires this long after it enters a queue.
+    pub expiration_ms: Option<u64>,
 }
 
 /// What a consumer's connection receives from a queue.
@@ -107,6 +112,8 @@ pub struct Delivery {
     pub redelivered: bool,
     /// Position in the queue, so a requeue puts the message back where it was.
     pub position: u64,
+    /// When it expires in this queue, kept through a requeue.
+    pub expires_at: Option<i64>,
     /// Messages left ready in the queue (basic.get-ok's message-count).
     pub remaining: u32,
 }
@@ -120,9 +127,8 @@ pub struct QueueSpec {
     pub durable: bool,
     pub exclusive: bool,
     pub auto_delete: bool,
-    /// A canonical rendering of the declare arguments, compared on redeclare. Arguments are kept but not
-    /// acted on yet (TTL, length limits and dead-lettering are later increments).
-    pub arguments: String,
+    /// The `x-*` arguments, compared on redeclare.
+    pub arguments: QueueArgs,
 }
 
 impl QueueSpec {
@@ -141,6 +147,8 @@ struct Consumer {
     channel: u16,
     no_ack: bool,
     exclusive: bool,
+    /// `x-priority`: consumers of a higher priority are served first while they have credit.
+    priority: i32,
     /// Most unacknowledged deliveries at once; 0 = unlimited.
     prefetch: u16,
     unacked: u32,
@@ -156,6 +164,7 @@ impl Consumer {
 #[derive(Debug)]
 struct QueueState {
     backlog: Backlog,
+    /// In registration order (the first is the active one of a single-active-consumer queue).
     consumers: Vec<Consumer>,
     /// Round-robin cursor into `consumers`: dispatch starts after the last consumer served.
     next_consumer: usize,
@@ -176,6 +185,13 @@ impl QueueState {
     }
 }
 
+/// A message leaving a queue for its dead-letter exchange.
+#[derive(Debug)]
+pub struct DeadLetter {
+    pub message: Arc<Message>,
+    pub reason: DeathReason,
+}
+
 /// One queue.
 #[derive(Debug)]
 pub struct Queue {
@@ -185,7 +201,22 @@ pub struct Queue {
     owner: Option<ConnectionId>,
     /// For a queue on the log engine: the id naming its logs.
     durable_id: Option<u64>,
+    /// The vhost, for dead-lettering (weak: the vhost owns its queues).
+    vhost: Weak<VHost>,
+    /// Wall-clock ms of the last use that renews an `x-expires` lease (declare, consume, get).
+    last_used_ms: AtomicI64,
+    /// Set once a message with a TTL was enqueued: the expiry timer looks at this queue.
+    may_expire: AtomicBool,
     state: Mutex<QueueState>,
+}
+
+/// How a settled delivery ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// basic.ack: done with.
+    Ack,
+    /// basic.reject / basic.nack without requeue: dead-lettered (reason `rejected`) if the queue says so.
+    Reject,
 }
 
 impl Queue {
@@ -220,16 +251,78 @@ impl Queue {
         }
     }
 
-    /// Enqueues `message`; returns what a publisher must wait for before confirming it.
-    fn enqueue(self: &Arc<Self>, message: Arc<Message>) -> Result<Option<PendingSync>, QueueError> {
+    fn touch(&self) {
+        if self.spec.arguments.expires_ms.is_some() {
+            self.last_used_ms.store(crate::now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// When a message entering this queue now expires: the sooner of the queue's TTL and the message's.
+    fn expiry_of(&self, message: &Message, now: i64) -> Option<i64> {
+        let ttl = match (self.spec.arguments.message_ttl_ms, message.expiration_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }?;
+        Some(now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)))
+    }
+
+    /// Whether `message` would take the queue past a length limit.
+    fn over_limit_with(&self, s: &QueueState, message: &Message) -> bool {
+        let args = &self.spec.arguments;
+        args.max_length
+            .is_some_and(|max| s.backlog.ready_count() >= max)
+            || args
+                .max_length_bytes
+                .is_some_and(|max| s.backlog.ready_bytes() + message.body.len() as u64 > max)
+    }
+
+    /// Enqueues `message`; returns what a publisher must wait for before confirming it, or `None` when a
+    /// length limit with `reject-publish` refused it (the publisher gets basic.nack). Messages it pushes out
+    /// (drop-head) or that expire at once go to `dead`.
+    fn enqueue(
+        self: &Arc<Self>,
+        message: Arc<Message>,
+        dead: &mut Vec<DeadLetter>,
+    ) -> Result<Option<Option<PendingSync>>, QueueError> {
+        let now = crate::now_ms();
         let mut s = self.state.lock();
         if s.deleted {
+            return Ok(Some(None));
+        }
+        let args = &self.spec.arguments;
+        if args.overflow != Overflow::DropHead && self.over_limit_with(&s, &message) {
+            if args.overflow == Overflow::RejectPublishDlx {
+                dead.push(DeadLetter {
+                    message,
+                    reason: DeathReason::MaxLen,
+                });
+            }
             return Ok(None);
         }
-        let sync = s.backlog.push(message)?;
-        dispatch(self, &mut s);
+        let expires_at = self.expiry_of(&message, now);
+        if expires_at.is_some() {
+            self.may_expire.store(true, Ordering::Relaxed);
+        }
+        let sync = s.backlog.push(message, expires_at)?;
+        dispatch(self, &mut s, dead);
+        // A TTL of 0 drops what no consumer could take at once.
+        expire_head(&mut s, now, dead);
+        if args.overflow == Overflow::DropHead {
+            while args.max_length.is_some_and(|m| s.backlog.ready_count() > m)
+                || args
+                    .max_length_bytes
+                    .is_some_and(|m| s.backlog.ready_bytes() > m)
+            {
+                let Some(ready) = s.backlog.pop() else { break };
+                s.backlog.settle(ready.position);
+                dead.push(DeadLetter {
+                    message: ready.message,
+                    reason: DeathReason::MaxLen,
+                });
+            }
+        }
         s.backlog.flush_journal();
-        Ok(sync)
+        Ok(Some(sync))
     }
 
     /// Puts a delivered message back at its original position, marked redelivered, and releases the
@@ -239,29 +332,77 @@ impl Queue {
         consumer: Option<ConsumerId>,
         position: u64,
         message: Arc<Message>,
+        expires_at: Option<i64>,
     ) {
-        let mut s = self.state.lock();
-        release_credit(&mut s, consumer);
-        if s.deleted {
-            return;
+        let mut dead = Vec::new();
+        {
+            let mut s = self.state.lock();
+            release_credit(&mut s, consumer);
+            if s.deleted {
+                return;
+            }
+            s.backlog.requeue(position, message, expires_at);
+            dispatch(self, &mut s, &mut dead);
+            s.backlog.flush_journal();
         }
-        s.backlog.requeue(position, message);
-        dispatch(self, &mut s);
-        s.backlog.flush_journal();
+        self.dead_letter(dead);
     }
 
-    /// Deliveries were acknowledged (or rejected without requeue): each `(consumer, position)` releases its
-    /// consumer's credit and is settled for good (journaled, for a durable queue: one record for the lot).
-    pub fn settle(self: &Arc<Self>, settled: &[(Option<ConsumerId>, u64)]) {
-        let mut s = self.state.lock();
-        for &(consumer, position) in settled {
-            release_credit(&mut s, consumer);
-            if !s.deleted {
-                s.backlog.settle(position);
+    /// Deliveries were acknowledged or rejected: each `(consumer, position, message)` releases its
+    /// consumer's credit and is settled for good (journaled, for a durable queue: one record for the lot);
+    /// rejected ones are dead-lettered if the queue has a dead-letter exchange.
+    pub fn settle(
+        self: &Arc<Self>,
+        how: Settle,
+        settled: &[(Option<ConsumerId>, u64, Arc<Message>)],
+    ) {
+        let mut dead = Vec::new();
+        {
+            let mut s = self.state.lock();
+            for (consumer, position, message) in settled {
+                release_credit(&mut s, *consumer);
+                if !s.deleted {
+                    s.backlog.settle(*position);
+                    if how == Settle::Reject {
+                        dead.push(DeadLetter {
+                            message: Arc::clone(message),
+                            reason: DeathReason::Rejected,
+                        });
+                    }
+                }
             }
+            dispatch(self, &mut s, &mut dead);
+            s.backlog.flush_journal();
         }
-        dispatch(self, &mut s);
-        s.backlog.flush_journal();
+        self.dead_letter(dead);
+    }
+
+    /// Drops expired messages at the head (RabbitMQ expires messages only there); called by the vhost's
+    /// timer.
+    fn expire(self: &Arc<Self>, now: i64) {
+        if !self.may_expire.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut dead = Vec::new();
+        {
+            let mut s = self.state.lock();
+            if s.deleted {
+                return;
+            }
+            expire_head(&mut s, now, &mut dead);
+            s.backlog.flush_journal();
+        }
+        self.dead_letter(dead);
+    }
+
+    /// Hands `dead` to the vhost for dead-lettering (no lock may be held).
+    fn dead_letter(&self, dead: Vec<DeadLetter>) {
+        if dead.is_empty() {
+            return;
+        }
+        if let Some(vhost) = self.vhost.upgrade() {
+            vhost.dead_letter(self, dead, 0);
+        }
     }
 
     /// Journal flush and maintenance work for a durable queue (run outside the lock: it may fsync).
@@ -285,18 +426,55 @@ fn release_credit(s: &mut QueueState, consumer: Option<ConsumerId>) {
     }
 }
 
-/// Hands ready messages to consumers with credit, round-robin, until either runs out. A consumer whose
-/// connection is gone is dropped and its message stays ready.
-fn dispatch(queue: &Arc<Queue>, s: &mut QueueState) {
-    while !s.consumers.is_empty() && s.backlog.ready_count() > 0 {
-        let n = s.consumers.len();
-        let start = s.next_consumer % n;
-        let Some(index) = (0..n)
-            .map(|k| (start + k) % n)
-            .find(|&i| s.consumers.get(i).is_some_and(Consumer::has_credit))
-        else {
+/// Drops every message at the head whose expiry has passed, into `dead` (reason `expired`).
+fn expire_head(s: &mut QueueState, now: i64, dead: &mut Vec<DeadLetter>) {
+    while let Some(Some(at)) = s.backlog.head_expiry() {
+        if at > now {
+            return;
+        }
+        let Some(ready) = s.backlog.pop() else { return };
+        s.backlog.settle(ready.position);
+        dead.push(DeadLetter {
+            message: ready.message,
+            reason: DeathReason::Expired,
+        });
+    }
+}
+
+/// The consumer to serve next: among those with credit, the highest `x-priority`, round-robin from the
+/// last one served; a single-active-consumer queue serves only its first consumer.
+fn pick_consumer(s: &QueueState, single_active: bool) -> Option<usize> {
+    if single_active {
+        return s.consumers.first().filter(|c| c.has_credit()).map(|_| 0);
+    }
+    let top = s
+        .consumers
+        .iter()
+        .filter(|c| c.has_credit())
+        .map(|c| c.priority)
+        .max()?;
+    let n = s.consumers.len();
+    let start = s.next_consumer % n;
+    (0..n).map(|k| (start + k) % n).find(|&i| {
+        s.consumers
+            .get(i)
+            .is_some_and(|c| c.has_credit() && c.priority == top)
+    })
+}
+
+/// Hands ready messages to consumers with credit until either runs out, dropping expired ones on the way. A
+/// consumer whose connection is gone is dropped and its message stays ready.
+fn dispatch(queue: &Arc<Queue>, s: &mut QueueState, dead: &mut Vec<DeadLetter>) {
+    if s.consumers.is_empty() {
+        return;
+    }
+    let single_active = queue.spec.arguments.single_active_consumer;
+    let now = crate::now_ms();
+    while s.backlog.ready_count() > 0 {
+        let Some(index) = pick_consumer(s, single_active) else {
             return;
         };
+        expire_head(s, now, dead);
         let Some(ready) = s.backlog.pop() else {
             return;
         };
@@ -312,6 +490,7 @@ fn dispatch(queue: &Arc<Queue>, s: &mut QueueState) {
             message: Arc::clone(&ready.message),
             redelivered: ready.redelivered,
             position: ready.position,
+            expires_at: ready.expires_at,
             remaining,
         };
         if consumer
@@ -322,9 +501,15 @@ fn dispatch(queue: &Arc<Queue>, s: &mut QueueState) {
             // The connection is gone; its close will cancel the rest. Keep the message.
             s.consumers.remove(index);
             s.backlog.unpop(ready);
+            if s.consumers.is_empty() {
+                return;
+            }
             continue;
         }
-        if !consumer.no_ack {
+        if consumer.no_ack {
+            // Settled as it leaves: nothing will acknowledge it.
+            s.backlog.settle(ready.position);
+        } else {
             consumer.unacked += 1;
         }
         s.next_consumer = index + 1;
@@ -339,6 +524,8 @@ pub struct ConsumeOptions {
     pub no_ack: bool,
     pub exclusive: bool,
     pub prefetch: u16,
+    /// `x-priority` (0 by default).
+    pub priority: i32,
 }
 
 /// The outcome of a declare.
@@ -370,21 +557,91 @@ struct Store {
     save_lock: Mutex<()>,
 }
 
+/// What a dead-lettered message is, seen by the protocol that encoded it: the queue model keeps
+/// properties as opaque bytes, so the protocol layer rewrites them (RabbitMQ's `x-death` header) and renders
+/// what routing needs.
+pub trait MessageCodec: Send + Sync + std::fmt::Debug {
+    /// `message` as it leaves `queue` for its dead-letter exchange: `x-death` updated, `expiration` removed,
+    /// routed by `routing_key` if set. `None` drops it (a dead-letter cycle with no rejection in it).
+    fn dead_letter(
+        &self,
+        message: &Message,
+        reason: DeathReason,
+        queue: &str,
+        routing_key: Option<&str>,
+        now_ms: i64,
+    ) -> Option<Message>;
+    /// The routing keys of `message`: its routing key and its `CC` keys.
+    fn routing_keys(&self, message: &Message) -> Vec<String>;
+    /// Its headers, for headers exchanges.
+    fn headers(&self, message: &Message) -> Option<Headers>;
+}
+
+/// How often queue timers run: the precision of TTL expiry and `x-expires`.
+pub const TIMER_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Most dead-letter hops one publish can cause in a row (a cycle the codec did not break stops here).
+const DEAD_LETTER_DEPTH_MAX: u32 = 16;
+
 /// The queues, exchanges and bindings of one vhost (only `/` in this increment).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct VHost {
+    /// Itself, handed to its queues for dead-lettering.
+    me: Weak<VHost>,
     /// Taken before `queues` when both are needed (see the module docs).
     exchanges: RwLock<Exchanges>,
     queues: RwLock<HashMap<String, Arc<Queue>>>,
     next_consumer: AtomicU64,
     /// `None`: nothing survives a restart (tests of the model); durable queues then live in memory too.
     store: Option<Store>,
+    /// Set by the protocol front end; without it dead-lettered messages keep their properties.
+    codec: OnceLock<Arc<dyn MessageCodec>>,
 }
 
 impl VHost {
     /// A vhost that keeps everything in memory.
     pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+        Self::build(Exchanges::new(), HashMap::new(), None)
+    }
+
+    fn build(
+        exchanges: Exchanges,
+        queues: HashMap<String, Arc<Queue>>,
+        store: Option<Store>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            exchanges: RwLock::new(exchanges),
+            queues: RwLock::new(queues),
+            next_consumer: AtomicU64::new(0),
+            store,
+            codec: OnceLock::new(),
+        })
+    }
+
+    /// Installs the protocol's message codec (once; later calls are ignored).
+    pub fn set_codec(&self, codec: Arc<dyn MessageCodec>) {
+        let _ = self.codec.set(codec);
+    }
+
+    fn new_queue(
+        &self,
+        name: String,
+        spec: QueueSpec,
+        owner: Option<ConnectionId>,
+        durable_id: Option<u64>,
+        backlog: Backlog,
+    ) -> Arc<Queue> {
+        Arc::new(Queue {
+            name,
+            spec,
+            owner,
+            durable_id,
+            vhost: self.me.clone(),
+            last_used_ms: AtomicI64::new(crate::now_ms()),
+            may_expire: AtomicBool::new(false),
+            state: Mutex::new(QueueState::new(backlog)),
+        })
     }
 
     /// A vhost whose durable topology lives in `dir` and whose durable queues live in `logs` (message logs
@@ -418,43 +675,62 @@ impl VHost {
                 None => warn!(exchange = %x.name, kind = %x.kind, "not restored: unknown type"),
             }
         }
-        let mut queues = HashMap::new();
+        let mut backlogs = Vec::with_capacity(defs.queues.len());
         for q in &defs.queues {
-            let backlog = LogBacklog::open(&logs, q.id)?;
+            let options = OpenOptions {
+                max_priority: q.arguments.max_priority,
+                count_bytes: q.arguments.max_length_bytes.is_some(),
+            };
+            backlogs.push(LogBacklog::open(&logs, q.id, options)?);
+        }
+        let vhost = Self::build(
+            exchanges,
+            HashMap::new(),
+            Some(Store {
+                logs,
+                file,
+                next_queue_id: AtomicU64::new(next_id),
+                save_lock: Mutex::new(()),
+            }),
+        );
+        let mut queues = HashMap::new();
+        for (q, backlog) in defs.queues.iter().zip(backlogs) {
             let spec = QueueSpec {
                 durable: true,
                 exclusive: false,
                 auto_delete: q.auto_delete,
                 arguments: q.arguments.clone(),
             };
-            queues.insert(
+            let queue = vhost.new_queue(
                 q.name.clone(),
-                Arc::new(Queue {
-                    name: q.name.clone(),
-                    spec,
-                    owner: None,
-                    durable_id: Some(q.id),
-                    state: Mutex::new(QueueState::new(Backlog::Log(Box::new(backlog)))),
-                }),
+                spec,
+                None,
+                Some(q.id),
+                Backlog::Log(Box::new(backlog)),
             );
+            queue.may_expire.store(true, Ordering::Relaxed);
+            queues.insert(q.name.clone(), queue);
         }
-        for b in &defs.bindings {
-            let Some(destination) = b.destination() else {
-                continue;
-            };
-            if let Destination::Queue(q) = &destination {
-                if !queues.contains_key(q) {
+        {
+            let mut exchanges = vhost.exchanges.write();
+            for b in &defs.bindings {
+                let Some(destination) = b.destination() else {
                     continue;
+                };
+                if let Destination::Queue(q) = &destination {
+                    if !queues.contains_key(q) {
+                        continue;
+                    }
                 }
-            }
-            let binding = Binding {
-                source: b.source.clone(),
-                destination,
-                key: b.routing_key.clone(),
-                args: b.args(),
-            };
-            if let Err(e) = exchanges.bind(binding) {
-                warn!(source = %b.source, destination = %b.destination, "binding not restored: {e}");
+                let binding = Binding {
+                    source: b.source.clone(),
+                    destination,
+                    key: b.routing_key.clone(),
+                    args: b.args(),
+                };
+                if let Err(e) = exchanges.bind(binding) {
+                    warn!(source = %b.source, destination = %b.destination, "binding not restored: {e}");
+                }
             }
         }
         info!(
@@ -463,17 +739,8 @@ impl VHost {
             bindings = defs.bindings.len(),
             "AMQP definitions restored"
         );
-        Ok(Arc::new(Self {
-            exchanges: RwLock::new(exchanges),
-            queues: RwLock::new(queues),
-            next_consumer: AtomicU64::new(0),
-            store: Some(Store {
-                logs,
-                file,
-                next_queue_id: AtomicU64::new(next_id),
-                save_lock: Mutex::new(()),
-            }),
-        }))
+        *vhost.queues.write() = queues;
+        Ok(vhost)
     }
 
     /// Rewrites the definitions file from the current topology (no-op without a store).
@@ -550,7 +817,10 @@ impl VHost {
         for queue in queues {
             if let Some(work) = queue.maintenance() {
                 if let Err(e) = work.run() {
-                    warn!(queue = queue.name(), "queue maintenance failed: {e}");
+                    // A queue deleted while its maintenance ran has lost its files on purpose.
+                    if !queue.state.lock().deleted {
+                        warn!(queue = queue.name(), "queue maintenance failed: {e}");
+                    }
                 }
             }
         }
@@ -566,6 +836,7 @@ impl VHost {
     ) -> Result<DeclareOk, QueueError> {
         if passive {
             let queue = self.lookup(connection, name)?;
+            queue.touch();
             let (message_count, consumer_count) = queue.counts();
             return Ok(DeclareOk {
                 queue,
@@ -586,13 +857,13 @@ impl VHost {
         let mut queues = self.queues.write();
         if let Some(existing) = queues.get(&name) {
             existing.check_access(connection)?;
-            if existing.spec != spec {
+            if let Some(reason) = inequivalent(&spec, &existing.spec) {
                 return Err(QueueError::PreconditionFailed(format!(
-                    "inequivalent arg for queue '{name}' in vhost '/': declared {:?}, existing {:?}",
-                    spec, existing.spec
+                    "inequivalent arg {reason} (queue '{name}' in vhost '/')"
                 )));
             }
             let queue = Arc::clone(existing);
+            queue.touch();
             drop(queues);
             let (message_count, consumer_count) = queue.counts();
             return Ok(DeclareOk {
@@ -604,18 +875,17 @@ impl VHost {
         let (backlog, durable_id) = match &self.store {
             Some(store) if spec.on_log() => {
                 let id = store.next_queue_id.fetch_add(1, Ordering::Relaxed);
-                let backlog = LogBacklog::open(&store.logs, id)?;
+                let options = OpenOptions {
+                    max_priority: spec.arguments.max_priority,
+                    count_bytes: false,
+                };
+                let backlog = LogBacklog::open(&store.logs, id, options)?;
                 (Backlog::Log(Box::new(backlog)), Some(id))
             }
-            _ => (Backlog::memory(), None),
+            _ => (Backlog::memory(spec.arguments.max_priority), None),
         };
-        let queue = Arc::new(Queue {
-            name: name.clone(),
-            owner: spec.exclusive.then_some(connection),
-            spec,
-            durable_id,
-            state: Mutex::new(QueueState::new(backlog)),
-        });
+        let owner = spec.exclusive.then_some(connection);
+        let queue = self.new_queue(name.clone(), spec, owner, durable_id, backlog);
         queues.insert(name.clone(), Arc::clone(&queue));
         drop(queues);
         if durable_id.is_some() {
@@ -706,7 +976,7 @@ impl VHost {
         let mut s = queue.state.lock();
         s.deleted = true;
         let count = u32::try_from(s.backlog.ready_count()).unwrap_or(u32::MAX);
-        s.backlog = Backlog::memory();
+        s.backlog = Backlog::memory(None);
         if let (Some(store), Some(id)) = (&self.store, queue.durable_id) {
             if let Err(e) = store.logs.delete(id) {
                 warn!(queue = queue.name(), "cannot delete the queue's logs: {e}");
@@ -762,20 +1032,127 @@ impl VHost {
     /// The enqueueing half of [`VHost::publish`]: one shared copy on every named queue that still exists
     /// (a queue deleted since routing is skipped).
     pub fn deliver(&self, names: &[String], message: Arc<Message>) -> Delivered {
+        self.deliver_at_depth(names, message, 0)
+    }
+
+    fn deliver_at_depth(&self, names: &[String], message: Arc<Message>, depth: u32) -> Delivered {
         let mut out = Delivered::default();
-        let queues = self.queues.read();
-        for queue in names.iter().filter_map(|n| queues.get(n)) {
-            out.queues += 1;
-            match queue.enqueue(Arc::clone(&message)) {
-                Ok(Some(sync)) => out.sync.merge(sync),
-                Ok(None) => {}
-                Err(e) => {
-                    warn!(queue = queue.name(), "message not stored: {e}");
-                    out.failed = true;
+        let mut dead_by_queue: Vec<(Arc<Queue>, Vec<DeadLetter>)> = Vec::new();
+        {
+            let queues = self.queues.read();
+            for queue in names.iter().filter_map(|n| queues.get(n)) {
+                out.queues += 1;
+                let mut dead = Vec::new();
+                match queue.enqueue(Arc::clone(&message), &mut dead) {
+                    Ok(Some(Some(sync))) => out.sync.merge(sync),
+                    Ok(Some(None)) => {}
+                    // Refused by a length limit (reject-publish): nack.
+                    Ok(None) => out.failed = true,
+                    Err(e) => {
+                        warn!(queue = queue.name(), "message not stored: {e}");
+                        out.failed = true;
+                    }
+                }
+                if !dead.is_empty() {
+                    dead_by_queue.push((Arc::clone(queue), dead));
                 }
             }
         }
+        // Routed only once the queue table's lock is released: a dead-letter exchange may lead back here.
+        for (queue, dead) in dead_by_queue {
+            self.dead_letter(&queue, dead, depth + 1);
+        }
         out
+    }
+
+    /// Publishes messages that left `queue` to its dead-letter exchange, as its codec rewrites them. A
+    /// missing exchange drops them, as in RabbitMQ.
+    fn dead_letter(&self, queue: &Queue, dead: Vec<DeadLetter>, depth: u32) {
+        let args = &queue.spec.arguments;
+        let Some(exchange) = args.dead_letter_exchange.as_deref() else {
+            return;
+        };
+        if depth > DEAD_LETTER_DEPTH_MAX {
+            warn!(
+                queue = queue.name(),
+                "dead-letter chain too long; messages dropped"
+            );
+            return;
+        }
+        let now = crate::now_ms();
+        let codec = self.codec.get();
+        for DeadLetter { message, reason } in dead {
+            let routing_key = args.dead_letter_routing_key.as_deref();
+            let rewritten = match codec {
+                Some(codec) => {
+                    match codec.dead_letter(&message, reason, queue.name(), routing_key, now) {
+                        Some(m) => m,
+                        None => continue,
+                    }
+                }
+                None => Message {
+                    exchange: exchange.to_string(),
+                    routing_key: routing_key.unwrap_or(&message.routing_key).to_string(),
+                    expiration_ms: None,
+                    ..(*message).clone()
+                },
+            };
+            let keys: Vec<String> = match (routing_key, codec) {
+                (Some(key), _) => vec![key.to_string()],
+                (None, Some(codec)) => codec.routing_keys(&message),
+                (None, None) => vec![message.routing_key.clone()],
+            };
+            let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let rendered = || codec.and_then(|c| c.headers(&rewritten));
+            let names = match self.exchanges.read().route(exchange, &key_refs, &rendered) {
+                Ok(names) => names,
+                Err(e) => {
+                    debug!(queue = queue.name(), "dead letter dropped: {e}");
+                    continue;
+                }
+            };
+            self.deliver_at_depth(&names, Arc::new(rewritten), depth);
+        }
+    }
+
+    /// Timers: expires messages past their TTL at the heads of queues and deletes queues whose `x-expires`
+    /// lease ran out. Called every [`TIMER_INTERVAL`] by [`VHost::run_timers`].
+    pub fn tick(&self) {
+        let now = crate::now_ms();
+        // Only queues with something timed: a vhost of many plain queues pays nothing here.
+        let queues: Vec<Arc<Queue>> = self
+            .queues
+            .read()
+            .values()
+            .filter(|q| {
+                q.may_expire.load(Ordering::Relaxed) || q.spec.arguments.expires_ms.is_some()
+            })
+            .cloned()
+            .collect();
+        for queue in queues {
+            queue.expire(now);
+            if let Some(expires) = queue.spec.arguments.expires_ms {
+                let idle = now.saturating_sub(queue.last_used_ms.load(Ordering::Relaxed));
+                let unused = queue.state.lock().consumers.is_empty();
+                if unused && idle >= i64::try_from(expires).unwrap_or(i64::MAX) {
+                    debug!(queue = queue.name(), "deleted: x-expires lease ran out");
+                    self.remove(&queue);
+                }
+            }
+        }
+    }
+
+    /// Runs [`VHost::tick`] every [`TIMER_INTERVAL`] until the vhost is gone.
+    pub async fn run_timers(vhost: Weak<VHost>) {
+        let mut interval = tokio::time::interval(TIMER_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let Some(vhost) = vhost.upgrade() else {
+                return;
+            };
+            vhost.tick();
+        }
     }
 
     /// exchange.declare.
@@ -910,7 +1287,9 @@ impl VHost {
         sink: DeliverySink,
     ) -> Result<(Arc<Queue>, ConsumerId), QueueError> {
         let queue = self.lookup(connection, queue_name)?;
+        queue.touch();
         let id = self.next_consumer.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut dead = Vec::new();
         let mut s = queue.state.lock();
         if s.deleted {
             return Err(QueueError::NotFound(queue_name.to_string()));
@@ -927,51 +1306,72 @@ impl VHost {
             channel: options.channel,
             no_ack: options.no_ack,
             exclusive: options.exclusive,
+            priority: options.priority,
             prefetch: options.prefetch,
             unacked: 0,
             sink,
         });
         s.had_consumer = true;
-        dispatch(&queue, &mut s);
+        dispatch(&queue, &mut s, &mut dead);
         s.backlog.flush_journal();
         drop(s);
+        queue.dead_letter(dead);
         Ok((queue, id))
     }
 
     /// basic.cancel (or the consumer's channel closed). An auto-delete queue whose last consumer this was
     /// is deleted.
     pub fn cancel(&self, queue: &Arc<Queue>, consumer: ConsumerId) {
+        let mut dead = Vec::new();
         let delete = {
             let mut s = queue.state.lock();
             s.consumers.retain(|c| c.id != consumer);
+            if s.consumers.is_empty() {
+                queue.touch();
+            }
+            // A single active consumer's successor takes over at once.
+            dispatch(queue, &mut s, &mut dead);
+            s.backlog.flush_journal();
             queue.spec.auto_delete && s.had_consumer && s.consumers.is_empty() && !s.deleted
         };
+        queue.dead_letter(dead);
         if delete {
             self.remove(queue);
         }
     }
 
-    /// basic.get: the next ready message, if any.
+    /// basic.get: the next ready message, if any (`no_ack`: settled as it leaves).
     pub fn get(
         &self,
         connection: ConnectionId,
         queue_name: &str,
+        no_ack: bool,
     ) -> Result<Option<Delivery>, QueueError> {
         let queue = self.lookup(connection, queue_name)?;
-        let mut s = queue.state.lock();
-        let Some(ready) = s.backlog.pop() else {
-            return Ok(None);
+        queue.touch();
+        let mut dead = Vec::new();
+        let got: Option<(Ready, u32)> = {
+            let mut s = queue.state.lock();
+            expire_head(&mut s, crate::now_ms(), &mut dead);
+            let got = s.backlog.pop().map(|ready| {
+                if no_ack {
+                    s.backlog.settle(ready.position);
+                }
+                let remaining = u32::try_from(s.backlog.ready_count()).unwrap_or(u32::MAX);
+                (ready, remaining)
+            });
+            s.backlog.flush_journal();
+            got
         };
-        let remaining = u32::try_from(s.backlog.ready_count()).unwrap_or(u32::MAX);
-        s.backlog.flush_journal();
-        drop(s);
-        Ok(Some(Delivery {
+        queue.dead_letter(dead);
+        Ok(got.map(|(ready, remaining)| Delivery {
             queue: Arc::clone(&queue),
             consumer: None,
             consumer_tag: String::new(),
             message: ready.message,
             redelivered: ready.redelivered,
             position: ready.position,
+            expires_at: ready.expires_at,
             remaining,
         }))
     }
@@ -989,6 +1389,69 @@ impl VHost {
             self.remove(&queue);
         }
     }
+}
+
+/// The first property in which a redeclare differs from the queue, as RabbitMQ names it:
+/// `'x-message-ttl': received '2000' but current is 'none'`.
+fn inequivalent(new: &QueueSpec, old: &QueueSpec) -> Option<String> {
+    fn show<T: std::fmt::Debug>(v: &Option<T>) -> String {
+        v.as_ref().map_or("none".to_string(), |v| format!("{v:?}"))
+    }
+    let (a, b) = (&new.arguments, &old.arguments);
+    let diffs: [(&str, String, String); 12] = [
+        ("durable", new.durable.to_string(), old.durable.to_string()),
+        (
+            "exclusive",
+            new.exclusive.to_string(),
+            old.exclusive.to_string(),
+        ),
+        (
+            "auto_delete",
+            new.auto_delete.to_string(),
+            old.auto_delete.to_string(),
+        ),
+        (
+            "x-message-ttl",
+            show(&a.message_ttl_ms),
+            show(&b.message_ttl_ms),
+        ),
+        ("x-expires", show(&a.expires_ms), show(&b.expires_ms)),
+        ("x-max-length", show(&a.max_length), show(&b.max_length)),
+        (
+            "x-max-length-bytes",
+            show(&a.max_length_bytes),
+            show(&b.max_length_bytes),
+        ),
+        (
+            "x-overflow",
+            format!("{:?}", a.overflow),
+            format!("{:?}", b.overflow),
+        ),
+        (
+            "x-dead-letter-exchange",
+            show(&a.dead_letter_exchange),
+            show(&b.dead_letter_exchange),
+        ),
+        (
+            "x-dead-letter-routing-key",
+            show(&a.dead_letter_routing_key),
+            show(&b.dead_letter_routing_key),
+        ),
+        (
+            "x-max-priority",
+            show(&a.max_priority),
+            show(&b.max_priority),
+        ),
+        (
+            "x-single-active-consumer",
+            a.single_active_consumer.to_string(),
+            b.single_active_consumer.to_string(),
+        ),
+    ];
+    diffs
+        .into_iter()
+        .find(|(_, n, o)| n != o)
+        .map(|(name, n, o)| format!("'{name}': received '{n}' but current is '{o}'"))
 }
 
 /// `amq.gen-` and 22 random URL-safe characters, as RabbitMQ names server-named queues.
@@ -1012,7 +1475,7 @@ mod tests {
             durable: false,
             exclusive: false,
             auto_delete: false,
-            arguments: String::new(),
+            arguments: QueueArgs::default(),
         }
     }
 
@@ -1023,6 +1486,8 @@ mod tests {
             properties: Bytes::new(),
             body: Bytes::from(body.to_string()),
             persistent: false,
+            priority: 0,
+            expiration_ms: None,
         }
     }
 
@@ -1043,6 +1508,7 @@ mod tests {
             no_ack: false,
             exclusive: false,
             prefetch,
+            priority: 0,
         };
         let (_, id) = vhost.consume(1, "q", options, tx).unwrap();
         (id, rx)
@@ -1099,7 +1565,7 @@ mod tests {
             Ok(2)
         );
         assert_eq!(
-            vhost.get(1, "r").unwrap().unwrap().message.body,
+            vhost.get(1, "r", false).unwrap().unwrap().message.body,
             fanned.body
         );
         vhost.delete_queue(1, "q", false, false).unwrap();
@@ -1166,11 +1632,14 @@ mod tests {
         assert!(next(&mut rx_a).is_none(), "prefetch 1 holds back the rest");
         // Requeue the first: it goes back to the head, redelivered, and to the consumer with credit.
         da.queue
-            .requeue(da.consumer, da.position, Arc::clone(&da.message));
+            .requeue(da.consumer, da.position, Arc::clone(&da.message), None);
         let again = next(&mut rx_a).unwrap();
         assert_eq!(&again.message.body[..], b"0");
         assert!(again.redelivered);
-        db.queue.settle(&[(db.consumer, db.position)]);
+        db.queue.settle(
+            Settle::Ack,
+            &[(db.consumer, db.position, Arc::clone(&db.message))],
+        );
         assert_eq!(&next(&mut rx_b).unwrap().message.body[..], b"2");
     }
 
@@ -1198,12 +1667,13 @@ mod tests {
 
     fn bodies(vhost: &VHost) -> Vec<(String, bool)> {
         let mut out = Vec::new();
-        while let Some(d) = vhost.get(1, "q").unwrap() {
+        while let Some(d) = vhost.get(1, "q", false).unwrap() {
             out.push((
                 String::from_utf8_lossy(&d.message.body).into_owned(),
                 d.redelivered,
             ));
-            d.queue.settle(&[(None, d.position)]);
+            d.queue
+                .settle(Settle::Ack, &[(None, d.position, Arc::clone(&d.message))]);
         }
         out
     }
@@ -1244,13 +1714,13 @@ mod tests {
             // 0 and 1 acknowledged, 2 delivered and left unacknowledged, 3 acknowledged out of order.
             let mut got = Vec::new();
             for _ in 0..4 {
-                got.push(vhost.get(1, "q").unwrap().unwrap());
+                got.push(vhost.get(1, "q", false).unwrap().unwrap());
             }
-            got[0].queue.settle(&[
-                (None, got[0].position),
-                (None, got[1].position),
-                (None, got[3].position),
-            ]);
+            let acked: Vec<_> = [0usize, 1, 3]
+                .iter()
+                .map(|&i| (None, got[i].position, Arc::clone(&got[i].message)))
+                .collect();
+            got[0].queue.settle(Settle::Ack, &acked);
             logs.close().unwrap();
         }
         let (logs, vhost) = open_durable(dir.path());
@@ -1312,8 +1782,9 @@ mod tests {
         }
         let size = |logs: &LogManager| logs.get("__amqp.1.m").unwrap().stats().segments;
         assert!(size(&logs) >= 3);
-        while let Some(d) = vhost.get(1, "q").unwrap() {
-            d.queue.settle(&[(None, d.position)]);
+        while let Some(d) = vhost.get(1, "q", false).unwrap() {
+            d.queue
+                .settle(Settle::Ack, &[(None, d.position, Arc::clone(&d.message))]);
         }
         vhost.maintain();
         assert_eq!(size(&logs), 1, "only the active segment is left");
@@ -1326,9 +1797,9 @@ mod tests {
         assert!(!publish(&vhost, msg("x")));
         vhost.declare_queue(1, "q", false, spec()).unwrap();
         assert!(publish(&vhost, msg("x")));
-        let got = vhost.get(1, "q").unwrap().unwrap();
+        let got = vhost.get(1, "q", false).unwrap().unwrap();
         assert_eq!(got.remaining, 0);
-        assert!(vhost.get(1, "q").unwrap().is_none());
+        assert!(vhost.get(1, "q", false).unwrap().is_none());
         assert_eq!(vhost.purge_queue(1, "q").unwrap(), 0);
     }
 }

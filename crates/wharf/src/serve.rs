@@ -104,6 +104,9 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<
             )
             .context("cannot restore the AMQP definitions and durable queues")?;
             tokio::spawn(maintain_queues_periodically(Arc::downgrade(&vhost)));
+            tokio::spawn(wharf_core::queues::VHost::run_timers(Arc::downgrade(
+                &vhost,
+            )));
             let broker = wharf_amqp::Broker::new(config.amqp.front_end(), vhost);
             amqp_task = Some(tokio::spawn(wharf_amqp::serve(
                 listener,

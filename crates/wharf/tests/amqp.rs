@@ -34,14 +34,7 @@ struct Wharf {
 
 impl Wharf {
     fn start() -> Wharf {
-        let process = support::BrokerProcess::start(&[
-            "--kafka-listen",
-            "off",
-            "--http-listen",
-            "off",
-            "--amqp-listen",
-            "127.0.0.1:0",
-        ]);
+        let process = support::start_amqp();
         let amqp = process.addr("amqp");
         Wharf { process, amqp }
     }
@@ -484,11 +477,7 @@ async fn drain(channel: &Channel, queue: &str) -> Vec<String> {
 }
 
 fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
-    for (k, v) in entries {
-        t.insert((*k).into(), v.clone());
-    }
-    t
+    support::field_table(entries)
 }
 
 fn text(s: &str) -> AMQPValue {

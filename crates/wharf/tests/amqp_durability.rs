@@ -16,33 +16,17 @@ use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use support::BrokerProcess;
 
 const OP_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn start() -> BrokerProcess {
-    BrokerProcess::start(&[
-        "--kafka-listen",
-        "off",
-        "--http-listen",
-        "off",
-        "--amqp-listen",
-        "127.0.0.1:0",
-    ])
+    support::start_amqp()
 }
 
 async fn connect(broker: &BrokerProcess) -> (Connection, Channel) {
-    let uri = format!("amqp://guest:guest@{}/%2f", broker.addr("amqp"));
-    let conn = tokio::time::timeout(
-        OP_TIMEOUT,
-        Connection::connect(&uri, ConnectionProperties::default()),
-    )
-    .await
-    .expect("connect in time")
-    .expect("connect");
-    let channel = conn.create_channel().await.unwrap();
-    (conn, channel)
+    support::amqp_connect(broker).await
 }
 
 async fn declare(channel: &Channel, name: &str, durable: bool) -> lapin::Result<u32> {
@@ -329,4 +313,54 @@ async fn confirmed_messages_survive_kill_9_and_acknowledged_ones_stay_gone() {
         "too few confirms to mean much: {}",
         confirmed.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_taken_without_ack_do_not_come_back() {
+    let mut broker = start();
+    {
+        let (_conn, channel) = connect(&broker).await;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        declare(&channel, "fire-and-forget", true).await.unwrap();
+        for i in 0..6 {
+            let body = format!("n{i}");
+            publish_confirmed(
+                &channel,
+                "",
+                "fire-and-forget",
+                body.as_bytes(),
+                persistent(),
+            )
+            .await;
+        }
+        // All taken by a no-ack consumer: settled as they leave.
+        let mut consumer = channel
+            .basic_consume(
+                "fire-and-forget".into(),
+                "c".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        for _ in 0..6 {
+            tokio::time::timeout(OP_TIMEOUT, consumer.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+        }
+        assert_eq!(passive(&channel, "fire-and-forget").await.unwrap(), 0);
+        assert!(broker.terminate().success());
+    }
+    broker.restart();
+    let (_conn, channel) = connect(&broker).await;
+    assert_eq!(passive(&channel, "fire-and-forget").await.unwrap(), 0);
+    assert!(drain(&channel, "fire-and-forget").await.is_empty());
 }

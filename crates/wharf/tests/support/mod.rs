@@ -133,3 +133,38 @@ fn spawn(dir: &Path, args: &[String], start: u32) -> (Child, serde_json::Value) 
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A broker with only its AMQP listener open, on a free port.
+pub fn start_amqp() -> BrokerProcess {
+    BrokerProcess::start(&[
+        "--kafka-listen",
+        "off",
+        "--http-listen",
+        "off",
+        "--amqp-listen",
+        "127.0.0.1:0",
+    ])
+}
+
+/// A `lapin` connection to the broker's AMQP listener (as guest) and one channel on it.
+pub async fn amqp_connect(broker: &BrokerProcess) -> (lapin::Connection, lapin::Channel) {
+    let uri = format!("amqp://guest:guest@{}/%2f", broker.addr("amqp"));
+    let conn = tokio::time::timeout(
+        Duration::from_secs(10),
+        lapin::Connection::connect(&uri, lapin::ConnectionProperties::default()),
+    )
+    .await
+    .expect("connect in time")
+    .expect("connect");
+    let channel = conn.create_channel().await.unwrap();
+    (conn, channel)
+}
+
+/// A field table of `entries`.
+pub fn field_table(entries: &[(&str, lapin::types::AMQPValue)]) -> lapin::types::FieldTable {
+    let mut t = lapin::types::FieldTable::default();
+    for (k, v) in entries {
+        t.insert(lapin::types::ShortString::from(*k), v.clone());
+    }
+    t
+}

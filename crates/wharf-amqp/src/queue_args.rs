@@ -1,0 +1,255 @@
+//! The `x-*` arguments of queue.declare and the message properties the queue model acts on
+//! (`priority`, `expiration`), read from field tables and checked as RabbitMQ checks them: a wrong type or
+//! value is 406 PRECONDITION_FAILED on the channel, and queue types this broker has not got yet are refused
+//! by name.
+
+use amq_protocol::protocol::basic::AMQPProperties;
+use amq_protocol::types::{AMQPValue, FieldTable};
+use wharf_core::queues::{Overflow, QueueArgs};
+
+use crate::reply::{Fault, PRECONDITION_FAILED};
+
+/// An integer argument of any integer type (clients pick different ones for the same value).
+fn integer(value: &AMQPValue) -> Option<i128> {
+    Some(match value {
+        AMQPValue::ShortShortInt(v) => i128::from(*v),
+        AMQPValue::ShortShortUInt(v) => i128::from(*v),
+        AMQPValue::ShortInt(v) => i128::from(*v),
+        AMQPValue::ShortUInt(v) => i128::from(*v),
+        AMQPValue::LongInt(v) => i128::from(*v),
+        AMQPValue::LongUInt(v) => i128::from(*v),
+        AMQPValue::LongLongInt(v) => i128::from(*v),
+        _ => return None,
+    })
+}
+
+fn string(value: &AMQPValue) -> Option<String> {
+    match value {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
+/// Parses queue.declare's arguments for queue `queue`.
+pub fn queue_args(queue: &str, table: &FieldTable) -> Result<QueueArgs, Fault> {
+    let invalid = |name: &str, why: String| {
+        Fault::channel(
+            PRECONDITION_FAILED,
+            format!("invalid arg '{name}' for queue '{queue}' in vhost '/': {why}"),
+        )
+    };
+    let ranged = |name: &str, value: &AMQPValue, min: i128, max: i128| -> Result<u64, Fault> {
+        let v = integer(value).ok_or_else(|| {
+            invalid(
+                name,
+                format!("{{unacceptable_type,{:?}}}", value.get_type()),
+            )
+        })?;
+        if v < min || v > max {
+            return Err(invalid(name, format!("{{value_out_of_range,{v}}}")));
+        }
+        u64::try_from(v).map_err(|_| invalid(name, format!("{{value_out_of_range,{v}}}")))
+    };
+    let text = |name: &str, value: &AMQPValue| -> Result<String, Fault> {
+        string(value).ok_or_else(|| {
+            invalid(
+                name,
+                format!("{{unacceptable_type,{:?}}}", value.get_type()),
+            )
+        })
+    };
+    let mut args = QueueArgs::default();
+    for (key, value) in table.inner() {
+        match key.as_str() {
+            "x-message-ttl" => {
+                args.message_ttl_ms = Some(ranged(key.as_str(), value, 0, i128::from(u32::MAX))?)
+            }
+            "x-expires" => {
+                args.expires_ms = Some(ranged(key.as_str(), value, 1, i128::from(u32::MAX))?)
+            }
+            "x-max-length" => {
+                args.max_length = Some(ranged(key.as_str(), value, 0, i128::from(i64::MAX))?)
+            }
+            "x-max-length-bytes" => {
+                args.max_length_bytes = Some(ranged(key.as_str(), value, 0, i128::from(i64::MAX))?)
+            }
+            "x-overflow" => {
+                let s = text(key.as_str(), value)?;
+                args.overflow = Overflow::parse(&s)
+                    .ok_or_else(|| invalid(key.as_str(), format!("{{unknown_value,<<\"{s}\">>}}")))?;
+            }
+            "x-dead-letter-exchange" => {
+                args.dead_letter_exchange = Some(text(key.as_str(), value)?)
+            }
+            "x-dead-letter-routing-key" => {
+                args.dead_letter_routing_key = Some(text(key.as_str(), value)?)
+            }
+            "x-max-priority" => {
+                args.max_priority = Some(ranged(key.as_str(), value, 1, 255)? as u8)
+            }
+            "x-single-active-consumer" => match value {
+                AMQPValue::Boolean(b) => args.single_active_consumer = *b,
+                other => {
+                    return Err(invalid(
+                        key.as_str(),
+                        format!("{{unacceptable_type,{:?}}}", other.get_type()),
+                    ))
+                }
+            },
+            "x-queue-type" => match text(key.as_str(), value)?.as_str() {
+                "classic" => {}
+                kind @ ("quorum" | "stream") => {
+                    return Err(Fault::channel(
+                        PRECONDITION_FAILED,
+                        format!(
+                            "queue type '{kind}' is not supported by this broker yet (queue '{queue}' in vhost '/'); declare a classic queue"
+                        ),
+                    ))
+                }
+                other => {
+                    return Err(invalid(key.as_str(), format!("unknown queue type '{other}'")))
+                }
+            },
+            // Other arguments (x-queue-mode, x-queue-master-locator, …) are accepted and ignored, as
+            // RabbitMQ ignores those it does not act on.
+            _ => {}
+        }
+    }
+    if args.dead_letter_routing_key.is_some() && args.dead_letter_exchange.is_none() {
+        return Err(Fault::channel(
+            PRECONDITION_FAILED,
+            format!(
+                "invalid arg 'x-dead-letter-routing-key' for queue '{queue}' in vhost '/': \
+                 x-dead-letter-exchange is required"
+            ),
+        ));
+    }
+    Ok(args)
+}
+
+/// The `expiration` property in ms: a string of decimal digits, as RabbitMQ requires (anything else is
+/// 406 on publish).
+pub fn expiration_ms(properties: &AMQPProperties) -> Result<Option<u64>, Fault> {
+    let Some(raw) = properties.expiration().as_ref() else {
+        return Ok(None);
+    };
+    let s = raw.as_str();
+    s.parse::<u64>()
+        .ok()
+        .filter(|_| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .map(Some)
+        .ok_or_else(|| Fault::channel(PRECONDITION_FAILED, format!("invalid expiration '{s}'")))
+}
+
+/// The `x-priority` argument of basic.consume (0 when absent or not an integer).
+pub fn consumer_priority(table: &FieldTable) -> i32 {
+    table
+        .inner()
+        .get("x-priority")
+        .and_then(integer)
+        .and_then(|v| i32::try_from(v).ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amq_protocol::types::{LongString, ShortString};
+
+    fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
+        let mut t = FieldTable::default();
+        for (k, v) in entries {
+            t.insert(ShortString::from(*k), v.clone());
+        }
+        t
+    }
+
+    #[test]
+    fn parses_what_rabbitmq_accepts() {
+        let args = queue_args(
+            "q",
+            &table(&[
+                ("x-message-ttl", AMQPValue::LongInt(500)),
+                ("x-max-length", AMQPValue::ShortShortUInt(3)),
+                (
+                    "x-overflow",
+                    AMQPValue::LongString(LongString::from("reject-publish")),
+                ),
+                (
+                    "x-dead-letter-exchange",
+                    AMQPValue::LongString(LongString::from("dlx")),
+                ),
+                ("x-max-priority", AMQPValue::LongLongInt(10)),
+                ("x-single-active-consumer", AMQPValue::Boolean(true)),
+                (
+                    "x-queue-type",
+                    AMQPValue::LongString(LongString::from("classic")),
+                ),
+                (
+                    "x-queue-mode",
+                    AMQPValue::LongString(LongString::from("lazy")),
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(args.message_ttl_ms, Some(500));
+        assert_eq!(args.max_length, Some(3));
+        assert_eq!(args.overflow, Overflow::RejectPublish);
+        assert_eq!(args.dead_letter_exchange.as_deref(), Some("dlx"));
+        assert_eq!(args.max_priority, Some(10));
+        assert!(args.single_active_consumer);
+    }
+
+    #[test]
+    fn refuses_bad_values_and_missing_queue_types() {
+        for bad in [
+            ("x-message-ttl", AMQPValue::LongInt(-1)),
+            ("x-expires", AMQPValue::LongInt(0)),
+            ("x-max-priority", AMQPValue::LongInt(256)),
+            (
+                "x-message-ttl",
+                AMQPValue::LongString(LongString::from("1")),
+            ),
+            (
+                "x-overflow",
+                AMQPValue::LongString(LongString::from("sideways")),
+            ),
+            (
+                "x-queue-type",
+                AMQPValue::LongString(LongString::from("quorum")),
+            ),
+            (
+                "x-queue-type",
+                AMQPValue::LongString(LongString::from("stream")),
+            ),
+            (
+                "x-dead-letter-routing-key",
+                AMQPValue::LongString(LongString::from("k")),
+            ),
+        ] {
+            let err = queue_args("q", &table(std::slice::from_ref(&bad))).unwrap_err();
+            assert_eq!(err.code, PRECONDITION_FAILED, "{bad:?}");
+            assert!(!err.hard, "a channel error: {bad:?}");
+        }
+        let quorum = queue_args(
+            "q",
+            &table(&[(
+                "x-queue-type",
+                AMQPValue::LongString(LongString::from("quorum")),
+            )]),
+        )
+        .unwrap_err();
+        assert!(quorum.text.contains("not supported"), "{}", quorum.text);
+    }
+
+    #[test]
+    fn expiration_is_a_string_of_digits() {
+        let with = |s: &str| AMQPProperties::default().with_expiration(ShortString::from(s));
+        assert_eq!(expiration_ms(&with("1500")).unwrap(), Some(1500));
+        assert_eq!(expiration_ms(&AMQPProperties::default()).unwrap(), None);
+        assert!(expiration_ms(&with("-1")).is_err());
+        assert!(expiration_ms(&with("1.5")).is_err());
+        assert!(expiration_ms(&with("")).is_err());
+    }
+}
