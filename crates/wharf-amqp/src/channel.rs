@@ -10,6 +10,7 @@ use amq_protocol::protocol::{
     basic, basic::AMQPProperties, channel as ch, confirm, queue, tx, AMQPClass,
 };
 use bytes::{Bytes, BytesMut};
+use wharf_core::flow::{ChannelGate, ConsumerGate};
 use wharf_core::queues::{
     ConsumeOptions, ConsumerId, Delivered, Delivery, Message, PendingSync, Queue, QueueEvent,
     QueueSpec, Settle, VHost,
@@ -124,6 +125,8 @@ pub struct Channel {
     /// The queue last declared on this channel: an empty queue name in later methods means it.
     last_queue: String,
     mode: Mode,
+    /// channel.flow and the channel-wide (`global`) prefetch, consulted by its consumers' queues.
+    gate: Arc<ChannelGate>,
 }
 
 impl Channel {
@@ -146,6 +149,25 @@ impl Channel {
         self.publish = None;
     }
 
+    /// Dispatches to this channel's consumers again (their gate opened).
+    pub(crate) fn kick_consumers(&self) {
+        for consumer in self.consumers.values() {
+            consumer.queue.kick();
+        }
+    }
+
+    /// Deliveries to consumers stopped counting against the channel-wide prefetch; with one set, the
+    /// consumers may get more now.
+    fn released(&self, taken: &[(u64, Unacked)]) {
+        let counted = taken.iter().filter(|(_, u)| u.consumer.is_some()).count();
+        for _ in 0..counted {
+            self.gate.released();
+        }
+        if counted > 0 && self.gate.prefetch() > 0 {
+            self.kick_consumers();
+        }
+    }
+
     /// Records the outcome of publish `tag` once it is known (confirm mode only).
     pub(crate) fn settle_confirm(&mut self, tag: u64, ok: bool) {
         if let Mode::Confirm(confirms) = &mut self.mode {
@@ -163,6 +185,7 @@ impl Channel {
 
     /// Acks / nacks / rejects: applied now, or held by the transaction until commit.
     fn settle(&mut self, taken: Vec<(u64, Unacked)>, outcome: Outcome) {
+        self.released(&taken);
         match &mut self.mode {
             Mode::Tx(tx) => tx
                 .settlements
@@ -491,6 +514,11 @@ fn method(session: &mut Session, id: u16, class: AMQPClass) -> Result<(), Fault>
             ))
         }
         AMQPClass::Channel(ch::AMQPMethod::Flow(flow)) => {
+            let channel = channel_mut(session, id)?;
+            channel.gate.set_active(flow.active);
+            if flow.active {
+                channel.kick_consumers();
+            }
             session.send(
                 id,
                 AMQPClass::Channel(ch::AMQPMethod::FlowOk(ch::FlowOk {
@@ -609,8 +637,15 @@ fn basic_method(session: &mut Session, id: u16, method: basic::AMQPMethod) -> Re
     let conn = session.id;
     match method {
         basic::AMQPMethod::Qos(qos) => {
-            // Per consumer (RabbitMQ's per_consumer_qos); `global` is treated the same in this increment.
-            channel_mut(session, id)?.prefetch = qos.prefetch_count;
+            // As RabbitMQ reads it: without `global`, the prefetch of each consumer created from now on;
+            // with it, one limit shared by all of the channel's consumers.
+            let channel = channel_mut(session, id)?;
+            if qos.global {
+                channel.gate.set_prefetch(qos.prefetch_count);
+                channel.kick_consumers();
+            } else {
+                channel.prefetch = qos.prefetch_count;
+            }
             session.send(
                 id,
                 AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
@@ -622,6 +657,7 @@ fn basic_method(session: &mut Session, id: u16, method: basic::AMQPMethod) -> Re
             }
             // The exchange is checked (404, or 403 when internal) once the content is in, when the
             // message is routed: the content frames must be read either way.
+            session.has_published = true;
             channel_mut(session, id)?.publish = Some(Publish {
                 exchange: publish.exchange.as_str().to_string(),
                 routing_key: publish.routing_key.as_str().to_string(),
@@ -633,6 +669,7 @@ fn basic_method(session: &mut Session, id: u16, method: basic::AMQPMethod) -> Re
             });
         }
         basic::AMQPMethod::Consume(consume) => {
+            let outbound = Arc::clone(&session.outbound);
             let channel = channel_mut(session, id)?;
             let queue_name = channel.queue_name(consume.queue.as_str())?;
             let tag = if consume.consumer_tag.as_str().is_empty() {
@@ -653,6 +690,10 @@ fn basic_method(session: &mut Session, id: u16, method: basic::AMQPMethod) -> Re
                 exclusive: consume.exclusive,
                 prefetch: channel.prefetch,
                 priority: crate::queue_args::consumer_priority(&consume.arguments),
+                gate: ConsumerGate {
+                    outbound,
+                    channel: Arc::clone(&channel.gate),
+                },
             };
             // Reply first: deliveries the consume triggers reach this connection as events, which are
             // handled after this frame, so consume-ok always precedes them.
@@ -734,7 +775,10 @@ fn basic_method(session: &mut Session, id: u16, method: basic::AMQPMethod) -> Re
         }
         basic::AMQPMethod::Recover(_) | basic::AMQPMethod::RecoverAsync(_) => {
             let reply = matches!(method, basic::AMQPMethod::Recover(_));
-            let all = std::mem::take(&mut channel_mut(session, id)?.unacked);
+            let channel = channel_mut(session, id)?;
+            let all: Vec<(u64, Unacked)> =
+                std::mem::take(&mut channel.unacked).into_iter().collect();
+            channel.released(&all);
             for (_, u) in all {
                 u.requeue();
             }
@@ -866,6 +910,7 @@ fn unacked(delivery: &Delivery) -> Unacked {
 pub fn event(session: &mut Session, id: u16, event: QueueEvent) {
     match event {
         QueueEvent::Deliver(delivery) => {
+            session.outbound_released(delivery.message.body.len() as u64);
             let no_ack = session
                 .channels
                 .get(&id)

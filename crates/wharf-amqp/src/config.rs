@@ -19,6 +19,9 @@ pub struct AmqpConfig {
     /// Time a new connection has to finish the handshake (protocol header to connection.open-ok)
     /// (`handshake_timeout`, RabbitMQ 10 s).
     pub handshake_timeout_ms: u64,
+    /// Bytes of deliveries a connection may have waiting to be written; past it, its consumers get nothing
+    /// more until it drains (a slow consumer is throttled, not allowed to grow memory).
+    pub connection_pending_bytes_max: u64,
 }
 
 /// Smallest `frame_max` the protocol allows (`FRAME_MIN_SIZE`).
@@ -33,6 +36,7 @@ impl Default for AmqpConfig {
             max_connections: 10_000,
             max_message_bytes: 128 * 1024 * 1024,
             handshake_timeout_ms: 10_000,
+            connection_pending_bytes_max: 16 * 1024 * 1024,
         }
     }
 }

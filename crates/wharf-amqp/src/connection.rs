@@ -104,6 +104,7 @@ async fn run(
     }
     session.start();
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut alarm = session.broker.vhost.memory().subscribe();
     let mut last_read = Instant::now();
     let mut last_write = Instant::now();
     let mut shutting_down = false;
@@ -132,6 +133,10 @@ async fn run(
         }
         session.start_sync();
         session.flush_confirms();
+        // The memory alarm: a publishing connection is told and not read from until it clears (its
+        // consumers keep receiving, which is what clears it).
+        let blocked = session.blocked(*alarm.borrow_and_update());
+        session.notify_blocked(blocked);
         if let Err(e) = flush(stream, session, &mut last_write).await {
             return End::Io(e);
         }
@@ -140,6 +145,9 @@ async fn run(
             at + CLOSE_OK_TIMEOUT
         } else if !session.is_open() {
             handshake_deadline
+        } else if blocked {
+            // Not reading, so not hearing its heartbeats either: no timeout while blocked.
+            Instant::now() + Duration::from_secs(3600)
         } else if let Some(hb) = heartbeat {
             // Two missed heartbeats (RabbitMQ and the spec).
             last_read + hb * 2
@@ -152,11 +160,17 @@ async fn run(
             buf.reserve(READ_CHUNK_BYTES);
         }
         tokio::select! {
-            read = stream.read_buf(&mut buf) => match read {
+            read = stream.read_buf(&mut buf), if !blocked => match read {
                 Ok(0) => return End::ClientClosed,
                 Ok(_) => last_read = Instant::now(),
                 Err(e) => return End::Io(e),
             },
+            Ok(()) = alarm.changed() => {
+                if !*alarm.borrow() {
+                    // Cleared: a connection silent while blocked gets a fresh heartbeat interval.
+                    last_read = Instant::now();
+                }
+            }
             Some((channel, event)) = events.recv() => session.handle_event(channel, event),
             Some((durable, actions)) = synced.recv() => session.synced(durable, actions),
             _ = tokio::time::sleep_until(read_deadline) => {

@@ -60,6 +60,8 @@ pub struct ClientCapabilities {
     pub consumer_cancel_notify: bool,
     /// A 403 connection.close on failed authentication, instead of just closing the socket.
     pub authentication_failure_close: bool,
+    /// connection.blocked / unblocked notifications.
+    pub connection_blocked: bool,
 }
 
 impl ClientCapabilities {
@@ -71,6 +73,7 @@ impl ClientCapabilities {
         Self {
             consumer_cancel_notify: flag("consumer_cancel_notify"),
             authentication_failure_close: flag("authentication_failure_close"),
+            connection_blocked: flag("connection.blocked"),
         }
     }
 }

@@ -12,6 +12,7 @@ use amq_protocol::protocol::{basic, connection, AMQPClass};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::warn;
+use wharf_core::flow::Outbound;
 use wharf_core::queues::{DeliverySink, PendingSync, QueueEvent};
 
 use crate::channel::Channel;
@@ -57,6 +58,12 @@ pub struct Session {
     pending_sync: PendingSync,
     after_sync: Vec<AfterSync>,
     synced: SyncedSink,
+    /// Bytes of deliveries queued for this connection and not yet turned into frames.
+    pub(crate) outbound: Arc<Outbound>,
+    /// Set by the first basic.publish: only publishing connections are blocked by the memory alarm.
+    pub(crate) has_published: bool,
+    /// connection.blocked was sent and unblocked not yet.
+    blocked_sent: bool,
 }
 
 /// What to do once a batch of publishes is durable.
@@ -96,7 +103,42 @@ impl Session {
             pending_sync: PendingSync::default(),
             after_sync: Vec::new(),
             synced,
+            outbound: Outbound::new(config.connection_pending_bytes_max),
+            has_published: false,
+            blocked_sent: false,
             broker,
+        }
+    }
+
+    /// Whether the memory alarm blocks this connection now (it published, and the alarm is on).
+    pub fn blocked(&self, alarm: bool) -> bool {
+        alarm && self.has_published && self.phase == Phase::Open && self.closing_since.is_none()
+    }
+
+    /// Tells a client that asked for it that it is blocked or unblocked (connection.blocked / unblocked),
+    /// once per change.
+    pub fn notify_blocked(&mut self, blocked: bool) {
+        if blocked == self.blocked_sent || !self.capabilities.connection_blocked {
+            return;
+        }
+        self.blocked_sent = blocked;
+        let method = if blocked {
+            connection::AMQPMethod::Blocked(connection::Blocked {
+                reason: "low on memory".into(),
+            })
+        } else {
+            connection::AMQPMethod::Unblocked(connection::Unblocked {})
+        };
+        self.send(0, AMQPClass::Connection(method));
+    }
+
+    /// A delivery of `bytes` left the outbound queue (written, or given back); once a connection that held
+    /// its consumers back for room drains, they are dispatched to again.
+    pub(crate) fn outbound_released(&mut self, bytes: u64) {
+        if self.outbound.release(bytes) {
+            for channel in self.channels.values() {
+                channel.kick_consumers();
+            }
         }
     }
 
@@ -274,6 +316,7 @@ impl Session {
     /// A queue event after the connection (or the event's channel) is gone: the message goes back.
     pub fn requeue_event(&mut self, event: QueueEvent) {
         if let QueueEvent::Deliver(d) = event {
+            self.outbound.release(d.message.body.len() as u64);
             d.queue
                 .requeue(d.consumer, d.position, d.message, d.expires_at);
         }

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use tracing::{info, warn};
 use wharf_log::{Appended, Log};
 
+use crate::flow::MemoryGauge;
 use crate::queue_log::{decode_message, encode_message, JournalRecord, QueueLogs};
 use crate::queues::Message;
 use crate::range_set::RangeSet;
@@ -103,8 +104,9 @@ pub(crate) enum Backlog {
 }
 
 impl Backlog {
-    pub fn memory(max_priority: Option<u8>) -> Self {
-        Backlog::Memory(MemoryBacklog::new(max_priority))
+    /// An in-memory backlog whose bytes count against `gauge` (if any).
+    pub fn memory(max_priority: Option<u8>, gauge: Option<Arc<MemoryGauge>>) -> Self {
+        Backlog::Memory(MemoryBacklog::new(max_priority, gauge))
     }
 
     /// Enqueues a message that expires at `expires_at`; returns what a publisher must wait for (nothing for
@@ -187,10 +189,11 @@ impl Backlog {
         match self {
             Backlog::Memory(m) => {
                 let n = m.count;
-                *m = MemoryBacklog {
-                    next_position: m.next_position,
-                    ..MemoryBacklog::new(m.max_priority)
-                };
+                for level in &mut m.levels {
+                    level.clear();
+                }
+                m.count = 0;
+                m.set_bytes(0);
                 n
             }
             Backlog::Log(l) => l.purge(),
@@ -211,20 +214,41 @@ pub(crate) struct MemoryBacklog {
     levels: Vec<VecDeque<Ready>>,
     max_priority: Option<u8>,
     count: u64,
+    /// Body bytes held; mirrored into `gauge`.
     bytes: u64,
+    gauge: Option<Arc<MemoryGauge>>,
     next_position: u64,
 }
 
+impl Drop for MemoryBacklog {
+    fn drop(&mut self) {
+        self.set_bytes(0);
+    }
+}
+
 impl MemoryBacklog {
-    fn new(max_priority: Option<u8>) -> Self {
+    fn new(max_priority: Option<u8>, gauge: Option<Arc<MemoryGauge>>) -> Self {
         let levels = max_priority.map_or(1, |m| usize::from(m) + 1);
         Self {
             levels: (0..levels).map(|_| VecDeque::new()).collect(),
             max_priority,
             count: 0,
             bytes: 0,
+            gauge,
             next_position: 0,
         }
+    }
+
+    /// Sets the bytes held, telling the gauge the difference.
+    fn set_bytes(&mut self, bytes: u64) {
+        if let Some(gauge) = &self.gauge {
+            if bytes > self.bytes {
+                gauge.add(bytes - self.bytes);
+            } else {
+                gauge.sub(self.bytes - bytes);
+            }
+        }
+        self.bytes = bytes;
     }
 
     fn level(&mut self, message: &Message) -> &mut VecDeque<Ready> {
@@ -236,7 +260,7 @@ impl MemoryBacklog {
         let position = self.next_position;
         self.next_position += 1;
         self.count += 1;
-        self.bytes += body_len(&message);
+        self.set_bytes(self.bytes + body_len(&message));
         self.level(&message).push_back(Ready {
             position,
             message,
@@ -252,19 +276,19 @@ impl MemoryBacklog {
     fn pop(&mut self) -> Option<Ready> {
         let ready = self.levels.iter_mut().rev().find_map(|l| l.pop_front())?;
         self.count -= 1;
-        self.bytes = self.bytes.saturating_sub(body_len(&ready.message));
+        self.set_bytes(self.bytes.saturating_sub(body_len(&ready.message)));
         Some(ready)
     }
 
     fn unpop(&mut self, ready: Ready) {
         self.count += 1;
-        self.bytes += body_len(&ready.message);
+        self.set_bytes(self.bytes + body_len(&ready.message));
         self.level(&ready.message).push_front(ready);
     }
 
     fn requeue(&mut self, position: u64, message: Arc<Message>, expires_at: Option<i64>) {
         self.count += 1;
-        self.bytes += body_len(&message);
+        self.set_bytes(self.bytes + body_len(&message));
         let level = self.level(&message);
         let at = level.partition_point(|r| r.position < position);
         level.insert(

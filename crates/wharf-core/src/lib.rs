@@ -8,6 +8,7 @@ pub mod backlog;
 pub mod definitions;
 pub mod error;
 pub mod exchanges;
+pub mod flow;
 pub mod groups;
 pub mod offsets;
 mod persist;

@@ -33,6 +33,7 @@ use crate::backlog::{Backlog, LogBacklog, Maintenance, OpenOptions, Ready};
 use crate::definitions::{BindingDef, Definitions, DefinitionsFile, ExchangeDef, QueueDef};
 use crate::exchanges::headers::Headers;
 use crate::exchanges::{Binding, BindingArgs, Destination, ExchangeError, ExchangeSpec, Exchanges};
+use crate::flow::{ConsumerGate, MemoryGauge};
 pub use crate::queue_args::{DeathReason, Overflow, QueueArgs};
 use crate::queue_log::QueueLogs;
 
@@ -152,12 +153,15 @@ struct Consumer {
     /// Most unacknowledged deliveries at once; 0 = unlimited.
     prefetch: u16,
     unacked: u32,
+    /// Its channel's and connection's say (channel.flow, global prefetch, outbound bytes).
+    gate: ConsumerGate,
     sink: DeliverySink,
 }
 
 impl Consumer {
     fn has_credit(&self) -> bool {
-        self.no_ack || self.prefetch == 0 || self.unacked < u32::from(self.prefetch)
+        (self.no_ack || self.prefetch == 0 || self.unacked < u32::from(self.prefetch))
+            && self.gate.allows()
     }
 }
 
@@ -395,6 +399,21 @@ impl Queue {
         self.dead_letter(dead);
     }
 
+    /// Dispatches again: a consumer's gate opened (its connection drained, its channel's flow or global
+    /// prefetch allows more).
+    pub fn kick(self: &Arc<Self>) {
+        let mut dead = Vec::new();
+        {
+            let mut s = self.state.lock();
+            if s.deleted {
+                return;
+            }
+            dispatch(self, &mut s, &mut dead);
+            s.backlog.flush_journal();
+        }
+        self.dead_letter(dead);
+    }
+
     /// Hands `dead` to the vhost for dead-lettering (no lock may be held).
     fn dead_letter(&self, dead: Vec<DeadLetter>) {
         if dead.is_empty() {
@@ -506,6 +525,9 @@ fn dispatch(queue: &Arc<Queue>, s: &mut QueueState, dead: &mut Vec<DeadLetter>) 
             }
             continue;
         }
+        consumer
+            .gate
+            .delivered(ready.message.body.len() as u64, !consumer.no_ack);
         if consumer.no_ack {
             // Settled as it leaves: nothing will acknowledge it.
             s.backlog.settle(ready.position);
@@ -526,6 +548,8 @@ pub struct ConsumeOptions {
     pub prefetch: u16,
     /// `x-priority` (0 by default).
     pub priority: i32,
+    /// The channel's and connection's flow control.
+    pub gate: ConsumerGate,
 }
 
 /// The outcome of a declare.
@@ -596,27 +620,31 @@ pub struct VHost {
     store: Option<Store>,
     /// Set by the protocol front end; without it dead-lettered messages keep their properties.
     codec: OnceLock<Arc<dyn MessageCodec>>,
+    /// Bytes of messages waiting in memory (non-durable queues), against the memory limit.
+    memory: Arc<MemoryGauge>,
 }
 
 impl VHost {
     /// A vhost that keeps everything in memory.
     pub fn new() -> Arc<Self> {
-        Self::build(Exchanges::new(), HashMap::new(), None)
+        Self::build(Exchanges::new(), None, MemoryGauge::unlimited())
     }
 
-    fn build(
-        exchanges: Exchanges,
-        queues: HashMap<String, Arc<Queue>>,
-        store: Option<Store>,
-    ) -> Arc<Self> {
+    fn build(exchanges: Exchanges, store: Option<Store>, memory: Arc<MemoryGauge>) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
             exchanges: RwLock::new(exchanges),
-            queues: RwLock::new(queues),
+            queues: RwLock::new(HashMap::new()),
             next_consumer: AtomicU64::new(0),
             store,
             codec: OnceLock::new(),
+            memory,
         })
+    }
+
+    /// The memory gauge of in-memory messages (its alarm blocks publishers).
+    pub fn memory(&self) -> &Arc<MemoryGauge> {
+        &self.memory
     }
 
     /// Installs the protocol's message codec (once; later calls are ignored).
@@ -651,6 +679,7 @@ impl VHost {
         dir: &Path,
         logs: Arc<LogManager>,
         durability: Durability,
+        memory: Arc<MemoryGauge>,
     ) -> crate::Result<Arc<Self>> {
         let file = DefinitionsFile::new(dir);
         let defs = file.load()?;
@@ -685,13 +714,13 @@ impl VHost {
         }
         let vhost = Self::build(
             exchanges,
-            HashMap::new(),
             Some(Store {
                 logs,
                 file,
                 next_queue_id: AtomicU64::new(next_id),
                 save_lock: Mutex::new(()),
             }),
+            memory,
         );
         let mut queues = HashMap::new();
         for (q, backlog) in defs.queues.iter().zip(backlogs) {
@@ -882,7 +911,10 @@ impl VHost {
                 let backlog = LogBacklog::open(&store.logs, id, options)?;
                 (Backlog::Log(Box::new(backlog)), Some(id))
             }
-            _ => (Backlog::memory(spec.arguments.max_priority), None),
+            _ => (
+                Backlog::memory(spec.arguments.max_priority, Some(Arc::clone(&self.memory))),
+                None,
+            ),
         };
         let owner = spec.exclusive.then_some(connection);
         let queue = self.new_queue(name.clone(), spec, owner, durable_id, backlog);
@@ -976,7 +1008,7 @@ impl VHost {
         let mut s = queue.state.lock();
         s.deleted = true;
         let count = u32::try_from(s.backlog.ready_count()).unwrap_or(u32::MAX);
-        s.backlog = Backlog::memory(None);
+        s.backlog = Backlog::memory(None, None);
         if let (Some(store), Some(id)) = (&self.store, queue.durable_id) {
             if let Err(e) = store.logs.delete(id) {
                 warn!(queue = queue.name(), "cannot delete the queue's logs: {e}");
@@ -1309,6 +1341,7 @@ impl VHost {
             priority: options.priority,
             prefetch: options.prefetch,
             unacked: 0,
+            gate: options.gate,
             sink,
         });
         s.had_consumer = true;
@@ -1509,6 +1542,7 @@ mod tests {
             exclusive: false,
             prefetch,
             priority: 0,
+            gate: ConsumerGate::open(),
         };
         let (_, id) = vhost.consume(1, "q", options, tx).unwrap();
         (id, rx)
@@ -1654,7 +1688,13 @@ mod tests {
         let logs = Arc::new(
             LogManager::open(dir.join("logs"), wharf_log::ManagerConfig::default()).unwrap(),
         );
-        let vhost = VHost::open(&dir.join("amqp"), Arc::clone(&logs), Durability::Always).unwrap();
+        let vhost = VHost::open(
+            &dir.join("amqp"),
+            Arc::clone(&logs),
+            Durability::Always,
+            MemoryGauge::unlimited(),
+        )
+        .unwrap();
         (logs, vhost)
     }
 

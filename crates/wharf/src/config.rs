@@ -390,6 +390,11 @@ pub struct AmqpSection {
     pub max_message_bytes: u64,
     /// Time a new connection has to finish the handshake (`handshake_timeout`).
     pub handshake_timeout_ms: u64,
+    /// Bytes of deliveries a connection may have waiting to be written before its consumers are paused.
+    pub connection_pending_bytes_max: u64,
+    /// Bytes of messages that may wait in memory (non-durable queues) before publishers are blocked
+    /// (connection.blocked); `0` means 40 % of the machine's memory, RabbitMQ's default watermark.
+    pub memory_limit_bytes: u64,
 }
 
 impl Default for AmqpSection {
@@ -402,11 +407,27 @@ impl Default for AmqpSection {
             max_connections: d.max_connections as u64,
             max_message_bytes: d.max_message_bytes,
             handshake_timeout_ms: d.handshake_timeout_ms,
+            connection_pending_bytes_max: d.connection_pending_bytes_max,
+            memory_limit_bytes: 0,
         }
     }
 }
 
 impl AmqpSection {
+    /// The memory limit for messages waiting in memory: the configured one, or 40 % of the machine's memory
+    /// (RabbitMQ's default watermark), or 1 GiB if that cannot be read.
+    pub fn memory_limit(&self) -> u64 {
+        if self.memory_limit_bytes > 0 {
+            return self.memory_limit_bytes;
+        }
+        let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        });
+        total_kib.map_or(1 << 30, |kib| kib.saturating_mul(1024) / 10 * 4)
+    }
+
     /// The AMQP front end's settings.
     pub fn front_end(&self) -> wharf_amqp::AmqpConfig {
         wharf_amqp::AmqpConfig {
@@ -416,6 +437,7 @@ impl AmqpSection {
             max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
             max_message_bytes: self.max_message_bytes,
             handshake_timeout_ms: self.handshake_timeout_ms,
+            connection_pending_bytes_max: self.connection_pending_bytes_max,
         }
     }
 }
@@ -542,6 +564,10 @@ impl Config {
             ("amqp.max_message_bytes", self.amqp.max_message_bytes),
             ("amqp.handshake_timeout_ms", self.amqp.handshake_timeout_ms),
             ("amqp.channel_max", u64::from(self.amqp.channel_max)),
+            (
+                "amqp.connection_pending_bytes_max",
+                self.amqp.connection_pending_bytes_max,
+            ),
             (
                 "kafka.max_inflight_requests",
                 self.kafka.max_inflight_requests,

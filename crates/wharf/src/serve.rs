@@ -101,6 +101,7 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<
                 &data_dir.path().join("amqp").join("vhosts").join("default"),
                 Arc::clone(&logs),
                 config.storage.log_config().durability,
+                wharf_core::flow::MemoryGauge::new(config.amqp.memory_limit()),
             )
             .context("cannot restore the AMQP definitions and durable queues")?;
             tokio::spawn(maintain_queues_periodically(Arc::downgrade(&vhost)));

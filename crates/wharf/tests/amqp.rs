@@ -1313,118 +1313,16 @@ async fn deleting_a_queue_cancels_its_consumers() {
 // Tuning and heartbeats, through a raw socket (frames encoded by amq-protocol).
 
 use amq_protocol::protocol::{connection as conn_methods, AMQPClass};
-use wharf_amqp::frame::{next_frame, write_method, Frame};
+use support::RawClient;
+use wharf_amqp::frame::{write_method, Frame};
 
 /// A hand-driven AMQP client, for what lapin will not send.
-struct RawClient {
-    s: TcpStream,
-    buf: bytes::BytesMut,
-}
-
-impl RawClient {
-    /// Connects, sends the protocol header and start-ok (PLAIN guest/guest), and returns the client
-    /// with the server's connection.tune.
-    fn until_tune(wharf: &Wharf) -> (RawClient, conn_methods::Tune) {
-        let mut client = RawClient {
-            s: wharf.raw(),
-            buf: bytes::BytesMut::new(),
-        };
-        client.s.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
-        assert!(matches!(
-            client.method(),
-            Some(AMQPClass::Connection(conn_methods::AMQPMethod::Start(_)))
-        ));
-        client.send(AMQPClass::Connection(conn_methods::AMQPMethod::StartOk(
-            conn_methods::StartOk {
-                client_properties: FieldTable::default(),
-                mechanism: "PLAIN".into(),
-                response: "\0guest\0guest".into(),
-                locale: "en_US".into(),
-            },
-        )));
-        match client.method() {
-            Some(AMQPClass::Connection(conn_methods::AMQPMethod::Tune(tune))) => (client, tune),
-            other => panic!("expected connection.tune, got {other:?}"),
-        }
-    }
-
-    fn send(&mut self, method: AMQPClass) {
-        let mut out = Vec::new();
-        write_method(&mut out, 0, method).unwrap();
-        self.s.write_all(&out).unwrap();
-    }
-
-    /// Finishes the handshake (server's tune values, no heartbeats) and opens channel 1.
-    fn open(wharf: &Wharf) -> RawClient {
-        let (mut client, tune) = RawClient::until_tune(wharf);
-        client.send(AMQPClass::Connection(conn_methods::AMQPMethod::TuneOk(
-            conn_methods::TuneOk {
-                channel_max: tune.channel_max,
-                frame_max: tune.frame_max,
-                heartbeat: 0,
-            },
-        )));
-        client.send(AMQPClass::Connection(conn_methods::AMQPMethod::Open(
-            conn_methods::Open {
-                virtual_host: "/".into(),
-            },
-        )));
-        assert!(matches!(
-            client.method(),
-            Some(AMQPClass::Connection(conn_methods::AMQPMethod::OpenOk(_)))
-        ));
-        let mut out = Vec::new();
-        write_method(
-            &mut out,
-            1,
-            AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::Open(
-                amq_protocol::protocol::channel::Open {},
-            )),
-        )
-        .unwrap();
-        client.s.write_all(&out).unwrap();
-        assert!(matches!(
-            client.method(),
-            Some(AMQPClass::Channel(
-                amq_protocol::protocol::channel::AMQPMethod::OpenOk(_)
-            ))
-        ));
-        client
-    }
-
-    /// The next frame, or None once the server closed the socket.
-    fn frame(&mut self) -> Option<Frame> {
-        loop {
-            if let Some(frame) = next_frame(&mut self.buf, 1 << 20).unwrap() {
-                return Some(frame);
-            }
-            let mut chunk = [0u8; 4096];
-            match self.s.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
-                Err(e) => panic!("socket still open: {e}"),
-            }
-        }
-    }
-
-    /// The next method, skipping heartbeats; None once the socket closed.
-    fn method(&mut self) -> Option<AMQPClass> {
-        loop {
-            match self.frame()? {
-                Frame::Method(_, class) => return Some(*class),
-                Frame::Heartbeat(_) => continue,
-                other => panic!("unexpected frame {other:?}"),
-            }
-        }
-    }
-}
 
 #[test]
 fn tune_ok_above_the_servers_limits_is_refused() {
     let wharf = Wharf::start();
     for (channel_max, frame_max) in [(2048, 131_072), (2047, 131_073)] {
-        let (mut client, tune) = RawClient::until_tune(&wharf);
+        let (mut client, tune) = RawClient::until_tune(wharf.raw());
         assert_eq!((tune.channel_max, tune.frame_max), (2047, 131_072));
         client.send(AMQPClass::Connection(conn_methods::AMQPMethod::TuneOk(
             conn_methods::TuneOk {
@@ -1445,7 +1343,7 @@ fn tune_ok_above_the_servers_limits_is_refused() {
 #[test]
 fn a_client_without_heartbeats_is_disconnected() {
     let wharf = Wharf::start();
-    let (mut client, _) = RawClient::until_tune(&wharf);
+    let (mut client, _) = RawClient::until_tune(wharf.raw());
     client.send(AMQPClass::Connection(conn_methods::AMQPMethod::TuneOk(
         conn_methods::TuneOk {
             channel_max: 0,
@@ -1482,7 +1380,7 @@ fn a_client_without_heartbeats_is_disconnected() {
 fn a_burst_of_publishes_is_confirmed_by_one_multiple_ack() {
     use amq_protocol::protocol::{basic, confirm};
     let wharf = Wharf::start();
-    let mut client = RawClient::open(&wharf);
+    let mut client = RawClient::open(wharf.raw());
     let mut out = Vec::new();
     write_method(
         &mut out,

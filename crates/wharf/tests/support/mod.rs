@@ -4,9 +4,15 @@
 
 #![allow(dead_code)] // each test file uses a different part
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use amq_protocol::protocol::{connection as conn_methods, AMQPClass};
+use lapin::types::FieldTable;
+use wharf_amqp::frame::{next_frame, write_method, Frame};
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -27,6 +33,22 @@ impl BrokerProcess {
     pub fn start(args: &[&str]) -> BrokerProcess {
         let dir = tempfile::tempdir().unwrap();
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (child, listeners) = spawn(dir.path(), &args, 0);
+        BrokerProcess {
+            child,
+            dir,
+            args,
+            listeners,
+            starts: 1,
+        }
+    }
+
+    /// Like [`Self::start`], with `config` (TOML) written to `wharf.toml` and passed as `--config`.
+    pub fn start_with_config(config: &str, args: &[&str]) -> BrokerProcess {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("wharf.toml"), config).unwrap();
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        args.extend(["--config".to_string(), "wharf.toml".to_string()]);
         let (child, listeners) = spawn(dir.path(), &args, 0);
         BrokerProcess {
             child,
@@ -134,16 +156,19 @@ fn spawn(dir: &Path, args: &[String], start: u32) -> (Child, serde_json::Value) 
     }
 }
 
+/// The flags of a broker with only its AMQP listener open, on a free port.
+pub const AMQP_ONLY: [&str; 6] = [
+    "--kafka-listen",
+    "off",
+    "--http-listen",
+    "off",
+    "--amqp-listen",
+    "127.0.0.1:0",
+];
+
 /// A broker with only its AMQP listener open, on a free port.
 pub fn start_amqp() -> BrokerProcess {
-    BrokerProcess::start(&[
-        "--kafka-listen",
-        "off",
-        "--http-listen",
-        "off",
-        "--amqp-listen",
-        "127.0.0.1:0",
-    ])
+    BrokerProcess::start(&AMQP_ONLY)
 }
 
 /// A `lapin` connection to the broker's AMQP listener (as guest) and one channel on it.
@@ -167,4 +192,116 @@ pub fn field_table(entries: &[(&str, lapin::types::AMQPValue)]) -> lapin::types:
         t.insert(lapin::types::ShortString::from(*k), v.clone());
     }
     t
+}
+
+/// A hand-driven AMQP client on a raw socket (for what `lapin` will not do: bad input, not reading).
+pub struct RawClient {
+    pub s: TcpStream,
+    buf: bytes::BytesMut,
+}
+
+impl RawClient {
+    /// Sends `method` on `channel`.
+    pub fn send_on(&mut self, channel: u16, method: AMQPClass) {
+        let mut out = Vec::new();
+        write_method(&mut out, channel, method).unwrap();
+        self.s.write_all(&out).unwrap();
+    }
+
+    /// Connects, sends the protocol header and start-ok (PLAIN guest/guest), and returns the client
+    /// with the server's connection.tune.
+    pub fn until_tune(s: TcpStream) -> (RawClient, conn_methods::Tune) {
+        let mut client = RawClient {
+            s,
+            buf: bytes::BytesMut::new(),
+        };
+        client.s.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
+        assert!(matches!(
+            client.method(),
+            Some(AMQPClass::Connection(conn_methods::AMQPMethod::Start(_)))
+        ));
+        client.send(AMQPClass::Connection(conn_methods::AMQPMethod::StartOk(
+            conn_methods::StartOk {
+                client_properties: FieldTable::default(),
+                mechanism: "PLAIN".into(),
+                response: "\0guest\0guest".into(),
+                locale: "en_US".into(),
+            },
+        )));
+        match client.method() {
+            Some(AMQPClass::Connection(conn_methods::AMQPMethod::Tune(tune))) => (client, tune),
+            other => panic!("expected connection.tune, got {other:?}"),
+        }
+    }
+
+    pub fn send(&mut self, method: AMQPClass) {
+        let mut out = Vec::new();
+        write_method(&mut out, 0, method).unwrap();
+        self.s.write_all(&out).unwrap();
+    }
+
+    /// Finishes the handshake (server's tune values, no heartbeats) and opens channel 1.
+    pub fn open(s: TcpStream) -> RawClient {
+        let (mut client, tune) = RawClient::until_tune(s);
+        client.send(AMQPClass::Connection(conn_methods::AMQPMethod::TuneOk(
+            conn_methods::TuneOk {
+                channel_max: tune.channel_max,
+                frame_max: tune.frame_max,
+                heartbeat: 0,
+            },
+        )));
+        client.send(AMQPClass::Connection(conn_methods::AMQPMethod::Open(
+            conn_methods::Open {
+                virtual_host: "/".into(),
+            },
+        )));
+        assert!(matches!(
+            client.method(),
+            Some(AMQPClass::Connection(conn_methods::AMQPMethod::OpenOk(_)))
+        ));
+        let mut out = Vec::new();
+        write_method(
+            &mut out,
+            1,
+            AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::Open(
+                amq_protocol::protocol::channel::Open {},
+            )),
+        )
+        .unwrap();
+        client.s.write_all(&out).unwrap();
+        assert!(matches!(
+            client.method(),
+            Some(AMQPClass::Channel(
+                amq_protocol::protocol::channel::AMQPMethod::OpenOk(_)
+            ))
+        ));
+        client
+    }
+
+    /// The next frame, or None once the server closed the socket.
+    pub fn frame(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(frame) = next_frame(&mut self.buf, 1 << 20).unwrap() {
+                return Some(frame);
+            }
+            let mut chunk = [0u8; 4096];
+            match self.s.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("socket still open: {e}"),
+            }
+        }
+    }
+
+    /// The next method, skipping heartbeats; None once the socket closed.
+    pub fn method(&mut self) -> Option<AMQPClass> {
+        loop {
+            match self.frame()? {
+                Frame::Method(_, class) => return Some(*class),
+                Frame::Heartbeat(_) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
 }

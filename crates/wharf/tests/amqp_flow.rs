@@ -1,0 +1,271 @@
+//! Flow control against the real `wharf` process: the memory alarm blocks a publishing connection
+//! (connection.blocked, seen by `lapin`) until consumers drain the queue, and nothing is lost; a slow
+//! consumer that does not read its socket is held to `connection_pending_bytes_max` (raw socket) and then
+//! gets everything once it reads; channel.flow pauses and resumes deliveries; `global` basic.qos is one
+//! limit over all of a channel's consumers.
+
+mod support;
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::time::Duration;
+
+use amq_protocol::protocol::{basic, AMQPClass};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
+    ChannelFlowOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel};
+use support::{BrokerProcess, RawClient, AMQP_ONLY};
+
+const OP_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn declare(channel: &Channel, name: &str) {
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue.declare");
+}
+
+async fn ready(channel: &Channel, name: &str) -> u32 {
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("passive declare")
+        .message_count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_alarm_blocks_publishers_until_consumers_catch_up() {
+    // 1 MiB of messages may wait in memory.
+    let broker =
+        BrokerProcess::start_with_config("[amqp]\nmemory_limit_bytes = 1048576\n", &AMQP_ONLY);
+    let (publisher_conn, publisher) = support::amqp_connect(&broker).await;
+    let (_conn, observer) = support::amqp_connect(&broker).await;
+    declare(&observer, "backlog").await;
+    let body = vec![7u8; 64 * 1024];
+    let publish = {
+        let publisher = publisher.clone();
+        tokio::spawn(async move {
+            for _ in 0..48 {
+                publisher
+                    .basic_publish(
+                        "".into(),
+                        "backlog".into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        BasicProperties::default(),
+                    )
+                    .await
+                    .expect("publish");
+            }
+        })
+    };
+    // The broker stops reading the publisher once ~1 MiB is queued and tells it so.
+    let deadline = tokio::time::Instant::now() + OP_TIMEOUT;
+    while !publisher_conn.status().blocked() {
+        assert!(tokio::time::Instant::now() < deadline, "never blocked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let held = ready(&observer, "backlog").await;
+    assert!((16..=24).contains(&held), "queued while blocked: {held}");
+    // Consuming clears the alarm; every message arrives, none is lost.
+    let mut got = 0;
+    let deadline = tokio::time::Instant::now() + OP_TIMEOUT;
+    while got < 48 {
+        match observer
+            .basic_get("backlog".into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            Some(_) => got += 1,
+            None => {
+                assert!(tokio::time::Instant::now() < deadline, "only {got} of 48");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    tokio::time::timeout(OP_TIMEOUT, publish)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!publisher_conn.status().blocked(), "unblocked again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_does_not_read_is_held_to_the_pending_cap() {
+    let broker = BrokerProcess::start_with_config(
+        "[amqp]\nconnection_pending_bytes_max = 65536\n",
+        &AMQP_ONLY,
+    );
+    let (_conn, publisher) = support::amqp_connect(&broker).await;
+    declare(&publisher, "firehose").await;
+    // A no-ack consumer on a raw socket that then stops reading.
+    let mut raw = RawClient::open(std::net::TcpStream::connect(broker.addr("amqp")).unwrap());
+    raw.send_on(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+            queue: "firehose".into(),
+            consumer_tag: "slow".into(),
+            no_local: false,
+            no_ack: true,
+            exclusive: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        })),
+    );
+    assert!(matches!(
+        raw.method(),
+        Some(AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)))
+    ));
+    let body = vec![1u8; 16 * 1024];
+    for _ in 0..2000 {
+        publisher
+            .basic_publish(
+                "".into(),
+                "firehose".into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+    }
+    // 32 MB published; socket buffers take a few MB at most, the cap 64 KiB: most must still be queued.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waiting = ready(&publisher, "firehose").await;
+    assert!(waiting > 1000, "only {waiting} held back");
+    // Once the consumer reads, everything arrives: at least 2000 bodies' worth of bytes, and the queue empties.
+    raw.s
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut sink = vec![0u8; 1 << 20];
+    let mut seen = 0usize;
+    while seen < 2000 * body.len() {
+        let n = raw.s.read(&mut sink).expect("reading deliveries");
+        assert!(n > 0, "socket closed after {seen} bytes");
+        seen += n;
+    }
+    assert_eq!(ready(&publisher, "firehose").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_flow_pauses_and_resumes_deliveries() {
+    let broker = support::start_amqp();
+    let (conn, publisher) = support::amqp_connect(&broker).await;
+    declare(&publisher, "paused").await;
+    let consumer_channel = conn.create_channel().await.unwrap();
+    consumer_channel
+        .channel_flow(ChannelFlowOptions { active: false })
+        .await
+        .unwrap();
+    let mut consumer = consumer_channel
+        .basic_consume(
+            "paused".into(),
+            "c".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    publisher
+        .basic_publish(
+            "".into(),
+            "paused".into(),
+            BasicPublishOptions::default(),
+            b"held",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), consumer.next())
+            .await
+            .is_err(),
+        "nothing while the channel's flow is off"
+    );
+    consumer_channel
+        .channel_flow(ChannelFlowOptions { active: true })
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(OP_TIMEOUT, consumer.next())
+        .await
+        .expect("delivered once flow is on")
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.data, b"held");
+    d.ack(BasicAckOptions::default()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_qos_limits_the_whole_channel() {
+    let broker = support::start_amqp();
+    let (conn, publisher) = support::amqp_connect(&broker).await;
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .basic_qos(3, BasicQosOptions { global: true })
+        .await
+        .unwrap();
+    let mut streams = Vec::new();
+    for q in ["g1", "g2"] {
+        declare(&publisher, q).await;
+        streams.push(
+            channel
+                .basic_consume(
+                    q.into(),
+                    q.into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap(),
+        );
+        for i in 0..5 {
+            publisher
+                .basic_publish(
+                    "".into(),
+                    q.into(),
+                    BasicPublishOptions::default(),
+                    format!("{q}-{i}").as_bytes(),
+                    BasicProperties::default(),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let mut merged = futures_util::stream::select_all(streams);
+    let mut held = Vec::new();
+    while let Ok(Some(Ok(d))) =
+        tokio::time::timeout(Duration::from_millis(300), merged.next()).await
+    {
+        held.push(d);
+    }
+    assert_eq!(held.len(), 3, "three unacknowledged over both consumers");
+    // Acknowledging makes room for exactly as many more, from either queue.
+    let mut seen: HashSet<Vec<u8>> = held.iter().map(|d| d.data.clone()).collect();
+    for d in held.drain(..) {
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    while let Ok(Some(Ok(d))) =
+        tokio::time::timeout(Duration::from_millis(300), merged.next()).await
+    {
+        seen.insert(d.data.clone());
+        held.push(d);
+    }
+    assert_eq!(held.len(), 3);
+    assert_eq!(seen.len(), 6);
+}
