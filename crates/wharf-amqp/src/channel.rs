@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use wharf_core::flow::{ChannelGate, ConsumerGate};
 use wharf_core::queues::{
     ConsumeOptions, ConsumerId, Delivered, Delivery, Message, PendingSync, Queue, QueueEvent,
-    QueueSpec, Settle, VHost,
+    QueueSpec, Settle, VHost, REPLY_TO,
 };
 
 use crate::confirm::Confirms;
@@ -127,6 +127,9 @@ pub struct Channel {
     mode: Mode,
     /// channel.flow and the channel-wide (`global`) prefetch, consulted by its consumers' queues.
     gate: Arc<ChannelGate>,
+    /// Direct reply-to: the private reply queue this channel consumes from, once it consumed from
+    /// `amq.rabbitmq.reply-to`; its requests' `reply_to` is rewritten to this name.
+    reply_queue: Option<String>,
 }
 
 impl Channel {
@@ -397,10 +400,31 @@ fn finish_publish(session: &mut Session, id: u16, body: Bytes) -> ChannelResult 
     let at = |fault: Fault| (id, fault.at(BASIC_CLASS_ID, 40));
     let (extra_keys, has_bcc) = sender_routes(&publish.parsed).map_err(at)?;
     let expiration_ms = crate::queue_args::expiration_ms(&publish.parsed).map_err(at)?;
-    let parsed = publish.parsed;
+    let mut parsed = publish.parsed;
+    // Direct reply-to: a request asking for replies on the pseudo-queue gets this channel's reply queue.
+    let reply_queue = if parsed.reply_to().as_ref().map(|r| r.as_str()) == Some(REPLY_TO) {
+        let Some(name) = session
+            .channels
+            .get(&id)
+            .and_then(|c| c.reply_queue.clone())
+        else {
+            return Err(at(Fault::channel(
+                PRECONDITION_FAILED,
+                "fast reply consumer does not exist",
+            )));
+        };
+        parsed = parsed.with_reply_to(name.as_str().into());
+        true
+    } else {
+        false
+    };
     let headers = || message_headers(&parsed);
     let properties = if has_bcc {
         without_bcc(parsed.clone()).map_err(at)?
+    } else if reply_queue {
+        crate::frame::encode_properties(&parsed)
+            .map(Bytes::from)
+            .map_err(|e| at(Fault::channel(PRECONDITION_FAILED, e)))?
     } else {
         publish.properties
     };
@@ -525,6 +549,21 @@ fn method(session: &mut Session, id: u16, class: AMQPClass) -> Result<(), Fault>
                     active: flow.active,
                 })),
             );
+        }
+        AMQPClass::Queue(queue::AMQPMethod::Declare(declare))
+            if declare.passive && declare.queue.as_str() == REPLY_TO =>
+        {
+            // RabbitMQ answers a passive declare of the pseudo-queue, so clients can test for the feature.
+            if !declare.nowait {
+                session.send(
+                    id,
+                    AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                        queue: REPLY_TO.into(),
+                        message_count: 0,
+                        consumer_count: 0,
+                    })),
+                );
+            }
         }
         AMQPClass::Queue(queue::AMQPMethod::Declare(declare)) => {
             let name = declare.queue.as_str();
@@ -671,7 +710,25 @@ fn basic_method(session: &mut Session, id: u16, method: basic::AMQPMethod) -> Re
         basic::AMQPMethod::Consume(consume) => {
             let outbound = Arc::clone(&session.outbound);
             let channel = channel_mut(session, id)?;
-            let queue_name = channel.queue_name(consume.queue.as_str())?;
+            let mut queue_name = channel.queue_name(consume.queue.as_str())?;
+            if queue_name == REPLY_TO {
+                if !consume.no_ack {
+                    return Err(Fault::channel(
+                        PRECONDITION_FAILED,
+                        "reply consumer cannot acknowledge",
+                    ));
+                }
+                if channel.reply_queue.is_some() {
+                    return Err(Fault::channel(
+                        PRECONDITION_FAILED,
+                        "reply consumer already set",
+                    ));
+                }
+                let reply = vhost.declare_reply_queue(conn)?;
+                queue_name = reply.name().to_string();
+                channel_mut(session, id)?.reply_queue = Some(queue_name.clone());
+            }
+            let channel = channel_mut(session, id)?;
             let tag = if consume.consumer_tag.as_str().is_empty() {
                 format!("amq.ctag-{:016x}", rand::random::<u64>())
             } else {
@@ -718,7 +775,12 @@ fn basic_method(session: &mut Session, id: u16, method: basic::AMQPMethod) -> Re
         }
         basic::AMQPMethod::Cancel(cancel) => {
             let tag = cancel.consumer_tag.as_str().to_string();
-            if let Some(consumer) = channel_mut(session, id)?.consumers.remove(&tag) {
+            let channel = channel_mut(session, id)?;
+            if let Some(consumer) = channel.consumers.remove(&tag) {
+                if channel.reply_queue.as_deref() == Some(consumer.queue.name()) {
+                    // The reply queue goes with its consumer (auto-delete).
+                    channel.reply_queue = None;
+                }
                 vhost.cancel(&consumer.queue, consumer.id);
             }
             if !cancel.nowait {

@@ -879,10 +879,34 @@ impl VHost {
             )));
         }
         let name = if name.is_empty() {
-            server_name()
+            server_name("amq.gen-")
         } else {
             name.to_string()
         };
+        self.create_queue(connection, name, spec)
+    }
+
+    /// Direct reply-to: a private queue, `amq.rabbitmq.reply-to.<random>`, exclusive to `connection` and
+    /// deleted with its consumer, whose name a requester's `reply_to` is rewritten to. Anyone may publish to
+    /// it through the default exchange, as RabbitMQ routes replies.
+    pub fn declare_reply_queue(&self, connection: ConnectionId) -> Result<Arc<Queue>, QueueError> {
+        let spec = QueueSpec {
+            durable: false,
+            exclusive: true,
+            auto_delete: true,
+            arguments: QueueArgs::default(),
+        };
+        let name = server_name(&format!("{REPLY_TO}."));
+        Ok(self.create_queue(connection, name, spec)?.queue)
+    }
+
+    /// Declares `name` (already checked) or checks a redeclare against the existing queue.
+    fn create_queue(
+        &self,
+        connection: ConnectionId,
+        name: String,
+        spec: QueueSpec,
+    ) -> Result<DeclareOk, QueueError> {
         let mut queues = self.queues.write();
         if let Some(existing) = queues.get(&name) {
             existing.check_access(connection)?;
@@ -1487,8 +1511,11 @@ fn inequivalent(new: &QueueSpec, old: &QueueSpec) -> Option<String> {
         .map(|(name, n, o)| format!("'{name}': received '{n}' but current is '{o}'"))
 }
 
-/// `amq.gen-` and 22 random URL-safe characters, as RabbitMQ names server-named queues.
-fn server_name() -> String {
+/// The pseudo-queue a client consumes from for direct reply-to, and the `reply_to` it puts on requests.
+pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// `prefix` and 22 random URL-safe characters, as RabbitMQ names server-named queues (`amq.gen-…`).
+fn server_name(prefix: &str) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let suffix: String = (0..22)
         .map(|_| {
@@ -1496,7 +1523,7 @@ fn server_name() -> String {
             char::from(ALPHABET.get(i).copied().unwrap_or(b'x'))
         })
         .collect();
-    format!("amq.gen-{suffix}")
+    format!("{prefix}{suffix}")
 }
 
 #[cfg(test)]
