@@ -432,7 +432,6 @@ fn finish_publish(session: &mut Session, id: u16, body: Bytes) -> ChannelResult 
     keys.push(&publish.routing_key);
     keys.extend(extra_keys.iter().map(String::as_str));
     let queues = session
-        .broker
         .vhost
         .route(&publish.exchange, &keys, &headers)
         .map_err(|e| at(Fault::from(e)))?;
@@ -493,7 +492,7 @@ fn deliver(
     message: Arc<Message>,
     mandatory: bool,
 ) -> Delivered {
-    let delivered = session.broker.vhost.deliver(queues, Arc::clone(&message));
+    let delivered = session.vhost.deliver(queues, Arc::clone(&message));
     if mandatory && delivered.queues == 0 {
         session.send(
             id,
@@ -518,7 +517,7 @@ pub(crate) fn channel_mut(session: &mut Session, id: u16) -> Result<&mut Channel
 
 /// A method on an open channel.
 fn method(session: &mut Session, id: u16, class: AMQPClass) -> Result<(), Fault> {
-    let vhost = Arc::clone(&session.broker.vhost);
+    let vhost = Arc::clone(&session.vhost);
     let conn = session.id;
     match class {
         AMQPClass::Channel(ch::AMQPMethod::Close(_)) => {
@@ -672,7 +671,7 @@ fn method(session: &mut Session, id: u16, class: AMQPClass) -> Result<(), Fault>
 }
 
 fn basic_method(session: &mut Session, id: u16, method: basic::AMQPMethod) -> Result<(), Fault> {
-    let vhost = Arc::clone(&session.broker.vhost);
+    let vhost = Arc::clone(&session.vhost);
     let conn = session.id;
     match method {
         basic::AMQPMethod::Qos(qos) => {

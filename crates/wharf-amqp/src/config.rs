@@ -22,6 +22,27 @@ pub struct AmqpConfig {
     /// Bytes of deliveries a connection may have waiting to be written; past it, its consumers get nothing
     /// more until it drains (a slow consumer is throttled, not allowed to grow memory).
     pub connection_pending_bytes_max: u64,
+    /// Users besides `guest` (who logs in from loopback addresses only, as in RabbitMQ).
+    pub users: Vec<User>,
+}
+
+/// A user who may log in (PLAIN or AMQPLAIN) from anywhere.
+#[derive(Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub password: String,
+    /// The vhosts this user may open; empty = all.
+    pub vhosts: Vec<String>,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password, not even in debug logs of the configuration.
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .field("vhosts", &self.vhosts)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Smallest `frame_max` the protocol allows (`FRAME_MIN_SIZE`).
@@ -37,6 +58,7 @@ impl Default for AmqpConfig {
             max_message_bytes: 128 * 1024 * 1024,
             handshake_timeout_ms: 10_000,
             connection_pending_bytes_max: 16 * 1024 * 1024,
+            users: Vec::new(),
         }
     }
 }

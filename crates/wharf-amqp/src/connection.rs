@@ -104,7 +104,7 @@ async fn run(
     }
     session.start();
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
-    let mut alarm = session.broker.vhost.memory().subscribe();
+    let mut alarm = session.broker.memory.subscribe();
     let mut last_read = Instant::now();
     let mut last_write = Instant::now();
     let mut shutting_down = false;

@@ -4,6 +4,7 @@
 use amq_protocol::protocol::{connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 
+use crate::config::User;
 use crate::reply::{Fault, ACCESS_REFUSED};
 
 /// The default user, allowed only from loopback addresses, as in RabbitMQ (`loopback_users`).
@@ -78,8 +79,13 @@ impl ClientCapabilities {
     }
 }
 
-/// Checks start-ok's credentials; returns the user name.
-pub fn authenticate(start_ok: &connection::StartOk, peer_loopback: bool) -> Result<String, Fault> {
+/// Checks start-ok's credentials against `guest` (loopback only) and the configured `users`; returns the
+/// user name.
+pub fn authenticate(
+    start_ok: &connection::StartOk,
+    peer_loopback: bool,
+    users: &[User],
+) -> Result<String, Fault> {
     let mechanism = start_ok.mechanism.as_str();
     let (user, password) = match mechanism {
         "PLAIN" => plain(start_ok.response.as_bytes()),
@@ -101,6 +107,12 @@ pub fn authenticate(start_ok: &connection::StartOk, peer_loopback: bool) -> Resu
             ),
         )
     };
+    if users
+        .iter()
+        .any(|u| u.name == user && constant_time_eq(u.password.as_bytes(), password.as_bytes()))
+    {
+        return Ok(user);
+    }
     if user != DEFAULT_USER || password != DEFAULT_PASSWORD {
         return Err(refused());
     }
@@ -109,6 +121,19 @@ pub fn authenticate(start_ok: &connection::StartOk, peer_loopback: bool) -> Resu
         return Err(refused());
     }
     Ok(user)
+}
+
+/// Compares without stopping at the first difference, so timing tells nothing about a password.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether `user` may open `vhost`: guest may open any, a configured user those listed (all if none are).
+pub fn may_open(user: &str, vhost: &str, users: &[User]) -> bool {
+    match users.iter().find(|u| u.name == user) {
+        Some(u) => u.vhosts.is_empty() || u.vhosts.iter().any(|v| v == vhost),
+        None => user == DEFAULT_USER,
+    }
 }
 
 /// PLAIN (RFC 4616): `[authzid] NUL authcid NUL passwd`.
@@ -163,11 +188,24 @@ mod tests {
     fn guest_from_loopback_only_with_both_mechanisms() {
         for mechanism in [SASLMechanism::Plain, SASLMechanism::AMQPlain] {
             assert_eq!(
-                authenticate(&start_ok(mechanism, "guest", "guest"), true).unwrap(),
+                authenticate(&start_ok(mechanism, "guest", "guest"), true, &[]).unwrap(),
                 "guest"
             );
-            assert!(authenticate(&start_ok(mechanism, "guest", "guest"), false).is_err());
-            assert!(authenticate(&start_ok(mechanism, "guest", "nope"), true).is_err());
+            assert!(authenticate(&start_ok(mechanism, "guest", "guest"), false, &[]).is_err());
+            assert!(authenticate(&start_ok(mechanism, "guest", "nope"), true, &[]).is_err());
+            let app = [User {
+                name: "app".into(),
+                password: "s3cret".into(),
+                vhosts: vec!["staging".into()],
+            }];
+            assert_eq!(
+                authenticate(&start_ok(mechanism, "app", "s3cret"), false, &app).unwrap(),
+                "app",
+                "configured users log in from anywhere"
+            );
+            assert!(authenticate(&start_ok(mechanism, "app", "s3cre"), false, &app).is_err());
+            assert!(may_open("app", "staging", &app) && !may_open("app", "/", &app));
+            assert!(may_open("guest", "staging", &app));
         }
         assert!(plain(b"\0a").is_none());
         assert!(amqplain(b"\xff\xff").is_none());

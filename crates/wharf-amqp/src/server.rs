@@ -4,10 +4,13 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use std::collections::HashMap;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
+
+use wharf_core::flow::MemoryGauge;
 use wharf_core::queues::VHost;
 
 use crate::config::AmqpConfig;
@@ -16,18 +19,28 @@ use crate::connection;
 /// What every AMQP connection shares.
 #[derive(Debug)]
 pub struct Broker {
-    /// The only vhost of this increment, `/` (its durable state lives in the data directory).
-    pub vhost: Arc<VHost>,
+    /// The vhosts by name; `/` is always there (each keeps its durable state in the data directory).
+    pub vhosts: HashMap<String, Arc<VHost>>,
+    /// The memory gauge shared by all vhosts (its alarm blocks publishers).
+    pub memory: Arc<MemoryGauge>,
     pub config: AmqpConfig,
     next_connection: AtomicU64,
 }
 
 impl Broker {
-    pub fn new(config: AmqpConfig, vhost: Arc<VHost>) -> Arc<Self> {
-        // Dead-lettered messages get their x-death history written by the AMQP codec.
-        vhost.set_codec(Arc::new(crate::dead_letter::AmqpCodec));
+    /// A broker over `vhosts`, which must include `/` and share one memory gauge.
+    pub fn new(config: AmqpConfig, vhosts: HashMap<String, Arc<VHost>>) -> Arc<Self> {
+        for vhost in vhosts.values() {
+            // Dead-lettered messages get their x-death history written by the AMQP codec.
+            vhost.set_codec(Arc::new(crate::dead_letter::AmqpCodec));
+        }
+        let memory = vhosts
+            .get("/")
+            .map(|v| Arc::clone(v.memory()))
+            .unwrap_or_else(MemoryGauge::unlimited);
         Arc::new(Self {
-            vhost,
+            vhosts,
+            memory,
             config,
             next_connection: AtomicU64::new(1),
         })

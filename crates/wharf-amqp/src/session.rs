@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::warn;
 use wharf_core::flow::Outbound;
-use wharf_core::queues::{DeliverySink, PendingSync, QueueEvent};
+use wharf_core::queues::{DeliverySink, PendingSync, QueueEvent, VHost};
 
 use crate::channel::Channel;
 use crate::config::FRAME_MAX_MIN;
@@ -53,6 +53,10 @@ pub struct Session {
     pub(crate) channels: HashMap<u16, Channel>,
     out: Vec<u8>,
     pub(crate) sink: DeliverySink,
+    /// The vhost opened (until connection.open, `/`, which nothing uses before then).
+    pub(crate) vhost: Arc<VHost>,
+    /// The authenticated user.
+    user: String,
     /// Durability waits gathered while handling the frames read so far, started together by
     /// [`Session::start_sync`].
     pending_sync: PendingSync,
@@ -104,6 +108,8 @@ impl Session {
             after_sync: Vec::new(),
             synced,
             outbound: Outbound::new(config.connection_pending_bytes_max),
+            vhost: broker.vhosts.get("/").cloned().unwrap_or_else(VHost::new),
+            user: String::new(),
             has_published: false,
             blocked_sent: false,
             broker,
@@ -307,10 +313,10 @@ impl Session {
         let ids: Vec<u16> = self.channels.keys().copied().collect();
         for id in ids {
             if let Some(mut channel) = self.channels.remove(&id) {
-                channel.release(&self.broker.vhost);
+                channel.release(&self.vhost);
             }
         }
-        self.broker.vhost.connection_closed(self.id);
+        self.vhost.connection_closed(self.id);
     }
 
     /// A queue event after the connection (or the event's channel) is gone: the message goes back.
@@ -421,7 +427,7 @@ impl Session {
         let Some(channel) = self.channels.get_mut(&id) else {
             return;
         };
-        channel.release(&self.broker.vhost);
+        channel.release(&self.vhost);
         channel.closing = true;
         let text = fault.reply_text();
         self.send(
@@ -470,8 +476,9 @@ impl Session {
             (Phase::AwaitStartOk, connection::AMQPMethod::StartOk(start_ok)) => {
                 self.capabilities =
                     ClientCapabilities::from_client_properties(&start_ok.client_properties);
-                match handshake::authenticate(&start_ok, self.loopback) {
-                    Ok(_user) => {
+                match handshake::authenticate(&start_ok, self.loopback, &self.broker.config.users) {
+                    Ok(user) => {
+                        self.user = user;
                         self.phase = Phase::AwaitTuneOk;
                         let config = &self.broker.config;
                         let tune = connection::Tune {
@@ -500,15 +507,23 @@ impl Session {
                 }
             }
             (Phase::AwaitOpen, connection::AMQPMethod::Open(open)) => {
-                if open.virtual_host.as_str() != "/" {
+                let name = open.virtual_host.as_str();
+                let Some(vhost) = self.broker.vhosts.get(name).cloned() else {
+                    return self.fault(
+                        Fault::connection(NOT_ALLOWED, format!("vhost {name} not found"))
+                            .at(class_id, method_id),
+                    );
+                };
+                if !handshake::may_open(&self.user, name, &self.broker.config.users) {
                     return self.fault(
                         Fault::connection(
                             NOT_ALLOWED,
-                            format!("vhost {} not found", open.virtual_host.as_str()),
+                            format!("access to vhost '{name}' refused for user '{}'", self.user),
                         )
                         .at(class_id, method_id),
                     );
                 }
+                self.vhost = vhost;
                 self.phase = Phase::Open;
                 self.send(
                     0,

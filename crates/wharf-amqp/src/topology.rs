@@ -18,7 +18,7 @@ pub fn exchange_method(
     id: u16,
     method: exchange::AMQPMethod,
 ) -> Result<(), Fault> {
-    let vhost = Arc::clone(&session.broker.vhost);
+    let vhost = Arc::clone(&session.vhost);
     let reply = match method {
         exchange::AMQPMethod::Declare(d) => {
             let name = d.exchange.as_str();
@@ -85,7 +85,7 @@ pub fn queue_binding(
     routing_key: &str,
     arguments: &amq_protocol::types::FieldTable,
 ) -> Result<(), Fault> {
-    let vhost = Arc::clone(&session.broker.vhost);
+    let vhost = Arc::clone(&session.vhost);
     let name = channel_mut(session, id)?.queue_name(queue)?;
     let key = if queue.is_empty() && routing_key.is_empty() {
         name.as_str()

@@ -40,19 +40,40 @@ const JOURNAL_SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 #[error("queue record: {0}")]
 pub struct RecordError(pub &'static str);
 
+/// The log-name prefix of a vhost's durable queues: `__amqp.` for the default vhost `/`, `__amqp.<key>.` for
+/// others, where `key` is [`vhost_key`] (names are free text; log names are not).
+pub fn log_prefix(vhost: &str) -> String {
+    match vhost_key(vhost) {
+        None => "__amqp.".to_string(),
+        Some(key) => format!("__amqp.{key}."),
+    }
+}
+
+/// A short, file-name-safe key for a vhost other than `/`: `v` and the 64-bit FNV-1a hash of its name in hex.
+/// `None` for `/`, whose files keep the plain names.
+pub fn vhost_key(vhost: &str) -> Option<String> {
+    if vhost == "/" {
+        return None;
+    }
+    let hash = vhost.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    Some(format!("v{hash:016x}"))
+}
+
 /// Log name of a durable queue's message log.
-pub fn message_log_name(id: u64) -> String {
-    format!("__amqp.{id}.m")
+pub fn message_log_name(prefix: &str, id: u64) -> String {
+    format!("{prefix}{id}.m")
 }
 
 /// Log name of a durable queue's journal.
-pub fn journal_log_name(id: u64) -> String {
-    format!("__amqp.{id}.j")
+pub fn journal_log_name(prefix: &str, id: u64) -> String {
+    format!("{prefix}{id}.j")
 }
 
-/// The queue id a log name belongs to, for log names of durable queues.
-pub fn queue_id_of_log(name: &str) -> Option<u64> {
-    let rest = name.strip_prefix("__amqp.")?;
+/// The queue id a log name belongs to, for log names of durable queues under `prefix`.
+pub fn queue_id_of_log(prefix: &str, name: &str) -> Option<u64> {
+    let rest = name.strip_prefix(prefix)?;
     let id = rest
         .strip_suffix(".m")
         .or_else(|| rest.strip_suffix(".j"))?;
@@ -241,17 +262,23 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The log engine as durable queues use it.
+/// The log engine as one vhost's durable queues use it.
 #[derive(Debug)]
 pub struct QueueLogs {
     logs: Arc<LogManager>,
     /// Policy of message logs (the storage default, `always` unless configured otherwise).
     durability: Durability,
+    /// [`log_prefix`] of the vhost.
+    prefix: String,
 }
 
 impl QueueLogs {
-    pub fn new(logs: Arc<LogManager>, durability: Durability) -> Self {
-        Self { logs, durability }
+    pub fn new(logs: Arc<LogManager>, durability: Durability, prefix: String) -> Self {
+        Self {
+            logs,
+            durability,
+            prefix,
+        }
     }
 
     pub fn manager(&self) -> &Arc<LogManager> {
@@ -281,22 +308,24 @@ impl QueueLogs {
             ..LogConfig::default()
         };
         Ok((
-            self.logs.open_log(&message_log_name(id), messages)?,
-            self.logs.open_log(&journal_log_name(id), journal)?,
+            self.logs
+                .open_log(&message_log_name(&self.prefix, id), messages)?,
+            self.logs
+                .open_log(&journal_log_name(&self.prefix, id), journal)?,
         ))
     }
 
     /// Deletes both logs of queue `id`.
     pub fn delete(&self, id: u64) -> wharf_log::Result<()> {
-        self.logs.delete_log(&message_log_name(id))?;
-        self.logs.delete_log(&journal_log_name(id))
+        self.logs.delete_log(&message_log_name(&self.prefix, id))?;
+        self.logs.delete_log(&journal_log_name(&self.prefix, id))
     }
 
     /// Deletes the logs of queues not in `known` (left by a crash between a queue's removal from the
     /// definitions and the deletion of its logs, or between their creation and the definitions' write).
     pub fn delete_orphans(&self, known: &dyn Fn(u64) -> bool) -> wharf_log::Result<()> {
         for name in self.logs.existing()? {
-            if let Some(id) = queue_id_of_log(&name) {
+            if let Some(id) = queue_id_of_log(&self.prefix, &name) {
                 if !known(id) {
                     tracing::warn!(log = %name, "deleting the log of a queue that no longer exists");
                     self.logs.delete_log(&name)?;
@@ -356,9 +385,31 @@ mod tests {
 
     #[test]
     fn log_names_map_back_to_ids_and_never_look_like_partitions() {
-        assert_eq!(queue_id_of_log(&message_log_name(42)), Some(42));
-        assert_eq!(queue_id_of_log(&journal_log_name(7)), Some(7));
-        assert_eq!(queue_id_of_log("orders-0"), None);
-        assert!(!message_log_name(1).contains('-'));
+        let default = log_prefix("/");
+        let other = log_prefix("staging");
+        assert_eq!(
+            queue_id_of_log(&default, &message_log_name(&default, 42)),
+            Some(42)
+        );
+        assert_eq!(
+            queue_id_of_log(&default, &journal_log_name(&default, 7)),
+            Some(7)
+        );
+        assert_eq!(queue_id_of_log(&default, "orders-0"), None);
+        // Vhosts never claim each other's logs.
+        assert_eq!(
+            queue_id_of_log(&default, &message_log_name(&other, 3)),
+            None
+        );
+        assert_eq!(
+            queue_id_of_log(&other, &message_log_name(&default, 3)),
+            None
+        );
+        assert_eq!(
+            queue_id_of_log(&other, &message_log_name(&other, 3)),
+            Some(3)
+        );
+        assert!(!message_log_name(&other, 1).contains('-'));
+        assert_ne!(vhost_key("a"), vhost_key("b"));
     }
 }

@@ -676,6 +676,7 @@ impl VHost {
     /// under `durability`); restores what a previous run left: exchanges, queues with their messages (in
     /// order; those delivered and not acknowledged marked redelivered), bindings.
     pub fn open(
+        name: &str,
         dir: &Path,
         logs: Arc<LogManager>,
         durability: Durability,
@@ -683,7 +684,7 @@ impl VHost {
     ) -> crate::Result<Arc<Self>> {
         let file = DefinitionsFile::new(dir);
         let defs = file.load()?;
-        let logs = QueueLogs::new(logs, durability);
+        let logs = QueueLogs::new(logs, durability, crate::queue_log::log_prefix(name));
         let known: HashSet<u64> = defs.queues.iter().map(|q| q.id).collect();
         logs.delete_orphans(&|id| known.contains(&id))?;
         let next_id = defs
@@ -1716,6 +1717,7 @@ mod tests {
             LogManager::open(dir.join("logs"), wharf_log::ManagerConfig::default()).unwrap(),
         );
         let vhost = VHost::open(
+            "/",
             &dir.join("amqp"),
             Arc::clone(&logs),
             Durability::Always,

@@ -395,6 +395,31 @@ pub struct AmqpSection {
     /// Bytes of messages that may wait in memory (non-durable queues) before publishers are blocked
     /// (connection.blocked); `0` means 40 % of the machine's memory, RabbitMQ's default watermark.
     pub memory_limit_bytes: u64,
+    /// The vhosts; `/` is always one of them.
+    pub vhosts: Vec<String>,
+    /// Users besides `guest` (who may log in from loopback addresses only).
+    pub users: Vec<AmqpUser>,
+}
+
+/// One `[[amqp.users]]` entry.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpUser {
+    pub name: String,
+    pub password: String,
+    /// The vhosts the user may open; empty or absent = all.
+    #[serde(default)]
+    pub vhosts: Vec<String>,
+}
+
+impl std::fmt::Debug for AmqpUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The resolved configuration is logged at debug level: never the password.
+        f.debug_struct("AmqpUser")
+            .field("name", &self.name)
+            .field("vhosts", &self.vhosts)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for AmqpSection {
@@ -409,6 +434,8 @@ impl Default for AmqpSection {
             handshake_timeout_ms: d.handshake_timeout_ms,
             connection_pending_bytes_max: d.connection_pending_bytes_max,
             memory_limit_bytes: 0,
+            vhosts: vec!["/".to_string()],
+            users: Vec::new(),
         }
     }
 }
@@ -438,7 +465,27 @@ impl AmqpSection {
             max_message_bytes: self.max_message_bytes,
             handshake_timeout_ms: self.handshake_timeout_ms,
             connection_pending_bytes_max: self.connection_pending_bytes_max,
+            users: self
+                .users
+                .iter()
+                .map(|u| wharf_amqp::config::User {
+                    name: u.name.clone(),
+                    password: u.password.clone(),
+                    vhosts: u.vhosts.clone(),
+                })
+                .collect(),
         }
+    }
+
+    /// The vhost names, `/` first and each once.
+    pub fn vhost_names(&self) -> Vec<String> {
+        let mut names = vec!["/".to_string()];
+        for v in &self.vhosts {
+            if !names.contains(v) {
+                names.push(v.clone());
+            }
+        }
+        names
     }
 }
 
@@ -584,6 +631,23 @@ impl Config {
         ] {
             if value < -1 {
                 bail!("{key} must be -1 (unlimited) or at least 0, not {value}");
+            }
+        }
+        for vhost in &self.amqp.vhosts {
+            if vhost.is_empty() || vhost.len() > 255 {
+                bail!("amqp.vhosts: a vhost name must be 1 to 255 bytes, not {vhost:?}");
+            }
+        }
+        let vhosts = self.amqp.vhost_names();
+        for user in &self.amqp.users {
+            if user.name.is_empty() || user.password.is_empty() {
+                bail!("amqp.users: every user needs a name and a password");
+            }
+            if let Some(v) = user.vhosts.iter().find(|v| !vhosts.contains(v)) {
+                bail!(
+                    "amqp.users: user '{}' names vhost '{v}', which is not in amqp.vhosts",
+                    user.name
+                );
             }
         }
         if self.amqp.frame_max < wharf_amqp::config::FRAME_MAX_MIN {

@@ -97,18 +97,27 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<
                 .local_addr()
                 .context("cannot read the AMQP listener's address")?;
             bound.insert("amqp", local);
-            let vhost = wharf_core::queues::VHost::open(
-                &data_dir.path().join("amqp").join("vhosts").join("default"),
-                Arc::clone(&logs),
-                config.storage.log_config().durability,
-                wharf_core::flow::MemoryGauge::new(config.amqp.memory_limit()),
-            )
-            .context("cannot restore the AMQP definitions and durable queues")?;
-            tokio::spawn(maintain_queues_periodically(Arc::downgrade(&vhost)));
-            tokio::spawn(wharf_core::queues::VHost::run_timers(Arc::downgrade(
-                &vhost,
-            )));
-            let broker = wharf_amqp::Broker::new(config.amqp.front_end(), vhost);
+            let memory = wharf_core::flow::MemoryGauge::new(config.amqp.memory_limit());
+            let mut vhosts = std::collections::HashMap::new();
+            for name in config.amqp.vhost_names() {
+                // `/` keeps `vhosts/default`; others a directory named by a hash of their name.
+                let key =
+                    wharf_core::queue_log::vhost_key(&name).unwrap_or_else(|| "default".into());
+                let vhost = wharf_core::queues::VHost::open(
+                    &name,
+                    &data_dir.path().join("amqp").join("vhosts").join(key),
+                    Arc::clone(&logs),
+                    config.storage.log_config().durability,
+                    Arc::clone(&memory),
+                )
+                .with_context(|| format!("cannot restore AMQP vhost '{name}'"))?;
+                tokio::spawn(maintain_queues_periodically(Arc::downgrade(&vhost)));
+                tokio::spawn(wharf_core::queues::VHost::run_timers(Arc::downgrade(
+                    &vhost,
+                )));
+                vhosts.insert(name, vhost);
+            }
+            let broker = wharf_amqp::Broker::new(config.amqp.front_end(), vhosts);
             amqp_task = Some(tokio::spawn(wharf_amqp::serve(
                 listener,
                 broker,
