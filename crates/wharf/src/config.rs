@@ -397,7 +397,9 @@ pub struct AmqpSection {
     pub memory_limit_bytes: u64,
     /// The vhosts; `/` is always one of them.
     pub vhosts: Vec<String>,
-    /// Users besides `guest` (who may log in from loopback addresses only).
+    /// Users besides `guest` (who may log in from loopback addresses only). Written as `[[amqp.users]]`
+    /// tables, so an empty list is left out (the example file shows one commented out).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<AmqpUser>,
 }
 
