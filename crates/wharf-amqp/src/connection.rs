@@ -18,6 +18,8 @@ use crate::session::{Session, Step, SyncedStream};
 
 /// Spare room kept in the read buffer before each read.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// Output gathered from queued events before it is written (bounds the buffer a burst of deliveries builds).
+const EVENT_BATCH_BYTES: usize = 256 * 1024;
 /// How long the server waits for connection.close-ok after sending connection.close.
 pub(crate) const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -171,7 +173,17 @@ async fn run(
                     last_read = Instant::now();
                 }
             }
-            Some((channel, event)) = events.recv() => session.handle_event(channel, event),
+            Some((channel, event)) = events.recv() => {
+                session.handle_event(channel, event);
+                // Take every event already queued before writing: one write for a burst of deliveries,
+                // not a syscall per message.
+                while session.pending_output() < EVENT_BATCH_BYTES {
+                    match events.try_recv() {
+                        Ok((channel, event)) => session.handle_event(channel, event),
+                        Err(_) => break,
+                    }
+                }
+            }
             Some((durable, actions)) = synced.recv() => session.synced(durable, actions),
             _ = tokio::time::sleep_until(read_deadline) => {
                 return if session.closing_since().is_some() {

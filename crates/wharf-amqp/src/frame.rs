@@ -4,7 +4,12 @@
 //! against `frame_max` *before* the payload is buffered, so a client cannot make the broker allocate more
 //! than one frame. The payload is then handed to `amq-protocol`'s parsers (methods, content headers);
 //! body payloads stay as `Bytes` slices of the read buffer (amq-protocol's `AMQPFrame::Body` would copy
-//! each into a `Vec`). Writing: every frame goes through `amq-protocol`'s `gen_frame`.
+//! each into a `Vec`). Writing: method frames go through `amq-protocol`'s `gen_frame`, straight into the
+//! connection's output buffer. Content frames are the exception: a delivery's content header carries the
+//! properties exactly as the publisher sent them (kept as bytes by the queue model), so its envelope — the
+//! 7-byte frame header, class id, weight and body size — is written here around those bytes, and body frames
+//! are the header, a slice of the stored body and the end octet. Decoding and re-encoding every delivered
+//! message's properties, and copying its body three times, was most of the cost of a delivery.
 
 use amq_protocol::frame::{gen_frame, AMQPContentHeader, AMQPFrame, WriteContext};
 use amq_protocol::protocol::{basic::AMQPProperties, parse_class, AMQPClass};
@@ -116,12 +121,35 @@ pub fn encode_properties(properties: &AMQPProperties) -> Result<Vec<u8>, String>
     Ok(encoded.into_inner().0)
 }
 
-/// Appends `frame`, encoded by amq-protocol, to `out`. Fails only for values the codec cannot encode.
+/// Appends `frame`, encoded by amq-protocol, to `out`. Fails only for values the codec cannot encode (and
+/// then leaves `out` as it was).
 pub fn write_frame(out: &mut Vec<u8>, frame: &AMQPFrame) -> Result<(), String> {
-    let encoded = gen_frame(frame)(WriteContext::from(Vec::new()))
-        .map_err(|e| format!("cannot encode {frame}: {e:?}"))?;
-    out.extend_from_slice(&encoded.into_inner().0);
-    Ok(())
+    thread_local! {
+        // The encoder needs an owned, seekable buffer (it back-patches the frame size); reusing one per
+        // thread spares an allocation per frame.
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|scratch| {
+        let mut buf = std::mem::take(&mut *scratch.borrow_mut());
+        buf.clear();
+        let encoded = gen_frame(frame)(WriteContext::from(buf))
+            .map_err(|e| format!("cannot encode {frame}: {e:?}"))?;
+        let buf = encoded.into_inner().0;
+        out.extend_from_slice(&buf);
+        if buf.capacity() <= 64 * 1024 {
+            *scratch.borrow_mut() = buf;
+        }
+        Ok(())
+    })
+}
+
+/// Appends a frame header of `frame_type` on `channel` for a payload of `size` bytes.
+fn put_frame_header(out: &mut Vec<u8>, frame_type: u8, channel: u16, size: usize) {
+    out.push(frame_type);
+    out.extend_from_slice(&channel.to_be_bytes());
+    // Payload sizes here are bounded by frame_max (body chunks) or by a content header's properties,
+    // which arrived in one frame.
+    out.extend_from_slice(&u32::try_from(size).unwrap_or(u32::MAX).to_be_bytes());
 }
 
 /// Appends a method frame.
@@ -129,27 +157,46 @@ pub fn write_method(out: &mut Vec<u8>, channel: u16, method: AMQPClass) -> Resul
     write_frame(out, &AMQPFrame::Method(channel, method))
 }
 
-/// Appends a content header and the body frames (each payload at most `frame_max` - 8 bytes).
+/// Appends a content header holding `properties` — encoded properties (flags and list), as a publisher sent
+/// them or as amq-protocol encoded them — and the body frames (each payload at most `frame_max` - 8 bytes).
 pub fn write_content(
     out: &mut Vec<u8>,
     channel: u16,
-    properties: AMQPProperties,
+    properties: &[u8],
     body: &[u8],
     frame_max: u32,
-) -> Result<(), String> {
-    let header = AMQPContentHeader {
-        class_id: 60,
-        body_size: body.len() as u64,
-        properties,
-    };
-    write_frame(out, &AMQPFrame::Header(channel, header))?;
+) {
     let chunk = (frame_max as usize)
         .saturating_sub(FRAME_OVERHEAD_BYTES)
         .max(1);
+    out.reserve(
+        2 * FRAME_OVERHEAD_BYTES
+            + 12
+            + properties.len()
+            + body.len()
+            + body.len() / chunk * FRAME_OVERHEAD_BYTES,
+    );
+    put_frame_header(
+        out,
+        amq_protocol::protocol::constants::FRAME_HEADER,
+        channel,
+        12 + properties.len(),
+    );
+    out.extend_from_slice(&60u16.to_be_bytes()); // class basic
+    out.extend_from_slice(&0u16.to_be_bytes()); // weight
+    out.extend_from_slice(&(body.len() as u64).to_be_bytes());
+    out.extend_from_slice(properties);
+    out.push(FRAME_END);
     for part in body.chunks(chunk) {
-        write_frame(out, &AMQPFrame::Body(channel, part.to_vec()))?;
+        put_frame_header(
+            out,
+            amq_protocol::protocol::constants::FRAME_BODY,
+            channel,
+            part.len(),
+        );
+        out.extend_from_slice(part);
+        out.push(FRAME_END);
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -182,6 +229,43 @@ mod tests {
         );
         let mut partial = BytesMut::from(&[1u8, 0][..]);
         assert!(matches!(next_frame(&mut partial, 4096), Ok(None)));
+    }
+
+    #[test]
+    fn content_frames_read_back_as_written() {
+        use amq_protocol::types::ShortString;
+        let props = AMQPProperties::default()
+            .with_content_type(ShortString::from("text/plain"))
+            .with_delivery_mode(2);
+        let raw = encode_properties(&props).unwrap();
+        let body: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
+        let mut out = Vec::new();
+        write_content(&mut out, 5, &raw, &body, 8192);
+        let mut buf = BytesMut::from(&out[..]);
+        let Some(Frame::Header(5, header, back)) = next_frame(&mut buf, 8192).unwrap() else {
+            panic!("a content header first");
+        };
+        assert_eq!(header.body_size, 20_000);
+        assert_eq!(header.properties, props);
+        assert_eq!(&back[..], &raw[..]);
+        let mut got = Vec::new();
+        while let Some(frame) = next_frame(&mut buf, 8192).unwrap() {
+            let Frame::Body(5, part) = frame else {
+                panic!("body frames follow");
+            };
+            assert!(part.len() <= 8192 - FRAME_OVERHEAD_BYTES);
+            got.extend_from_slice(&part);
+        }
+        assert_eq!(got, body);
+        // An empty body has a header and no body frame.
+        let mut out = Vec::new();
+        write_content(&mut out, 1, &raw, &[], 8192);
+        let mut buf = BytesMut::from(&out[..]);
+        assert!(matches!(
+            next_frame(&mut buf, 8192),
+            Ok(Some(Frame::Header(1, ..)))
+        ));
+        assert!(buf.is_empty());
     }
 
     #[test]

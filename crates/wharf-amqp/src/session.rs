@@ -241,6 +241,11 @@ impl Session {
         }
     }
 
+    /// Bytes waiting to be written.
+    pub fn pending_output(&self) -> usize {
+        self.out.len()
+    }
+
     pub fn take_output(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.out)
     }
@@ -260,14 +265,10 @@ impl Session {
         }
     }
 
-    /// Appends a content header and body frames.
+    /// Appends a content header (with the properties as stored: encoded, as received or as the broker
+    /// rewrote them) and body frames.
     pub(crate) fn send_content(&mut self, channel: u16, properties: &[u8], body: &[u8]) {
-        let properties = frame::parse_properties(properties);
-        if let Err(e) =
-            frame::write_content(&mut self.out, channel, properties, body, self.frame_max)
-        {
-            warn!(connection = self.id, "{e}");
-        }
+        frame::write_content(&mut self.out, channel, properties, body, self.frame_max);
     }
 
     /// A framing error: the connection closes (with 501/502 once open; during the handshake the socket
