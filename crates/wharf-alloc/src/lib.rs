@@ -78,12 +78,21 @@ fn map_large(size: usize) -> *mut u8 {
     }
 }
 
+/// Records that this allocator is in use. Loads first: a store on every allocation would bounce the flag's
+/// cache line between cores.
+#[inline]
+fn mark_installed() {
+    if !INSTALLED.load(Ordering::Relaxed) {
+        INSTALLED.store(true, Ordering::Relaxed);
+    }
+}
+
 // SAFETY: every block is either the system allocator's (small layouts, passed through unchanged) or one whole
 // private mapping of exactly `layout.size()` bytes (large layouts); `is_large` depends only on the layout, which
 // the caller passes back unchanged to `dealloc`/`realloc`, so each block returns to the allocator it came from.
 unsafe impl GlobalAlloc for GuardedAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        INSTALLED.store(true, Ordering::Relaxed);
+        mark_installed();
         if is_large(&layout) {
             map_large(layout.size())
         } else {
@@ -92,7 +101,7 @@ unsafe impl GlobalAlloc for GuardedAlloc {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        INSTALLED.store(true, Ordering::Relaxed);
+        mark_installed();
         if is_large(&layout) {
             // Fresh anonymous mappings are zero-filled by the kernel.
             map_large(layout.size())

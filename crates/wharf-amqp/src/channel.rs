@@ -978,7 +978,7 @@ pub fn event(session: &mut Session, id: u16, event: QueueEvent) {
                 .filter(|c| !c.closing)
                 .and_then(|c| {
                     c.consumers
-                        .get(&delivery.consumer_tag)
+                        .get(&*delivery.consumer_tag)
                         .filter(|r| Some(r.id) == delivery.consumer)
                         .map(|r| r.no_ack)
                 });
@@ -999,7 +999,7 @@ pub fn event(session: &mut Session, id: u16, event: QueueEvent) {
             session.send(
                 id,
                 AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
-                    consumer_tag: delivery.consumer_tag.into(),
+                    consumer_tag: (&*delivery.consumer_tag).into(),
                     delivery_tag: tag,
                     redelivered: delivery.redelivered,
                     exchange: message.exchange.clone().into(),

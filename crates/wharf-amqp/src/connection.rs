@@ -110,6 +110,13 @@ async fn run(
     let mut last_read = Instant::now();
     let mut last_write = Instant::now();
     let mut shutting_down = false;
+    // Two timers for the life of the connection, moved only when a deadline comes *earlier* than where
+    // they stand; when one fires early it is re-armed at the real deadline. Re-arming them on every pass
+    // of this loop (that is, every read and every delivery) cost a few percent of a busy broker's CPU.
+    let far = Instant::now() + Duration::from_secs(3600);
+    let read_timer = tokio::time::sleep_until(handshake_deadline);
+    let heartbeat_timer = tokio::time::sleep_until(far);
+    tokio::pin!(read_timer, heartbeat_timer);
     loop {
         // Serve every whole frame already buffered before reading more.
         loop {
@@ -158,6 +165,14 @@ async fn run(
         };
         // Send a heartbeat when nothing was written for half the interval.
         let heartbeat_at = heartbeat.map(|hb| last_write + hb / 2);
+        if read_deadline < read_timer.deadline() {
+            read_timer.as_mut().reset(read_deadline);
+        }
+        if let Some(at) = heartbeat_at {
+            if at < heartbeat_timer.deadline() {
+                heartbeat_timer.as_mut().reset(at);
+            }
+        }
         if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 4 {
             buf.reserve(READ_CHUNK_BYTES);
         }
@@ -185,7 +200,12 @@ async fn run(
                 }
             }
             Some((durable, actions)) = synced.recv() => session.synced(durable, actions),
-            _ = tokio::time::sleep_until(read_deadline) => {
+            _ = &mut read_timer => {
+                if Instant::now() < read_deadline {
+                    // Fired at an older deadline; the real one moved on.
+                    read_timer.as_mut().reset(read_deadline);
+                    continue;
+                }
                 return if session.closing_since().is_some() {
                     End::Timeout("connection.close-ok")
                 } else if session.is_open() {
@@ -194,7 +214,15 @@ async fn run(
                     End::Timeout("handshake")
                 };
             }
-            _ = sleep_until_opt(heartbeat_at) => session.heartbeat_frame(),
+            _ = &mut heartbeat_timer, if heartbeat_at.is_some() => {
+                match heartbeat_at {
+                    Some(at) if Instant::now() < at => heartbeat_timer.as_mut().reset(at),
+                    _ => {
+                        session.heartbeat_frame();
+                        heartbeat_timer.as_mut().reset(far.max(Instant::now() + Duration::from_secs(3600)));
+                    }
+                }
+            }
             _ = stopped(&mut shutdown), if !shutting_down => {
                 shutting_down = true;
                 if !session.shutdown() {
@@ -202,13 +230,6 @@ async fn run(
                 }
             }
         }
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -200,6 +200,11 @@ impl Backlog {
         }
     }
 
+    /// Whether there are facts to journal.
+    pub fn journal_dirty(&self) -> bool {
+        matches!(self, Backlog::Log(l) if l.journal_dirty)
+    }
+
     /// Writes what changed since the last call to the journal (durable queues only).
     pub fn flush_journal(&mut self) {
         if let Backlog::Log(l) = self {

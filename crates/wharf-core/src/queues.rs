@@ -108,7 +108,8 @@ pub struct Delivery {
     pub queue: Arc<Queue>,
     /// `None` for basic.get.
     pub consumer: Option<ConsumerId>,
-    pub consumer_tag: String,
+    /// Shared with the consumer: cloning it per delivery costs no allocation.
+    pub consumer_tag: Arc<str>,
     pub message: Arc<Message>,
     pub redelivered: bool,
     /// Position in the queue, so a requeue puts the message back where it was.
@@ -144,7 +145,7 @@ impl QueueSpec {
 #[derive(Debug)]
 struct Consumer {
     id: ConsumerId,
-    tag: String,
+    tag: Arc<str>,
     channel: u16,
     no_ack: bool,
     exclusive: bool,
@@ -211,6 +212,8 @@ pub struct Queue {
     last_used_ms: AtomicI64,
     /// Set once a message with a TTL was enqueued: the expiry timer looks at this queue.
     may_expire: AtomicBool,
+    /// In the vhost's list of journals to flush.
+    journal_queued: AtomicBool,
     state: Mutex<QueueState>,
 }
 
@@ -325,7 +328,7 @@ impl Queue {
                 });
             }
         }
-        s.backlog.flush_journal();
+        journal_later(self, &mut s);
         Ok(Some(sync))
     }
 
@@ -347,7 +350,7 @@ impl Queue {
             }
             s.backlog.requeue(position, message, expires_at);
             dispatch(self, &mut s, &mut dead);
-            s.backlog.flush_journal();
+            journal_later(self, &mut s);
         }
         self.dead_letter(dead);
     }
@@ -376,7 +379,7 @@ impl Queue {
                 }
             }
             dispatch(self, &mut s, &mut dead);
-            s.backlog.flush_journal();
+            journal_later(self, &mut s);
         }
         self.dead_letter(dead);
     }
@@ -394,7 +397,7 @@ impl Queue {
                 return;
             }
             expire_head(&mut s, now, &mut dead);
-            s.backlog.flush_journal();
+            journal_later(self, &mut s);
         }
         self.dead_letter(dead);
     }
@@ -409,7 +412,7 @@ impl Queue {
                 return;
             }
             dispatch(self, &mut s, &mut dead);
-            s.backlog.flush_journal();
+            journal_later(self, &mut s);
         }
         self.dead_letter(dead);
     }
@@ -441,6 +444,16 @@ fn release_credit(s: &mut QueueState, consumer: Option<ConsumerId>) {
     if let Some(id) = consumer {
         if let Some(c) = s.consumers.iter_mut().find(|c| c.id == id) {
             c.unacked = c.unacked.saturating_sub(1);
+        }
+    }
+}
+
+/// Queues `queue`'s new journal facts for the vhost's next journal flush (every [`TIMER_INTERVAL`], and at
+/// shutdown). Nothing waits on the journal, so one record per queue per tick replaces one or two per message.
+fn journal_later(queue: &Arc<Queue>, s: &mut QueueState) {
+    if s.backlog.journal_dirty() && !queue.journal_queued.swap(true, Ordering::Relaxed) {
+        if let Some(vhost) = queue.vhost.upgrade() {
+            vhost.dirty_journals.lock().push(Arc::clone(queue));
         }
     }
 }
@@ -505,7 +518,7 @@ fn dispatch(queue: &Arc<Queue>, s: &mut QueueState, dead: &mut Vec<DeadLetter>) 
         let delivery = Delivery {
             queue: Arc::clone(queue),
             consumer: Some(consumer.id),
-            consumer_tag: consumer.tag.clone(),
+            consumer_tag: Arc::clone(&consumer.tag),
             message: Arc::clone(&ready.message),
             redelivered: ready.redelivered,
             position: ready.position,
@@ -622,6 +635,8 @@ pub struct VHost {
     codec: OnceLock<Arc<dyn MessageCodec>>,
     /// Bytes of messages waiting in memory (non-durable queues), against the memory limit.
     memory: Arc<MemoryGauge>,
+    /// Durable queues with journal facts not written yet ([`VHost::flush_journals`]).
+    dirty_journals: Mutex<Vec<Arc<Queue>>>,
 }
 
 impl VHost {
@@ -639,6 +654,7 @@ impl VHost {
             store,
             codec: OnceLock::new(),
             memory,
+            dirty_journals: Mutex::new(Vec::new()),
         })
     }
 
@@ -668,6 +684,7 @@ impl VHost {
             vhost: self.me.clone(),
             last_used_ms: AtomicI64::new(crate::now_ms()),
             may_expire: AtomicBool::new(false),
+            journal_queued: AtomicBool::new(false),
             state: Mutex::new(QueueState::new(backlog)),
         })
     }
@@ -832,6 +849,19 @@ impl VHost {
         };
         store.file.save(&defs)?;
         Ok(())
+    }
+
+    /// Writes the journal facts of every durable queue that has some (settlements, deliveries, transient
+    /// messages since the last flush). Runs every timer tick and at shutdown.
+    pub fn flush_journals(&self) {
+        let dirty = std::mem::take(&mut *self.dirty_journals.lock());
+        for queue in dirty {
+            let mut s = queue.state.lock();
+            queue.journal_queued.store(false, Ordering::Relaxed);
+            if !s.deleted {
+                s.backlog.flush_journal();
+            }
+        }
     }
 
     /// Periodic work of durable queues: journal compaction and giving back consumed segments. Blocking
@@ -1044,7 +1074,7 @@ impl VHost {
                 c.channel,
                 QueueEvent::Cancelled {
                     consumer: c.id,
-                    consumer_tag: c.tag,
+                    consumer_tag: c.tag.to_string(),
                 },
             ));
         }
@@ -1056,7 +1086,7 @@ impl VHost {
         let queue = self.lookup(connection, name)?;
         let mut s = queue.state.lock();
         let count = u32::try_from(s.backlog.purge()).unwrap_or(u32::MAX);
-        s.backlog.flush_journal();
+        journal_later(&queue, &mut s);
         Ok(count)
     }
 
@@ -1175,6 +1205,7 @@ impl VHost {
     /// Timers: expires messages past their TTL at the heads of queues and deletes queues whose `x-expires`
     /// lease ran out. Called every [`TIMER_INTERVAL`] by [`VHost::run_timers`].
     pub fn tick(&self) {
+        self.flush_journals();
         let now = crate::now_ms();
         // Only queues with something timed: a vhost of many plain queues pays nothing here.
         let queues: Vec<Arc<Queue>> = self
@@ -1359,7 +1390,7 @@ impl VHost {
         }
         s.consumers.push(Consumer {
             id,
-            tag: options.consumer_tag,
+            tag: Arc::from(options.consumer_tag.as_str()),
             channel: options.channel,
             no_ack: options.no_ack,
             exclusive: options.exclusive,
@@ -1371,7 +1402,7 @@ impl VHost {
         });
         s.had_consumer = true;
         dispatch(&queue, &mut s, &mut dead);
-        s.backlog.flush_journal();
+        journal_later(&queue, &mut s);
         drop(s);
         queue.dead_letter(dead);
         Ok((queue, id))
@@ -1389,7 +1420,7 @@ impl VHost {
             }
             // A single active consumer's successor takes over at once.
             dispatch(queue, &mut s, &mut dead);
-            s.backlog.flush_journal();
+            journal_later(queue, &mut s);
             queue.spec.auto_delete && s.had_consumer && s.consumers.is_empty() && !s.deleted
         };
         queue.dead_letter(dead);
@@ -1418,14 +1449,14 @@ impl VHost {
                 let remaining = u32::try_from(s.backlog.ready_count()).unwrap_or(u32::MAX);
                 (ready, remaining)
             });
-            s.backlog.flush_journal();
+            journal_later(&queue, &mut s);
             got
         };
         queue.dead_letter(dead);
         Ok(got.map(|(ready, remaining)| Delivery {
             queue: Arc::clone(&queue),
             consumer: None,
-            consumer_tag: String::new(),
+            consumer_tag: Arc::from(""),
             message: ready.message,
             redelivered: ready.redelivered,
             position: ready.position,
@@ -1790,6 +1821,7 @@ mod tests {
                 .map(|&i| (None, got[i].position, Arc::clone(&got[i].message)))
                 .collect();
             got[0].queue.settle(Settle::Ack, &acked);
+            vhost.flush_journals();
             logs.close().unwrap();
         }
         let (logs, vhost) = open_durable(dir.path());
@@ -1818,12 +1850,14 @@ mod tests {
                 .queues,
             1
         );
+        vhost.flush_journals();
         logs.close().unwrap();
         drop(vhost);
         // Everything settled before this restart stays settled; the message routed through `x` is back.
         let (logs, vhost) = open_durable(dir.path());
         assert_eq!(bodies(&vhost), vec![("via x".to_string(), false)]);
         vhost.delete_queue(1, "q", false, false).unwrap();
+        vhost.flush_journals();
         logs.close().unwrap();
         drop(vhost);
         let (logs, vhost) = open_durable(dir.path());
@@ -1836,6 +1870,7 @@ mod tests {
             "{:?}",
             logs.existing()
         );
+        vhost.flush_journals();
         logs.close().unwrap();
     }
 
@@ -1857,6 +1892,7 @@ mod tests {
         }
         vhost.maintain();
         assert_eq!(size(&logs), 1, "only the active segment is left");
+        vhost.flush_journals();
         logs.close().unwrap();
     }
 

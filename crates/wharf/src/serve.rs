@@ -87,6 +87,8 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<
     let admin_state = AdminState::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut amqp_task: Option<JoinHandle<()>> = None;
+    // Kept to write the durable queues' last journal facts at shutdown.
+    let mut amqp_vhosts: Vec<Arc<wharf_core::queues::VHost>> = Vec::new();
     match config.listen.amqp {
         ListenAddr::Off => info!("AMQP listener is off"),
         ListenAddr::At(addr) => {
@@ -115,6 +117,7 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<
                 tokio::spawn(wharf_core::queues::VHost::run_timers(Arc::downgrade(
                     &vhost,
                 )));
+                amqp_vhosts.push(Arc::clone(&vhost));
                 vhosts.insert(name, vhost);
             }
             let broker = wharf_amqp::Broker::new(config.amqp.front_end(), vhosts);
@@ -230,6 +233,10 @@ pub async fn run(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<
             if let Err(err) = join_admin(task).await {
                 error!("{err:#}");
             }
+        }
+        for vhost in &amqp_vhosts {
+            // Settlements of the last ticks; the logs close (and sync) right after.
+            vhost.flush_journals();
         }
         if let Err(err) = topics.snapshot_producers() {
             error!("cannot write producer snapshots: {err}");

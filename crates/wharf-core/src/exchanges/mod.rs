@@ -359,6 +359,10 @@ impl Exchanges {
     ) -> Result<Vec<String>, ExchangeError> {
         let mut queues: Vec<String> = Vec::new();
         if exchange == DEFAULT_EXCHANGE {
+            if let [key] = keys {
+                // The common case (no CC / BCC): one queue, no set.
+                return Ok(vec![(*key).to_string()]);
+            }
             let mut seen: HashSet<&str> = HashSet::new();
             for key in keys {
                 if seen.insert(key) {
