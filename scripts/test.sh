@@ -24,6 +24,12 @@ if ! python3 -c "import kafka" 2>/dev/null; then
   python3 -m pip install -q "kafka-python==3.0.12"
 fi
 
+# pika, the Python AMQP client of RabbitMQ's tutorials, for crates/wharf/tests/amqp_clients.rs.
+if ! python3 -c "import pika" 2>/dev/null; then
+  echo "installing pika"
+  python3 -m pip install -q "pika==1.3.2"
+fi
+
 # 50 SIGKILL cycles of the crash test unless the caller asks for more or fewer.
 export WHARF_CRASH_CYCLES="${WHARF_CRASH_CYCLES:-50}"
 log=$(mktemp)
