@@ -105,6 +105,9 @@ pub struct AmqpArgs {
     /// Queue to use: deleted, declared fresh, and deleted at the end (default: wharf-bench-amqp-<pid>).
     #[arg(long)]
     pub queue: Option<String>,
+    /// Leave the queue and its messages in place at the end (to measure a broker holding a backlog).
+    #[arg(long)]
+    pub keep_queue: bool,
     /// With --url2: runs against each broker, interleaved A, B, A, B, …
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
@@ -624,8 +627,24 @@ async fn run_once(args: &AmqpArgs, target: &Target, queue: &str) -> anyhow::Resu
     for conn in &connections {
         let _ = tokio::time::timeout(OP_TIMEOUT, conn.close(200, "bye".into())).await;
     }
+    let keep = args.keep_queue;
     let left = async {
         let ch = timed("channel.open", admin.create_channel()).await?;
+        if keep {
+            let ok = timed(
+                "queue.declare (passive)",
+                ch.queue_declare(
+                    queue_name.clone(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                ),
+            )
+            .await?;
+            return Ok(ok.message_count());
+        }
         timed(
             "queue.delete",
             ch.queue_delete(queue_name.clone(), QueueDeleteOptions::default()),
