@@ -13,6 +13,7 @@
 
 use amq_protocol::frame::{gen_frame, AMQPContentHeader, AMQPFrame, WriteContext};
 use amq_protocol::protocol::{basic::AMQPProperties, parse_class, AMQPClass};
+use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::{Buf, Bytes, BytesMut};
 
 /// Type, channel and payload size.
@@ -45,6 +46,98 @@ pub enum FrameError {
     UnknownType(u8),
     #[error("cannot parse {what} on channel {channel}")]
     Syntax { what: &'static str, channel: u16 },
+    #[error("field tables nested deeper than {FIELD_NESTING_MAX} on channel {channel}")]
+    TooDeep { channel: u16 },
+}
+
+/// Deepest nesting of field tables and arrays accepted in a frame (a 502 syntax error beyond).
+///
+/// Why it matters: the codec parses nested tables recursively, and a 105 KB frame of tables nested 15 000
+/// deep overflowed a worker thread's stack and aborted the whole broker. A frame can only nest as deep as it
+/// has `F` (table) and `A` (array) type octets, so a frame with at most this many of them is parsed as usual;
+/// any other is parsed on a fresh stack sized for its worst case, its depth measured there, and refused if too
+/// deep — dropped there too, since dropping a deep value recurses as well.
+pub const FIELD_NESTING_MAX: usize = 64;
+
+/// Stack bytes given per possible nesting level when a frame is parsed on a fresh stack. Measured: a release
+/// build parses tables nested 18 000 deep in 2 KiB a level (and overflows 1 KiB a level); a debug build of the
+/// broker needs more than 8 KiB. Only touched pages are ever committed.
+const STACK_BYTES_PER_LEVEL: usize = if cfg!(debug_assertions) {
+    64 * 1024
+} else {
+    8 * 1024
+};
+/// Fewest bytes one level of nesting takes: a table entry is a key (length octet), the `F` type octet and a
+/// 4-byte table length; an array element an `A` and a 4-byte length.
+const BYTES_PER_LEVEL_MIN: usize = 5;
+
+/// An upper bound of the nesting depth in `payload`: every level takes one `F` or `A` type octet.
+fn nesting_bound(payload: &[u8]) -> usize {
+    payload.iter().filter(|&&b| b == b'F' || b == b'A').count()
+}
+
+/// The nesting depth of a table (1 for a flat one), walked without recursion.
+fn table_depth(table: &FieldTable) -> usize {
+    let mut deepest = 1;
+    let mut todo: Vec<(&AMQPValue, usize)> = table.inner().values().map(|v| (v, 1)).collect();
+    while let Some((value, depth)) = todo.pop() {
+        deepest = deepest.max(depth);
+        match value {
+            AMQPValue::FieldTable(t) => todo.extend(t.inner().values().map(|v| (v, depth + 1))),
+            AMQPValue::FieldArray(a) => todo.extend(a.as_slice().iter().map(|v| (v, depth + 1))),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// The field tables a method carries.
+fn method_tables(class: &AMQPClass) -> Vec<&FieldTable> {
+    use amq_protocol::protocol::{basic, connection, exchange, queue};
+    match class {
+        AMQPClass::Connection(connection::AMQPMethod::Start(m)) => vec![&m.server_properties],
+        AMQPClass::Connection(connection::AMQPMethod::StartOk(m)) => vec![&m.client_properties],
+        AMQPClass::Queue(queue::AMQPMethod::Declare(m)) => vec![&m.arguments],
+        AMQPClass::Queue(queue::AMQPMethod::Bind(m)) => vec![&m.arguments],
+        AMQPClass::Queue(queue::AMQPMethod::Unbind(m)) => vec![&m.arguments],
+        AMQPClass::Exchange(exchange::AMQPMethod::Declare(m)) => vec![&m.arguments],
+        AMQPClass::Exchange(exchange::AMQPMethod::Bind(m)) => vec![&m.arguments],
+        AMQPClass::Exchange(exchange::AMQPMethod::Unbind(m)) => vec![&m.arguments],
+        AMQPClass::Basic(basic::AMQPMethod::Consume(m)) => vec![&m.arguments],
+        _ => Vec::new(),
+    }
+}
+
+/// Parses a method or content-header payload with `parse`, guarding the stack (see [`FIELD_NESTING_MAX`]):
+/// `None` when it does not parse, `Err` when it nests too deep.
+fn parse_guarded<T>(
+    payload: &[u8],
+    channel: u16,
+    parse: impl FnOnce(&[u8]) -> Option<T>,
+    tables: impl Fn(&T) -> Vec<&FieldTable>,
+) -> Result<Option<T>, FrameError> {
+    let bound = nesting_bound(payload);
+    if bound <= FIELD_NESTING_MAX {
+        return Ok(parse(payload));
+    }
+    let levels = bound.min(payload.len() / BYTES_PER_LEVEL_MIN);
+    let stack = STACK_BYTES_PER_LEVEL
+        .saturating_mul(levels)
+        .saturating_add(256 * 1024);
+    stacker::grow(stack, || {
+        let parsed = parse(payload);
+        match &parsed {
+            Some(value)
+                if tables(value)
+                    .into_iter()
+                    .any(|t| table_depth(t) > FIELD_NESTING_MAX) =>
+            {
+                drop(parsed);
+                Err(FrameError::TooDeep { channel })
+            }
+            _ => Ok(parsed),
+        }
+    })
 }
 
 /// Takes one whole frame off the front of `buf`, or returns `None` when more bytes are needed. Nothing
@@ -80,21 +173,41 @@ pub fn next_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, F
     frame.truncate(size as usize);
     let payload = frame.freeze();
     match frame_type {
-        amq_protocol::protocol::constants::FRAME_METHOD => match parse_class(&payload[..]) {
-            Ok(([], class)) => Ok(Some(Frame::Method(channel, Box::new(class)))),
-            _ => Err(FrameError::Syntax {
-                what: "method",
+        amq_protocol::protocol::constants::FRAME_METHOD => {
+            let parsed = parse_guarded(
+                &payload,
                 channel,
-            }),
-        },
+                |p| match parse_class(p) {
+                    Ok(([], class)) => Some(class),
+                    _ => None,
+                },
+                method_tables,
+            )?;
+            match parsed {
+                Some(class) => Ok(Some(Frame::Method(channel, Box::new(class)))),
+                None => Err(FrameError::Syntax {
+                    what: "method",
+                    channel,
+                }),
+            }
+        }
         amq_protocol::protocol::constants::FRAME_HEADER => {
-            match amq_protocol::frame::parsing::parse_content_header(&payload[..]) {
-                Ok(([], header)) => {
+            let parsed = parse_guarded(
+                &payload,
+                channel,
+                |p| match amq_protocol::frame::parsing::parse_content_header(p) {
+                    Ok(([], header)) => Some(header),
+                    _ => None,
+                },
+                |h: &AMQPContentHeader| h.properties.headers().iter().collect(),
+            )?;
+            match parsed {
+                Some(header) => {
                     // class id, weight, body size: the properties follow.
                     let properties = payload.slice(12.min(payload.len())..);
                     Ok(Some(Frame::Header(channel, Box::new(header), properties)))
                 }
-                _ => Err(FrameError::Syntax {
+                None => Err(FrameError::Syntax {
                     what: "content header",
                     channel,
                 }),

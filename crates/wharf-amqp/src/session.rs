@@ -276,7 +276,7 @@ impl Session {
     pub fn frame_error(&mut self, err: &FrameError) {
         if self.phase == Phase::Open && self.closing_since.is_none() {
             let code = match err {
-                FrameError::Syntax { .. } => SYNTAX_ERROR,
+                FrameError::Syntax { .. } | FrameError::TooDeep { .. } => SYNTAX_ERROR,
                 _ => FRAME_ERROR,
             };
             self.close_connection(Fault::connection(code, err.to_string()));

@@ -1427,3 +1427,83 @@ fn a_burst_of_publishes_is_confirmed_by_one_multiple_ack() {
         "{acks:?}"
     );
 }
+
+/// A field table nested `depth` deep (each level one entry `k` holding the next table), encoded by hand:
+/// encoding it with amq-protocol would recurse as deep in this test.
+fn nested_table(depth: usize) -> Vec<u8> {
+    let mut table = vec![0u8; 4];
+    for _ in 0..depth {
+        let mut inner = vec![1, b'k', b'F'];
+        inner.extend_from_slice(&table);
+        table = (inner.len() as u32).to_be_bytes().to_vec();
+        table.extend_from_slice(&inner);
+    }
+    table
+}
+
+/// One frame of `frame_type` on `channel` around `payload`.
+fn raw_frame(frame_type: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![frame_type];
+    f.extend_from_slice(&channel.to_be_bytes());
+    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    f.extend_from_slice(payload);
+    f.push(0xCE);
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_field_tables_are_a_syntax_error_not_a_crash() {
+    let wharf = Wharf::start();
+    // 15 000 levels in a ~105 KB queue.declare once overflowed a worker's stack and aborted the broker.
+    let mut client = RawClient::open(wharf.raw());
+    let mut deep = vec![0, 50, 0, 10, 0, 0, 1, b'q', 0];
+    deep.extend_from_slice(&nested_table(15_000));
+    client.s.write_all(&raw_frame(1, 1, &deep)).unwrap();
+    match client.method() {
+        Some(AMQPClass::Connection(conn_methods::AMQPMethod::Close(close))) => {
+            assert_eq!(close.reply_code, 502, "{close:?}")
+        }
+        other => panic!("expected connection.close 502, got {other:?}"),
+    }
+    // The same in a content header's headers, and in start-ok (where the socket just closes).
+    let mut client = RawClient::open(wharf.raw());
+    let mut publish = Vec::new();
+    write_method(
+        &mut publish,
+        1,
+        AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Publish(
+            amq_protocol::protocol::basic::Publish {
+                exchange: "".into(),
+                routing_key: "q".into(),
+                mandatory: false,
+                immediate: false,
+            },
+        )),
+    )
+    .unwrap();
+    let mut header = vec![0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x20, 0x00]; // flags: headers only
+    header.extend_from_slice(&nested_table(12_000));
+    publish.extend_from_slice(&raw_frame(2, 1, &header));
+    client.s.write_all(&publish).unwrap();
+    match client.method() {
+        Some(AMQPClass::Connection(conn_methods::AMQPMethod::Close(close))) => {
+            assert_eq!(close.reply_code, 502, "{close:?}")
+        }
+        other => panic!("expected connection.close 502, got {other:?}"),
+    }
+    // Moderate nesting (10 levels) in queue.declare arguments is fine.
+    let mut client = RawClient::open(wharf.raw());
+    let mut moderate = vec![0, 50, 0, 10, 0, 0, 1, b'q', 0];
+    moderate.extend_from_slice(&nested_table(10));
+    client.s.write_all(&raw_frame(1, 1, &moderate)).unwrap();
+    assert!(matches!(
+        client.method(),
+        Some(AMQPClass::Queue(
+            amq_protocol::protocol::queue::AMQPMethod::DeclareOk(_)
+        ))
+    ));
+    // And the broker still serves everyone.
+    let conn = wharf.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    declare(&channel, "still-here").await;
+}
