@@ -7,7 +7,9 @@
 //!    Every log runs under a `LogManager` with the default settings, as the broker runs it (tail flusher,
 //!    maintenance thread). The `os` rows come twice: `os` (`append`: the log computes each frame's CRC32C) and
 //!    `os, known CRC` (`append_with_known_crc`: the caller passes the CRC32C of bytes 21.., as the Kafka layer
-//!    can with the CRC it verifies; the caller stamps the base offset into bytes 0..8 like Kafka's). A
+//!    can with the CRC it verifies; the caller stamps the base offset into bytes 0..8 like Kafka's). Under `os`
+//!    a payload of 256 KiB or more has its CRC computed by the manager's helper thread while it is written; the
+//!    diagnostic `os, CRC inline` row turns the helper off (every CRC on the appending thread, as before). A
 //!    diagnostic `os, no hold` row runs with `tail_flush_interval` 0: every frame written whole at once,
 //!    unaligned, as before the held tail; and a diagnostic `raw, gathered` row compares a raw loop of 64 KiB writes
 //!    (the blocks the log gathers 16 KiB frames into) with the 16 KiB loop, without any log. Each page-cache row
@@ -18,6 +20,11 @@
 //!
 //! then a few small criterion groups (per-append latency of 16 KiB batches under each policy), and finally a
 //! plain table of the headline figures with PASS/MISS against the goals.
+//!
+//! Environment (all optional): `WHARF_LOG_BENCH_ONLY=os` runs only the page-cache `os` rows (`os`, `os, known
+//! CRC`, `os, CRC inline`) and skips everything else; `WHARF_LOG_BENCH_CHUNKS_KIB=16,256,1024` sets the batch
+//! sizes of the page-cache rows (default 16 and 1024); `WHARF_LOG_BENCH_PARALLEL_CRC_MIN=BYTES` sets the smallest
+//! payload whose CRC the helper computes in the `os` and `os, known CRC` rows (to measure the threshold).
 //!
 //! Everything is written under `CARGO_TARGET_TMPDIR` (the target dir's file system, not a tmpfs `/tmp`). The log
 //! writes 32 bytes of frame header per batch more than the raw loop; only payload bytes are counted for both.
@@ -235,6 +242,8 @@ enum Variant {
     Os,
     /// `os`, the caller passing the CRC32C of bytes 21.. (`append_with_known_crc`), as Kafka produce can.
     OsKnownCrc,
+    /// Diagnostic: `os` with the CRC helper off, so the appending thread computes every CRC before writing.
+    OsInlineCrc,
     /// Diagnostic: `os` with `tail_flush_interval` 0, so every frame is written whole at once (no held tail),
     /// as before page-aligned appends.
     OsWriteThrough,
@@ -256,6 +265,7 @@ impl Variant {
         match self {
             Variant::Os => "os",
             Variant::OsKnownCrc => "os, known CRC",
+            Variant::OsInlineCrc => "os, CRC inline",
             Variant::OsWriteThrough => "os, no hold",
             Variant::Interval => "interval(10)",
             Variant::RawGathered => "raw, gathered",
@@ -279,7 +289,7 @@ fn page_cache_case(root: &Path, chunk: usize, variant: Variant) -> WriteCase {
                     let path = root.join("gathered.dat");
                     return raw_write(&path, gathered(chunk), false, PAGE_CACHE_TOTAL, None);
                 }
-                Variant::Os | Variant::OsKnownCrc => {
+                Variant::Os | Variant::OsKnownCrc | Variant::OsInlineCrc => {
                     (Durability::Os, ManagerConfig::default().tail_flush_interval)
                 }
                 Variant::OsWriteThrough => (Durability::Os, Duration::ZERO),
@@ -296,6 +306,11 @@ fn page_cache_case(root: &Path, chunk: usize, variant: Variant) -> WriteCase {
                     ..ManagerConfig::default()
                 },
             );
+            if variant == Variant::OsInlineCrc {
+                manager.set_parallel_crc_min_bytes(usize::MAX);
+            } else if let Some(min) = env_usize("WHARF_LOG_BENCH_PARALLEL_CRC_MIN") {
+                manager.set_parallel_crc_min_bytes(min);
+            }
             let run = append_loop(
                 &log,
                 chunk,
@@ -558,7 +573,26 @@ fn size_label(bytes: usize) -> String {
     }
 }
 
+/// A number from the environment, if set and valid.
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
 fn main() {
+    let only_os = std::env::var("WHARF_LOG_BENCH_ONLY").is_ok_and(|v| v == "os");
+    let chunks: Vec<usize> = std::env::var("WHARF_LOG_BENCH_CHUNKS_KIB").map_or_else(
+        |_| vec![16 * KIB, MIB],
+        |v| {
+            v.split(',')
+                .map(|c| {
+                    c.trim()
+                        .parse::<usize>()
+                        .expect("WHARF_LOG_BENCH_CHUNKS_KIB")
+                        * KIB
+                })
+                .collect()
+        },
+    );
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("bench dir");
     let root = tmp.path();
     eprintln!("wharf-log bench dir: {}", root.display());
@@ -573,16 +607,24 @@ fn main() {
     );
 
     let mut writes = Vec::new();
-    for chunk in [16 * KIB, MIB] {
+    for &chunk in &chunks {
         for variant in [
             Variant::Os,
             Variant::OsKnownCrc,
+            Variant::OsInlineCrc,
             Variant::OsWriteThrough,
             Variant::RawGathered,
             Variant::Interval,
         ] {
             if variant == Variant::RawGathered && gathered(chunk) == chunk {
                 continue; // nothing to gather: it would compare the raw loop with itself
+            }
+            let os_row = matches!(
+                variant,
+                Variant::Os | Variant::OsKnownCrc | Variant::OsInlineCrc
+            );
+            if only_os && !os_row {
+                continue;
             }
             eprintln!(
                 "[{:>5.1}s] {} {}",
@@ -592,6 +634,9 @@ fn main() {
             );
             writes.push(page_cache_case(root, chunk, variant));
         }
+        if only_os {
+            continue;
+        }
         eprintln!(
             "[{:>5.1}s] always {}",
             t0.elapsed().as_secs_f64(),
@@ -600,17 +645,22 @@ fn main() {
         writes.push(durable_case(root, chunk));
     }
     let mut concurrent = Vec::new();
-    for threads in [1, 8, 64] {
+    for threads in [1, 8, 64].into_iter().filter(|_| !only_os) {
         eprintln!(
             "[{:>5.1}s] {threads} durable appenders",
             t0.elapsed().as_secs_f64()
         );
         concurrent.push(concurrent_case(root, threads));
     }
-    eprintln!("[{:>5.1}s] sequential read", t0.elapsed().as_secs_f64());
-    let read = read_case(root);
-    eprintln!("[{:>5.1}s] criterion groups", t0.elapsed().as_secs_f64());
-    criterion_groups(root);
+    let read = if only_os {
+        None
+    } else {
+        eprintln!("[{:>5.1}s] sequential read", t0.elapsed().as_secs_f64());
+        let read = read_case(root);
+        eprintln!("[{:>5.1}s] criterion groups", t0.elapsed().as_secs_f64());
+        criterion_groups(root);
+        Some(read)
+    };
 
     println!();
     println!(
@@ -681,6 +731,8 @@ fn main() {
     );
     println!(" `os` = append, the log computes the CRC32C; `os, known CRC` = append_with_known_crc, the caller passes the");
     println!(" CRC32C of bytes 21.. it has already verified (as Kafka produce can), so the log does not read the payload;");
+    println!(" under `os`, payloads of 256 KiB or more have their CRC computed by a helper thread while they are written;");
+    println!(" `os, CRC inline` is a diagnostic: helper off, every CRC on the appending thread before the write;");
     println!(" `os, no hold` is a diagnostic: tail_flush_interval 0, so every frame is written whole at once, unaligned;");
     println!(" `raw, gathered` is a diagnostic without a log: a raw loop of 64 KiB writes against the 16 KiB loop;");
     println!(
@@ -689,45 +741,49 @@ fn main() {
     println!(
         " stall s l/r = seconds spent in single log appends / raw writes slower than {STALL:?})"
     );
-    println!();
-    println!("3. Durable appends: 1 KiB batches (record_count 1), policy always, wait_durable after each, {:?} per case", CONCURRENT_TIME);
-    println!(
-        "{:>9} {:>10} {:>10} {:>8} {:>14}  goal",
-        "appenders", "appends", "appends/s", "syncs", "appends/sync"
-    );
-    for c in &concurrent {
-        let per_sync = c.log_appends as f64 / c.syncs as f64;
-        let goal = if c.threads == 64 {
-            let ok = per_sync >= 16.0;
-            goals.push((
-                "64 durable appenders >= 16 appends per fdatasync".to_string(),
-                ok,
-            ));
-            format!("{} (>= 16)", verdict(ok))
-        } else {
-            String::new()
-        };
+    if !concurrent.is_empty() {
+        println!();
+        println!("3. Durable appends: 1 KiB batches (record_count 1), policy always, wait_durable after each, {:?} per case", CONCURRENT_TIME);
         println!(
-            "{:>9} {:>10} {:>10.0} {:>8} {:>14.1}  {}",
-            c.threads,
-            c.appends,
-            c.appends as f64 / c.secs,
-            c.syncs,
-            per_sync,
-            goal
+            "{:>9} {:>10} {:>10} {:>8} {:>14}  goal",
+            "appenders", "appends", "appends/s", "syncs", "appends/sync"
+        );
+        for c in &concurrent {
+            let per_sync = c.log_appends as f64 / c.syncs as f64;
+            let goal = if c.threads == 64 {
+                let ok = per_sync >= 16.0;
+                goals.push((
+                    "64 durable appenders >= 16 appends per fdatasync".to_string(),
+                    ok,
+                ));
+                format!("{} (>= 16)", verdict(ok))
+            } else {
+                String::new()
+            };
+            println!(
+                "{:>9} {:>10} {:>10.0} {:>8} {:>14.1}  {}",
+                c.threads,
+                c.appends,
+                c.appends as f64 / c.secs,
+                c.syncs,
+                per_sync,
+                goal
+            );
+        }
+    }
+    if let Some(read) = &read {
+        println!();
+        println!(
+            "4. Sequential read of a {:.0} MiB log, read(from, 1 MiB, None) in a loop, page cache warm, best of 3",
+            read.log_bytes as f64 / MIB as f64
+        );
+        println!(
+            "   log read {:.1} MB/s; raw read(2) of the segment files, 1 MiB buffer: {:.1} MB/s ({:.1}% of raw)",
+            read.log.mb_s(),
+            read.raw.mb_s(),
+            100.0 * read.log.mb_s() / read.raw.mb_s()
         );
     }
-    println!();
-    println!(
-        "4. Sequential read of a {:.0} MiB log, read(from, 1 MiB, None) in a loop, page cache warm, best of 3",
-        read.log_bytes as f64 / MIB as f64
-    );
-    println!(
-        "   log read {:.1} MB/s; raw read(2) of the segment files, 1 MiB buffer: {:.1} MB/s ({:.1}% of raw)",
-        read.log.mb_s(),
-        read.raw.mb_s(),
-        100.0 * read.log.mb_s() / read.raw.mb_s()
-    );
     println!();
     println!("Goals:");
     for (goal, ok) in &goals {

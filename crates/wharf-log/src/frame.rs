@@ -79,13 +79,7 @@ impl FrameHeader {
         payload: &[u8],
         known: Option<KnownCrc>,
     ) -> [u8; FRAME_HEADER_LEN] {
-        let mut h = [0u8; FRAME_HEADER_LEN];
-        let payload_len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-        h[4..8].copy_from_slice(&payload_len.to_le_bytes());
-        h[8..16].copy_from_slice(&base_offset.to_le_bytes());
-        h[16..20].copy_from_slice(&record_count.to_le_bytes());
-        h[20..28].copy_from_slice(&max_timestamp.to_le_bytes());
-        h[28] = FRAME_VERSION;
+        let mut h = Self::encode_unsealed(base_offset, record_count, max_timestamp, payload.len());
         let head = crc32c::crc32c(&h[4..]);
         let split = known.and_then(|k| {
             let (prefix, suffix) = payload.split_at_checked(k.from)?;
@@ -98,6 +92,34 @@ impl FrameHeader {
             }
             None => crc32c::crc32c_append(head, payload),
         };
+        h[0..4].copy_from_slice(&crc.to_le_bytes());
+        h
+    }
+
+    /// The header of a batch of `payload_len` bytes with its CRC field still zero: [`FrameHeader::seal`] fills
+    /// it in once the payload's CRC32C is known.
+    pub(crate) fn encode_unsealed(
+        base_offset: u64,
+        record_count: u32,
+        max_timestamp: i64,
+        payload_len: usize,
+    ) -> [u8; FRAME_HEADER_LEN] {
+        let mut h = [0u8; FRAME_HEADER_LEN];
+        let payload_len = u32::try_from(payload_len).unwrap_or(u32::MAX);
+        h[4..8].copy_from_slice(&payload_len.to_le_bytes());
+        h[8..16].copy_from_slice(&base_offset.to_le_bytes());
+        h[16..20].copy_from_slice(&record_count.to_le_bytes());
+        h[20..28].copy_from_slice(&max_timestamp.to_le_bytes());
+        h[28] = FRAME_VERSION;
+        h
+    }
+
+    /// Completes a header from [`FrameHeader::encode_unsealed`] given `payload_crc`, the CRC32C of the whole
+    /// payload (computed elsewhere, e.g. in parts by [`crate::crc_helper`]): the frame CRC covers header bytes
+    /// 4..32 followed by the payload.
+    pub(crate) fn seal(mut h: [u8; FRAME_HEADER_LEN], payload_crc: u32) -> [u8; FRAME_HEADER_LEN] {
+        let payload_len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+        let crc = crate::crc::combine(crc32c::crc32c(&h[4..]), payload_crc, payload_len);
         h[0..4].copy_from_slice(&crc.to_le_bytes());
         h
     }
@@ -192,6 +214,20 @@ mod tests {
                 FrameHeader::encode_with_known_crc(5, 2, 77, &payload, Some(k)),
                 computed
             );
+        }
+    }
+
+    #[test]
+    fn a_header_sealed_with_the_payload_crc_equals_the_computed_one() {
+        for len in [0usize, 1, 4095, 300_000] {
+            let payload: Vec<u8> = (0..len as u32).map(|i| (i * 13 + 5) as u8).collect();
+            let unsealed = FrameHeader::encode_unsealed(9, 4, -3, payload.len());
+            let sealed = FrameHeader::seal(unsealed, crc32c::crc32c(&payload));
+            assert_eq!(sealed, FrameHeader::encode(9, 4, -3, &payload), "len {len}");
+            assert!(FrameHeader::crc_matches(&sealed, &payload));
+            // A wrong payload CRC gives a frame that fails its check.
+            let wrong = FrameHeader::seal(unsealed, crc32c::crc32c(&payload) ^ 0x100);
+            assert!(!FrameHeader::crc_matches(&wrong, &payload));
         }
     }
 

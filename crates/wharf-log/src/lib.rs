@@ -13,6 +13,9 @@
 //!   active segment in memory and sends them in front of the next batch, so every write is a whole aligned
 //!   block of up to 64 KiB; held bytes reach the page cache before any sync and within
 //!   [`ManagerConfig::tail_flush_interval`] (5 ms) otherwise.
+//! - **Large batches**: under a [`LogManager`], the CRC32C of a payload of 256 KiB or more is computed by the
+//!   manager's helper thread while the appending thread writes the frame with a zeroed header; the header, which
+//!   holds the CRC, is written over it next (see `crc_helper`). A log opened on its own computes every CRC inline.
 //! - **Read** returns whole batches from an offset up to a byte budget; payloads are `Bytes` slices of one
 //!   buffer per segment read, never copied per batch.
 //! - **Find** the first batch whose max timestamp is `>= T` through the per-segment time index.
@@ -33,6 +36,7 @@
 
 pub mod config;
 mod crc;
+mod crc_helper;
 pub mod error;
 pub mod file_cache;
 pub mod frame;

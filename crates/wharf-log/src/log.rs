@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::config::{Durability, LogConfig};
+use crate::crc_helper::CrcHelper;
 use crate::error::{IoContext, LogError, Result};
 use crate::file_cache::{next_file_id, FileCache};
 use crate::frame::{FrameHeader, KnownCrc, FRAME_HEADER_LEN};
@@ -79,6 +80,8 @@ pub struct Log {
     pub(crate) last_flush_ms: AtomicI64,
     /// The manager's tail flusher; without one (a log opened on its own) appends hold nothing back.
     tail_hook: Option<TailHook>,
+    /// The manager's CRC helper; without one (a log opened on its own) appends compute every CRC inline.
+    crc_helper: Option<Arc<CrcHelper>>,
 }
 
 /// What a log needs to queue itself on the tail flusher.
@@ -246,7 +249,14 @@ impl Log {
             appends: AtomicU64::new(0),
             last_flush_ms: AtomicI64::new(now_ms()),
             tail_hook: None,
+            crc_helper: None,
         })
+    }
+
+    /// Lets the log hand the CRC of large payloads to `helper` while it writes them (see [`crate::crc_helper`]).
+    pub(crate) fn with_crc_helper(mut self, helper: Arc<CrcHelper>) -> Log {
+        self.crc_helper = Some(helper);
+        self
     }
 
     /// Lets the log hold its tail back, with `flusher` writing it within its interval. `me` is the log's own
@@ -410,13 +420,11 @@ impl Log {
             self.roll_locked(st)?;
         }
         let base_offset = st.next_offset;
-        let header = FrameHeader::encode_with_known_crc(
-            base_offset,
-            record_count,
-            max_timestamp,
-            payload,
-            known,
-        );
+        // A large payload without a known CRC has its CRC computed by the helper while it is written.
+        let helper = self
+            .crc_helper
+            .as_deref()
+            .filter(|h| known.is_none() && h.wants(payload.len()));
         // Holding is safe only while the flusher runs: it bounds how long held bytes stay out of the page cache.
         let hold = self
             .tail_hook
@@ -426,7 +434,32 @@ impl Log {
         let position = seg.size;
         debug_assert_eq!(position, tail.end());
         let file = self.files.get(seg.file_id, &seg.path)?;
-        if let Err(e) = tail.append(&file, &[&header, payload], hold, now) {
+        let written = match helper {
+            None => {
+                let header = FrameHeader::encode_with_known_crc(
+                    base_offset,
+                    record_count,
+                    max_timestamp,
+                    payload,
+                    known,
+                );
+                tail.append(&file, &[&header, payload], hold, now)
+            }
+            Some(helper) => {
+                let unsealed = FrameHeader::encode_unsealed(
+                    base_offset,
+                    record_count,
+                    max_timestamp,
+                    payload.len(),
+                );
+                helper.overlapped(payload, |crc| {
+                    tail.append_header_last(&file, payload, hold, now, || {
+                        FrameHeader::seal(unsealed, crc.crc32c())
+                    })
+                })
+            }
+        };
+        if let Err(e) = written {
             // Cut off whatever part of the frame reached the file, so the file stays a prefix of the log.
             if let Err(e2) = file.set_len(tail.file_end()) {
                 self.commit.fail(format!(

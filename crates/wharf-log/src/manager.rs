@@ -1,5 +1,6 @@
 //! The node-wide set of logs: one shared file-descriptor cache, one background thread for interval flushes,
-//! index checkpoints and retention, one for timed writes of held tails, and name-to-directory mapping.
+//! index checkpoints and retention, one for timed writes of held tails, one computing the CRC of large payloads
+//! while they are written, and name-to-directory mapping.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::config::{Durability, LogConfig, ManagerConfig};
+use crate::crc_helper::CrcHelperThread;
 use crate::error::{IoContext, LogError, Result};
 use crate::file_cache::FileCache;
 use crate::fsio::{now_ms, sync_dir};
@@ -28,6 +30,8 @@ pub struct LogManager {
     worker: Mutex<Option<JoinHandle<()>>>,
     /// The held-tail writer and its thread; `None` when `tail_flush_interval` is zero (logs hold nothing).
     tail_flusher: Option<TailFlushThread>,
+    /// The thread computing the CRC of large payloads while they are written; `None` on a single-CPU machine.
+    crc_helper: Option<CrcHelperThread>,
 }
 
 /// The tail flusher and the thread running it.
@@ -78,10 +82,21 @@ impl LogManager {
                 handle: Mutex::new(Some(handle)),
             })
         };
+        // Dropping `tail_flusher` on this error leaves its thread running until the process ends: stop it.
+        let crc_helper = match CrcHelperThread::start() {
+            Ok(helper) => helper,
+            Err(e) => {
+                if let Some(t) = &tail_flusher {
+                    t.stop();
+                }
+                return Err(e).at(Path::new("<thread>"));
+            }
+        };
         let manager = LogManager {
             inner: Arc::clone(&inner),
             worker: Mutex::new(None),
             tail_flusher,
+            crc_helper,
         };
         // Dropping `manager` on this error stops the flusher thread again.
         let worker = std::thread::Builder::new()
@@ -134,6 +149,10 @@ impl LogManager {
             config,
             Arc::clone(&self.inner.files),
         )?;
+        let log = match &self.crc_helper {
+            Some(h) => log.with_crc_helper(Arc::clone(&h.helper)),
+            None => log,
+        };
         let log = match &self.tail_flusher {
             Some(TailFlushThread { flusher, .. }) => {
                 Arc::new_cyclic(|me| log.with_tail_flusher(Arc::clone(flusher), me.clone()))
@@ -209,11 +228,39 @@ impl LogManager {
         if let Some(worker) = self.worker.lock().take() {
             let _ = worker.join();
         }
-        if let Some(TailFlushThread { flusher, handle }) = &self.tail_flusher {
-            flusher.stop();
-            if let Some(handle) = handle.lock().take() {
-                let _ = handle.join();
-            }
+        if let Some(t) = &self.tail_flusher {
+            t.stop();
+        }
+        if let Some(helper) = &self.crc_helper {
+            helper.stop();
+        }
+    }
+
+    /// Changes the smallest payload whose CRC the helper thread computes while it is written (`usize::MAX`
+    /// turns the helper off). For benchmarks and tests only; the default is measured.
+    #[doc(hidden)]
+    pub fn set_parallel_crc_min_bytes(&self, bytes: usize) {
+        if let Some(helper) = &self.crc_helper {
+            helper.helper.set_min_bytes(bytes);
+        }
+    }
+
+    /// Payload pieces the CRC helper thread has computed since the manager opened (tests check that the helper
+    /// path ran). For tests only.
+    #[doc(hidden)]
+    pub fn parallel_crc_pieces(&self) -> u64 {
+        self.crc_helper
+            .as_ref()
+            .map_or(0, |h| h.helper.helper_chunks())
+    }
+}
+
+impl TailFlushThread {
+    /// Stops the flusher, which writes every queued held tail first, and waits for its thread.
+    fn stop(&self) {
+        self.flusher.stop();
+        if let Some(handle) = self.handle.lock().take() {
+            let _ = handle.join();
         }
     }
 }

@@ -32,6 +32,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::frame::FRAME_HEADER_LEN;
 use crate::fsio::write_all_at_vectored;
 
 /// Smallest alignment of a write: a page (4 KiB on x86-64 and usually on arm64; on a larger-page kernel writes
@@ -145,8 +146,7 @@ impl HeldTail {
         // from the page holding the first unwritten one (from `start`, a boundary, when none was written), so
         // the write begins on a page boundary, yet no whole page that a sync may have made durable is dirtied
         // again.
-        let from = (self.file_end() / PAGE_BYTES * PAGE_BYTES).max(self.start);
-        let skip = usize::try_from(from - self.start).unwrap_or(0);
+        let (from, skip) = self.resend_from();
         let mut to_frame = cut - self.end();
         let mut taken = [0usize; MAX_FRAME_PARTS];
         let mut iov: [&[u8]; MAX_FRAME_PARTS + 1] = [&self.buf[skip..], &[], &[]];
@@ -160,6 +160,62 @@ impl HeldTail {
         for (part, take) in parts.iter().zip(taken) {
             self.buf.extend_from_slice(&part[take..]);
         }
+        self.start = cut;
+        self.written = 0;
+        self.dirty_since = (!self.buf.is_empty()).then_some(now);
+        Ok(())
+    }
+
+    /// Where a write of the held bytes starts: `(segment position, index into buf)`.
+    fn resend_from(&self) -> (u64, usize) {
+        let from = (self.file_end() / PAGE_BYTES * PAGE_BYTES).max(self.start);
+        (from, usize::try_from(from - self.start).unwrap_or(0))
+    }
+
+    /// Like [`HeldTail::append`] for the frame `[header, payload]`, for a header that is known only after the
+    /// payload has been written (its CRC is computed meanwhile; see [`crate::crc_helper`]): writes the held
+    /// bytes, a zeroed placeholder for the header and the payload up to the boundary as one write, then calls
+    /// `header` and writes it over the placeholder. When the header would be held (a frame shorter than a
+    /// boundary), calls `header` first and appends as [`HeldTail::append`].
+    ///
+    /// Between the two writes the file holds the frame behind a zeroed header, which fails its checks (version
+    /// 0; the CRC field is zero too): a crash there leaves a torn tail that recovery truncates, as it does a frame
+    /// written in part. On error nothing changed here, and as with [`HeldTail::append`] the file may hold bytes
+    /// past [`HeldTail::file_end`]: the caller cuts them off.
+    pub fn append_header_last(
+        &mut self,
+        file: &File,
+        payload: &[u8],
+        hold: bool,
+        now: Instant,
+        header: impl FnOnce() -> [u8; FRAME_HEADER_LEN],
+    ) -> io::Result<()> {
+        let header_len = FRAME_HEADER_LEN as u64;
+        let frame_at = self.end();
+        let end = frame_at + header_len + payload.len() as u64;
+        let cut = if hold {
+            end - end % alignment(end - frame_at)
+        } else {
+            end
+        };
+        if cut < frame_at + header_len {
+            let h = header();
+            return self.append(file, &[&h, payload], hold, now);
+        }
+        let taken = usize::try_from(cut - frame_at - header_len)
+            .map_err(|_| io::Error::other("frame larger than the address space"))?;
+        let (Some(written), Some(rest)) = (payload.get(..taken), payload.get(taken..)) else {
+            return Err(io::Error::other("write boundary outside the frame"));
+        };
+        let (from, skip) = self.resend_from();
+        write_all_at_vectored(
+            file,
+            &[&self.buf[skip..], &[0u8; FRAME_HEADER_LEN], written],
+            from,
+        )?;
+        file.write_all_at(&header(), frame_at)?;
+        self.buf.clear();
+        self.buf.extend_from_slice(rest);
         self.start = cut;
         self.written = 0;
         self.dirty_since = (!self.buf.is_empty()).then_some(now);
@@ -346,6 +402,86 @@ mod tests {
         v.extend_from_slice(&[3u8; 32]);
         v.extend(std::iter::repeat_n(103u8, len));
         v
+    }
+
+    /// Appends frames of the given payload lengths with [`HeldTail::append_header_last`], checking what
+    /// [`check_frames`] checks and that, when `header` is called, the header's place in the file holds zeros
+    /// (or is not written at all).
+    fn check_frames_header_last(
+        file: &File,
+        tail: &mut HeldTail,
+        logical: &mut Vec<u8>,
+        lens: &[usize],
+        hold: bool,
+    ) {
+        for (n, &len) in lens.iter().enumerate() {
+            let header = [(n as u8) | 0x80; 32];
+            let payload: Vec<u8> = (0..len).map(|i| (i * 7 + n) as u8).collect();
+            let frame_at = tail.end();
+            let start_before = tail.start;
+            let file_end_before = tail.file_end();
+            tail.append_header_last(file, &payload, hold, Instant::now(), || {
+                // Called once the payload is written (when the header is, too): the header's place holds zeros.
+                let on_file = file_bytes(file);
+                if on_file.len() as u64 > frame_at {
+                    assert!(
+                        on_file.len() as u64 >= frame_at + 32,
+                        "written with a placeholder"
+                    );
+                    assert_eq!(
+                        &on_file[frame_at as usize..frame_at as usize + 32],
+                        &[0u8; 32]
+                    );
+                }
+                assert!(on_file.len() as u64 >= file_end_before);
+                header
+            })
+            .unwrap();
+            logical.extend_from_slice(&header);
+            logical.extend_from_slice(&payload);
+            let on_file = file_bytes(file);
+            assert_eq!(on_file.len() as u64, tail.file_end());
+            if hold && tail.start != start_before {
+                let align = alignment(32 + len as u64);
+                assert_eq!(tail.start % align, 0, "a write ends on a boundary");
+            }
+            if !hold {
+                assert_eq!(tail.file_end(), tail.end(), "everything written");
+            }
+            assert_eq!(tail.end(), logical.len() as u64);
+            assert_eq!(on_file.as_slice(), &logical[..on_file.len()]);
+            let held = tail.snapshot().map_or(Vec::new(), |h| h.bytes.to_vec());
+            assert_eq!(held.as_slice(), &logical[tail.start as usize..]);
+        }
+    }
+
+    #[test]
+    fn header_last_appends_write_the_same_file() {
+        for hold in [true, false] {
+            let file = tempfile::tempfile().unwrap();
+            let mut tail = HeldTail::at(0);
+            let mut logical = Vec::new();
+            // Large frames at every offset from a boundary, small ones in between (the fallback), then a
+            // write-out (a sync) before more large ones.
+            let lens = [
+                1 << 20,
+                100,
+                300_000,
+                (1 << 20) - 32,
+                65_536,
+                16_384,
+                262_144,
+                70_000,
+                10,
+                2 << 20,
+            ];
+            check_frames_header_last(&file, &mut tail, &mut logical, &lens, hold);
+            tail.write_out(&file).unwrap();
+            check_frames(&file, &mut tail, &mut logical, &[5000, 16_384]);
+            check_frames_header_last(&file, &mut tail, &mut logical, &[500_000, 1 << 20], hold);
+            tail.write_out(&file).unwrap();
+            assert_eq!(file_bytes(&file), logical, "hold {hold}");
+        }
     }
 
     #[test]

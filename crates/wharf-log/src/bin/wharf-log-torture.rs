@@ -1,14 +1,19 @@
-//! `wharf-log-torture DIR THREADS [always|os]`: appends self-describing batches to the log `DIR/torture` (under a
-//! `LogManager`, as the broker runs it, so appends hold their tail back) from THREADS threads, forever, and prints
-//! `ACK <base> <count> <id> <len>` for each append once the policy allows acknowledging it: after fdatasync under
-//! `always` (the default), at once under `os`. The crash tests SIGKILL it at random moments and check what
-//! survived.
+//! `wharf-log-torture DIR THREADS [always|os] [big]`: appends self-describing batches to the log `DIR/torture`
+//! (under a `LogManager`, as the broker runs it, so appends hold their tail back) from THREADS threads, forever,
+//! and prints `ACK <base> <count> <id> <len>` for each append once the policy allows acknowledging it: after
+//! fdatasync under `always` (the default), at once under `os`. With `big`, one batch in four is 256 KiB to
+//! 1.25 MiB (its CRC computed by the manager's helper thread while it is written, header last). The crash tests
+//! SIGKILL it at random moments and check what survived.
 
 use std::io::Write;
 use std::sync::Arc;
 
 use wharf_log::testing::pattern;
 use wharf_log::{Durability, LogConfig, LogManager, ManagerConfig};
+
+/// Smallest batch of `big` runs (the helper's default threshold), and the spread of their lengths.
+const BIG_MIN: usize = 256 * 1024;
+const BIG_SPREAD: usize = 1024 * 1024;
 
 fn main() {
     if let Err(e) = run() {
@@ -19,7 +24,7 @@ fn main() {
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    const USAGE: &str = "usage: wharf-log-torture DIR THREADS [always|os]";
+    const USAGE: &str = "usage: wharf-log-torture DIR THREADS [always|os] [big]";
     let dir = args.next().ok_or(USAGE)?;
     let threads: u64 = args.next().ok_or(USAGE)?.parse()?;
     let durability = match args.next().as_deref() {
@@ -27,8 +32,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         Some("os") => Durability::Os,
         Some(_) => return Err(USAGE.into()),
     };
+    let big = match args.next().as_deref() {
+        None => false,
+        Some("big") => true,
+        Some(_) => return Err(USAGE.into()),
+    };
     let config = LogConfig {
-        segment_bytes: 256 * 1024,
+        segment_bytes: if big { 8 << 20 } else { 256 * 1024 },
         index_interval_bytes: 1024,
         durability,
         retention_ms: None,
@@ -47,7 +57,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             s.spawn(move || -> Result<(), String> {
                 for i in 0u64.. {
                     let id = run_id.wrapping_add(t << 24).wrapping_add(i);
-                    let len = (id % 3000) as usize + 10;
+                    let len = if big && id % 4 == 0 {
+                        BIG_MIN + (id >> 2) as usize % BIG_SPREAD
+                    } else {
+                        (id % 3000) as usize + 10
+                    };
                     let count = (id % 4) as u32 + 1;
                     let p = pattern(id, len);
                     let a = log.append(&p, count, i as i64).map_err(|e| e.to_string())?;
