@@ -428,13 +428,20 @@ fn finish_publish(session: &mut Session, id: u16, body: Bytes) -> ChannelResult 
     } else {
         publish.properties
     };
-    let mut keys: Vec<&str> = Vec::with_capacity(1 + extra_keys.len());
-    keys.push(&publish.routing_key);
-    keys.extend(extra_keys.iter().map(String::as_str));
-    let queues = session
-        .vhost
-        .route(&publish.exchange, &keys, &headers)
-        .map_err(|e| at(Fault::from(e)))?;
+    // The default exchange without CC / BCC routes to the queue its key names: no table, no list to build.
+    let routed = if publish.exchange.is_empty() && extra_keys.is_empty() {
+        None
+    } else {
+        let mut keys: Vec<&str> = Vec::with_capacity(1 + extra_keys.len());
+        keys.push(&publish.routing_key);
+        keys.extend(extra_keys.iter().map(String::as_str));
+        Some(
+            session
+                .vhost
+                .route(&publish.exchange, &keys, &headers)
+                .map_err(|e| at(Fault::from(e)))?,
+        )
+    };
     let message = Arc::new(Message {
         exchange: publish.exchange,
         routing_key: publish.routing_key,
@@ -444,11 +451,16 @@ fn finish_publish(session: &mut Session, id: u16, body: Bytes) -> ChannelResult 
         priority: parsed.priority().unwrap_or(0),
         expiration_ms,
     });
+    let named = Arc::clone(&message);
+    let queues: &[String] = match &routed {
+        Some(queues) => queues,
+        None => std::slice::from_ref(&named.routing_key),
+    };
     let channel = channel_mut(session, id).map_err(|f| (id, f))?;
     match &mut channel.mode {
         Mode::Tx(tx) => {
             tx.publishes.push(TxPublish {
-                queues,
+                queues: queues.to_vec(),
                 message,
                 mandatory: publish.mandatory,
             });
@@ -456,7 +468,7 @@ fn finish_publish(session: &mut Session, id: u16, body: Bytes) -> ChannelResult 
         }
         Mode::Confirm(confirms) => {
             let tag = confirms.next_tag();
-            let delivered = deliver(session, id, &queues, message, publish.mandatory);
+            let delivered = deliver(session, id, queues, message, publish.mandatory);
             let ok = !delivered.failed;
             if delivered.sync.is_empty() {
                 // In memory only (transient, or no durable queue): enqueued is as safe as it gets.
@@ -477,7 +489,7 @@ fn finish_publish(session: &mut Session, id: u16, body: Bytes) -> ChannelResult 
             Ok(())
         }
         Mode::Plain => {
-            deliver(session, id, &queues, message, publish.mandatory);
+            deliver(session, id, queues, message, publish.mandatory);
             Ok(())
         }
     }
@@ -936,9 +948,20 @@ fn apply(taken: impl IntoIterator<Item = Unacked>, outcome: Outcome) {
         Outcome::Ack => Settle::Ack,
         Outcome::Reject => Settle::Reject,
     };
+    let mut taken = taken.into_iter();
+    let Some(first) = taken.next() else {
+        return;
+    };
+    let Some(second) = taken.next() else {
+        // One delivery (the usual ack): no list.
+        first
+            .queue
+            .settle(how, &[(first.consumer, first.position, first.message)]);
+        return;
+    };
     type Settled = Vec<(Option<ConsumerId>, u64, Arc<Message>)>;
     let mut run: Option<(Arc<Queue>, Settled)> = None;
-    for u in taken {
+    for u in [first, second].into_iter().chain(taken) {
         match &mut run {
             Some((queue, items)) if Arc::ptr_eq(queue, &u.queue) => {
                 items.push((u.consumer, u.position, u.message))
