@@ -3,7 +3,7 @@
 //! confirm, tx; exchange and bindings are in [`crate::topology`]). Errors come back as a [`Fault`] with the channel number; the session closes the
 //! channel or the connection as the fault says.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use amq_protocol::protocol::{
@@ -120,7 +120,7 @@ pub struct Channel {
     prefetch: u16,
     next_delivery_tag: u64,
     unacked: BTreeMap<u64, Unacked>,
-    consumers: HashMap<String, ConsumerRef>,
+    consumers: BTreeMap<String, ConsumerRef>,
     publish: Option<Publish>,
     /// The queue last declared on this channel: an empty queue name in later methods means it.
     last_queue: String,
@@ -136,7 +136,7 @@ impl Channel {
     /// Cancels this channel's consumers, then requeues its unacknowledged messages (in that order, so
     /// requeued messages are not dispatched back to them).
     pub fn release(&mut self, vhost: &VHost) {
-        for (_, consumer) in self.consumers.drain() {
+        for (_, consumer) in std::mem::take(&mut self.consumers) {
             vhost.cancel(&consumer.queue, consumer.id);
         }
         for (_, unacked) in std::mem::take(&mut self.unacked) {
@@ -176,6 +176,11 @@ impl Channel {
         if let Mode::Confirm(confirms) = &mut self.mode {
             confirms.settle(tag, ok);
         }
+    }
+
+    /// Whether confirm outcomes are waiting to be sent.
+    pub(crate) fn has_confirms(&self) -> bool {
+        matches!(&self.mode, Mode::Confirm(c) if c.has_settled())
     }
 
     /// Publisher confirms waiting to be sent (empty outside confirm mode).

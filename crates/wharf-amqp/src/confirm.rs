@@ -39,6 +39,11 @@ impl Confirms {
         }
     }
 
+    /// Whether outcomes are known and not yet sent.
+    pub fn has_settled(&self) -> bool {
+        !self.settled.is_empty()
+    }
+
     /// The frames for every outcome known, as few as `multiple` allows: a run of consecutive tags with
     /// the same outcome becomes one frame when no unsettled tag lies below its end (a `multiple` frame
     /// confirms everything up to its tag).
