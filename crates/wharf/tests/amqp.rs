@@ -1507,3 +1507,52 @@ async fn deeply_nested_field_tables_are_a_syntax_error_not_a_crash() {
     let channel = conn.create_channel().await.unwrap();
     declare(&channel, "still-here").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_channels_on_one_connection() {
+    let wharf = Wharf::start();
+    let conn = wharf.connect().await;
+    let mut channels = Vec::new();
+    for i in 0..100 {
+        let ch = conn.create_channel().await.unwrap();
+        declare(&ch, &format!("ch-{i}")).await;
+        channels.push(ch);
+    }
+    // Every channel publishes to the next one's queue, then reads its own.
+    for (i, ch) in channels.iter().enumerate() {
+        let to = format!("ch-{}", (i + 1) % 100);
+        publish(ch, &to, format!("from {i}").as_bytes()).await;
+    }
+    for (i, ch) in channels.iter().enumerate() {
+        let got = ch
+            .basic_get(
+                format!("ch-{i}").as_str().into(),
+                BasicGetOptions::default(),
+            )
+            .await
+            .unwrap()
+            .expect("one message per queue");
+        assert_eq!(
+            got.delivery.data,
+            format!("from {}", (i + 99) % 100).as_bytes()
+        );
+        got.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    // A channel error on one of them leaves the other 99 working.
+    let err = channels[42]
+        .queue_declare(
+            "ch-missing".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("NOT_FOUND"), "{err}");
+    for (i, ch) in channels.iter().enumerate().filter(|(i, _)| *i != 42) {
+        assert_eq!(counts(ch, &format!("ch-{i}")).await.unwrap(), (0, 0));
+    }
+    assert!(conn.status().connected());
+}
