@@ -491,6 +491,14 @@ impl LogBacklog {
         }
         if end > offsets.log_start || journal_end > 0 {
             let maintenance = backlog.snapshot();
+            if maintenance.snapshot.is_none() {
+                // The snapshot must replace every older record (some may describe positions a torn tail
+                // lost, which new messages will reuse): without it, refuse to open rather than risk that.
+                return Err(crate::CoreError::Log(wharf_log::LogError::Failed {
+                    name: backlog.journal.name().to_string(),
+                    reason: "cannot write the journal snapshot at open".into(),
+                }));
+            }
             maintenance.run()?;
             info!(
                 queue_log = backlog.messages.name(),
@@ -544,6 +552,10 @@ impl LogBacklog {
             // Everything is indexed: nothing is left to read in log order.
             self.cursor = self.end;
             self.settled_ahead = 0;
+        } else {
+            // The scan may have settled positions past the cursor (transient messages from before the
+            // restart, records that do not decode): count them as `refill` will skip them.
+            self.settled_ahead = self.settled.count_in(self.cursor, self.end);
         }
         Ok(())
     }
@@ -666,13 +678,30 @@ impl LogBacklog {
             let Order::Priority { levels, count, .. } = &mut self.order else {
                 return None;
             };
-            let (position, expires_at) = levels.iter_mut().rev().find_map(|l| l.pop_front())?;
+            let level = levels.iter().rposition(|l| !l.is_empty())?;
+            let (position, expires_at) = levels.get_mut(level)?.pop_front()?;
             *count -= 1;
-            let read = self
-                .messages
-                .read(position, 1, Some(position + 1))
-                .map_err(|e| e.to_string())
-                .and_then(|mut b| b.pop().ok_or_else(|| "no such record".to_string()))
+            let batch = match self.messages.read(position, 1, Some(position + 1)) {
+                Ok(mut batches) => batches.pop(),
+                Err(e) => {
+                    // Possibly passing (an I/O error): keep the message where it was and stop here rather
+                    // than drop a confirmed message for good; the next dispatch tries again.
+                    warn!(
+                        log = self.messages.name(),
+                        position, "cannot read a queued message now: {e}"
+                    );
+                    if let Order::Priority { levels, count, .. } = &mut self.order {
+                        if let Some(l) = levels.get_mut(level) {
+                            l.push_front((position, expires_at));
+                            *count += 1;
+                        }
+                    }
+                    return None;
+                }
+            };
+            // A record that is missing or does not decode cannot become readable: it is dropped.
+            let read = batch
+                .ok_or_else(|| "no such record".to_string())
                 .and_then(|b| decode_message(&b.payload).map_err(|e| e.to_string()));
             match read {
                 Ok((message, _)) => {
@@ -703,6 +732,17 @@ impl LogBacklog {
             } if !ready.redelivered => {
                 *window_bytes += ready.message.body.len();
                 window.push_front(ready);
+            }
+            Order::Priority {
+                levels,
+                max_priority,
+                count,
+            } if !ready.redelivered => {
+                let level = level_of(ready.message.priority, Some(*max_priority));
+                if let Some(l) = levels.get_mut(level) {
+                    l.push_front((ready.position, ready.expires_at));
+                    *count += 1;
+                }
             }
             _ => {
                 self.requeued
@@ -747,6 +787,10 @@ impl LogBacklog {
                     continue;
                 }
                 self.cursor = batch.next_offset();
+                if position < self.low {
+                    // Settled (the cursor normally stays at or above `low`; belt and braces).
+                    continue;
+                }
                 if self.settled.contains(position) {
                     self.settled_ahead = self.settled_ahead.saturating_sub(1);
                     continue;
@@ -797,6 +841,15 @@ impl LogBacklog {
         while let Some((s, e)) = self.settled.first() {
             if s != self.low {
                 break;
+            }
+            // Settled positions past the cursor (settled before a restart and not read since) leave `settled`
+            // here, so the cursor must move past them too, or `refill` would read and deliver them again.
+            // Keeps `cursor >= low` (in priority order the cursor is the log end, so this never fires).
+            if e > self.cursor {
+                self.settled_ahead = self
+                    .settled_ahead
+                    .saturating_sub(self.settled.count_in(self.cursor, e));
+                self.cursor = e;
             }
             self.low = e;
             self.settled.remove_below(e);
