@@ -155,10 +155,7 @@ impl Backlog {
     pub fn requeue(&mut self, position: u64, message: Arc<Message>, expires_at: Option<i64>) {
         match self {
             Backlog::Memory(m) => m.requeue(position, message, expires_at),
-            Backlog::Log(l) => {
-                l.bytes += body_len(&message);
-                l.requeued.insert(position, (message, expires_at));
-            }
+            Backlog::Log(l) => l.requeue(position, message, expires_at),
         }
     }
 
@@ -308,6 +305,10 @@ impl MemoryBacklog {
     }
 }
 
+/// A ready message of a durable priority queue: position, expiry, and whether it was delivered before (a
+/// requeued message goes back into its own level, as in RabbitMQ, and comes out marked redelivered).
+type IndexEntry = (u64, Option<i64>, bool);
+
 /// How a durable queue finds its next message.
 #[derive(Debug)]
 enum Order {
@@ -318,7 +319,7 @@ enum Order {
     },
     /// By priority: every ready position is indexed, with its expiry, by level.
     Priority {
-        levels: Vec<VecDeque<(u64, Option<i64>)>>,
+        levels: Vec<VecDeque<IndexEntry>>,
         max_priority: u8,
         count: u64,
     },
@@ -533,7 +534,7 @@ impl LogBacklog {
                         {
                             let level = level_of(m.priority, Some(*max_priority));
                             if let Some(l) = levels.get_mut(level) {
-                                l.push_back((position, expires_at));
+                                l.push_back((position, expires_at, false));
                                 *count += 1;
                             }
                         }
@@ -606,7 +607,7 @@ impl LogBacklog {
             } => {
                 let level = level_of(message.priority, Some(*max_priority));
                 if let Some(l) = levels.get_mut(level) {
-                    l.push_back((position, expires_at));
+                    l.push_back((position, expires_at, false));
                     *count += 1;
                 }
                 self.cursor = appended.next_offset;
@@ -630,9 +631,11 @@ impl LogBacklog {
         }
         match &self.order {
             Order::Fifo { window, .. } => window.front().map(|r| r.expires_at),
-            Order::Priority { levels, .. } => {
-                levels.iter().rev().find_map(|l| l.front()).map(|&(_, e)| e)
-            }
+            Order::Priority { levels, .. } => levels
+                .iter()
+                .rev()
+                .find_map(|l| l.front())
+                .map(|&(_, e, _)| e),
         }
     }
 
@@ -679,7 +682,7 @@ impl LogBacklog {
                 return None;
             };
             let level = levels.iter().rposition(|l| !l.is_empty())?;
-            let (position, expires_at) = levels.get_mut(level)?.pop_front()?;
+            let (position, expires_at, again) = levels.get_mut(level)?.pop_front()?;
             *count -= 1;
             let batch = match self.messages.read(position, 1, Some(position + 1)) {
                 Ok(mut batches) => batches.pop(),
@@ -692,7 +695,7 @@ impl LogBacklog {
                     );
                     if let Order::Priority { levels, count, .. } = &mut self.order {
                         if let Some(l) = levels.get_mut(level) {
-                            l.push_front((position, expires_at));
+                            l.push_front((position, expires_at, again));
                             *count += 1;
                         }
                     }
@@ -708,7 +711,7 @@ impl LogBacklog {
                     return Some(Ready {
                         position,
                         message: Arc::new(message),
-                        redelivered: position < self.redelivered_below,
+                        redelivered: again || position < self.redelivered_below,
                         expires_at,
                     })
                 }
@@ -719,6 +722,29 @@ impl LogBacklog {
                     );
                     self.settle(position);
                 }
+            }
+        }
+    }
+
+    /// A delivered message comes back: FIFO order keeps it aside to go out first; priority order puts it
+    /// back into its level at its position.
+    fn requeue(&mut self, position: u64, message: Arc<Message>, expires_at: Option<i64>) {
+        self.bytes += body_len(&message);
+        match &mut self.order {
+            Order::Priority {
+                levels,
+                max_priority,
+                count,
+            } => {
+                let level = level_of(message.priority, Some(*max_priority));
+                if let Some(l) = levels.get_mut(level) {
+                    let at = l.partition_point(|&(p, _, _)| p < position);
+                    l.insert(at, (position, expires_at, true));
+                    *count += 1;
+                }
+            }
+            Order::Fifo { .. } => {
+                self.requeued.insert(position, (message, expires_at));
             }
         }
     }
@@ -737,10 +763,10 @@ impl LogBacklog {
                 levels,
                 max_priority,
                 count,
-            } if !ready.redelivered => {
+            } => {
                 let level = level_of(ready.message.priority, Some(*max_priority));
                 if let Some(l) = levels.get_mut(level) {
-                    l.push_front((ready.position, ready.expires_at));
+                    l.push_front((ready.position, ready.expires_at, ready.redelivered));
                     *count += 1;
                 }
             }
@@ -883,7 +909,7 @@ impl LogBacklog {
             }
             Order::Priority { levels, count, .. } => {
                 for l in levels.iter_mut() {
-                    positions.extend(l.drain(..).map(|(p, _)| p));
+                    positions.extend(l.drain(..).map(|(p, _, _)| p));
                 }
                 *count = 0;
             }

@@ -1918,6 +1918,40 @@ mod tests {
     }
 
     #[test]
+    fn a_requeued_message_of_a_durable_priority_queue_waits_behind_higher_priorities() {
+        let dir = tempfile::tempdir().unwrap();
+        let (logs, vhost) = open_durable(dir.path());
+        let spec = QueueSpec {
+            arguments: QueueArgs {
+                max_priority: Some(10),
+                ..QueueArgs::default()
+            },
+            ..durable()
+        };
+        vhost.declare_queue(1, "q", false, spec).unwrap();
+        let with_priority = |body: &str, priority: u8| Message {
+            priority,
+            ..persistent(body)
+        };
+        vhost
+            .publish(&["q"], &|| None, with_priority("low", 1))
+            .unwrap();
+        let low = vhost.get(1, "q", false).unwrap().unwrap();
+        vhost
+            .publish(&["q"], &|| None, with_priority("high", 9))
+            .unwrap();
+        low.queue
+            .requeue(None, low.position, Arc::clone(&low.message), low.expires_at);
+        // As in RabbitMQ (and Wharf's in-memory priority queues): back into its own level.
+        assert_eq!(
+            bodies(&vhost),
+            vec![("high".to_string(), false), ("low".to_string(), true)]
+        );
+        vhost.flush_journals();
+        logs.close().unwrap();
+    }
+
+    #[test]
     fn a_consumed_backlog_gives_its_segments_back() {
         let dir = tempfile::tempdir().unwrap();
         let (logs, vhost) = open_durable(dir.path());
