@@ -264,13 +264,20 @@ impl Queue {
         }
     }
 
-    /// When a message entering this queue now expires: the sooner of the queue's TTL and the message's.
-    fn expiry_of(&self, message: &Message, now: i64) -> Option<i64> {
+    /// When a message entering this queue now expires: the sooner of the queue's TTL and the message's. The
+    /// clock is read only when there is a TTL.
+    fn expiry_of(&self, message: &Message) -> Option<i64> {
         let ttl = match (self.spec.arguments.message_ttl_ms, message.expiration_ms) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }?;
-        Some(now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)))
+        Some(crate::now_ms().saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)))
+    }
+
+    /// The time to expire messages against, for a queue that may hold expiring ones (others skip the clock
+    /// and the head check on every message).
+    fn expiry_clock(&self) -> Option<i64> {
+        self.may_expire.load(Ordering::Relaxed).then(crate::now_ms)
     }
 
     /// Whether `message` would take the queue past a length limit.
@@ -291,7 +298,6 @@ impl Queue {
         message: Arc<Message>,
         dead: &mut Vec<DeadLetter>,
     ) -> Result<Option<Option<PendingSync>>, QueueError> {
-        let now = crate::now_ms();
         let mut s = self.state.lock();
         if s.deleted {
             return Ok(Some(None));
@@ -306,14 +312,16 @@ impl Queue {
             }
             return Ok(None);
         }
-        let expires_at = self.expiry_of(&message, now);
+        let expires_at = self.expiry_of(&message);
         if expires_at.is_some() {
             self.may_expire.store(true, Ordering::Relaxed);
         }
         let sync = s.backlog.push(message, expires_at)?;
         dispatch(self, &mut s, dead);
         // A TTL of 0 drops what no consumer could take at once.
-        expire_head(&mut s, now, dead);
+        if let Some(now) = self.expiry_clock() {
+            expire_head(&mut s, now, dead);
+        }
         if args.overflow == Overflow::DropHead {
             while args.max_length.is_some_and(|m| s.backlog.ready_count() > m)
                 || args
@@ -501,12 +509,14 @@ fn dispatch(queue: &Arc<Queue>, s: &mut QueueState, dead: &mut Vec<DeadLetter>) 
         return;
     }
     let single_active = queue.spec.arguments.single_active_consumer;
-    let now = crate::now_ms();
+    let now = queue.expiry_clock();
     while s.backlog.ready_count() > 0 {
         let Some(index) = pick_consumer(s, single_active) else {
             return;
         };
-        expire_head(s, now, dead);
+        if let Some(now) = now {
+            expire_head(s, now, dead);
+        }
         let Some(ready) = s.backlog.pop() else {
             return;
         };
@@ -1305,7 +1315,7 @@ impl VHost {
             args,
         };
         let durable = self.binding_is_durable(exchange, &binding.destination);
-        let mut exchanges = self.exchanges.write();
+        let exchanges = self.exchanges.write();
         if exchange == crate::exchanges::DEFAULT_EXCHANGE {
             // 403 before 404, as RabbitMQ checks them.
             return Err(ExchangeError::AccessRefused(
@@ -1314,6 +1324,18 @@ impl VHost {
             .into());
         }
         self.lookup(connection, queue)?;
+        self.change_binding(exchanges, bind, binding, durable)
+    }
+
+    /// Binds or unbinds under the exchange lock the caller holds, then saves the definitions if a durable
+    /// binding changed or exchanges were auto-deleted by an unbind.
+    fn change_binding(
+        &self,
+        mut exchanges: parking_lot::RwLockWriteGuard<'_, Exchanges>,
+        bind: bool,
+        binding: Binding,
+        durable: bool,
+    ) -> Result<(), QueueError> {
         let save = if bind {
             exchanges.bind(binding)?;
             durable
@@ -1348,22 +1370,8 @@ impl VHost {
             args,
         };
         let durable = self.binding_is_durable(source, &binding.destination);
-        let mut exchanges = self.exchanges.write();
-        let save = if bind {
-            exchanges.bind(binding)?;
-            durable
-        } else {
-            let gone = exchanges.unbind(&binding)?;
-            if !gone.is_empty() {
-                debug!(exchanges = ?gone, "auto-deleted after unbind");
-            }
-            durable || !gone.is_empty()
-        };
-        drop(exchanges);
-        if save {
-            self.save_definitions()?;
-        }
-        Ok(())
+        let exchanges = self.exchanges.write();
+        self.change_binding(exchanges, bind, binding, durable)
     }
 
     /// basic.consume: registers a consumer and starts dispatching to it.
@@ -1441,7 +1449,9 @@ impl VHost {
         let mut dead = Vec::new();
         let got: Option<(Ready, u32)> = {
             let mut s = queue.state.lock();
-            expire_head(&mut s, crate::now_ms(), &mut dead);
+            if let Some(now) = queue.expiry_clock() {
+                expire_head(&mut s, now, &mut dead);
+            }
             let got = s.backlog.pop().map(|ready| {
                 if no_ack {
                     s.backlog.settle(ready.position);
