@@ -76,26 +76,11 @@ async fn open() -> (Wharf, Connection, Channel) {
 /// (ready messages, consumers) of `queue`, by a passive queue.declare (a missing queue closes the
 /// channel with 404).
 async fn counts(channel: &Channel, queue: &str) -> lapin::Result<(u32, u32)> {
-    let ok = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok((ok.message_count(), ok.consumer_count()))
+    support::queue_counts(channel, queue).await
 }
 
 async fn declare(channel: &Channel, name: &str) {
-    channel
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
+    support::declare_queue(channel, name, Default::default(), FieldTable::default())
         .await
         .expect("queue.declare");
 }
@@ -1539,17 +1524,7 @@ async fn a_hundred_channels_on_one_connection() {
         got.delivery.ack(BasicAckOptions::default()).await.unwrap();
     }
     // A channel error on one of them leaves the other 99 working.
-    let err = channels[42]
-        .queue_declare(
-            "ch-missing".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_err();
+    let err = counts(&channels[42], "ch-missing").await.unwrap_err();
     assert!(err.to_string().contains("NOT_FOUND"), "{err}");
     for (i, ch) in channels.iter().enumerate().filter(|(i, _)| *i != 42) {
         assert_eq!(counts(ch, &format!("ch-{i}")).await.unwrap(), (0, 0));

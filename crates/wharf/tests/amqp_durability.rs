@@ -30,31 +30,19 @@ async fn connect(broker: &BrokerProcess) -> (Connection, Channel) {
 }
 
 async fn declare(channel: &Channel, name: &str, durable: bool) -> lapin::Result<u32> {
-    let ok = channel
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                durable,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(ok.message_count())
+    let options = QueueDeclareOptions {
+        durable,
+        ..Default::default()
+    };
+    Ok(
+        support::declare_queue(channel, name, options, FieldTable::default())
+            .await?
+            .0,
+    )
 }
 
 async fn passive(channel: &Channel, name: &str) -> lapin::Result<u32> {
-    let ok = channel
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(ok.message_count())
+    Ok(support::queue_counts(channel, name).await?.0)
 }
 
 fn persistent() -> BasicProperties {

@@ -14,7 +14,7 @@ use amq_protocol::protocol::{basic, AMQPClass};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
-    ChannelFlowOptions, QueueDeclareOptions,
+    ChannelFlowOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
@@ -23,29 +23,16 @@ use support::{BrokerProcess, RawClient, AMQP_ONLY};
 const OP_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn declare(channel: &Channel, name: &str) {
-    channel
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
+    support::declare_queue(channel, name, Default::default(), FieldTable::default())
         .await
         .expect("queue.declare");
 }
 
 async fn ready(channel: &Channel, name: &str) -> u32 {
-    channel
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+    support::queue_counts(channel, name)
         .await
         .expect("passive declare")
-        .message_count()
+        .0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

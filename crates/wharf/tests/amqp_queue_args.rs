@@ -41,15 +41,11 @@ async fn declare_with(
     durable: bool,
     arguments: FieldTable,
 ) -> lapin::Result<()> {
-    channel
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                durable,
-                ..Default::default()
-            },
-            arguments,
-        )
+    let options = QueueDeclareOptions {
+        durable,
+        ..Default::default()
+    };
+    support::declare_queue(channel, name, options, arguments)
         .await
         .map(|_| ())
 }

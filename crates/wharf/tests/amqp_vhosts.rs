@@ -73,18 +73,7 @@ async fn configured_vhosts_and_users() {
         assert!(confirm.is_ack());
         // `/` has no queue "jobs": vhosts are separate.
         let guest = connect(&broker, "guest:guest", "/").await.unwrap();
-        let err = guest
-            .create_channel()
-            .await
-            .unwrap()
-            .queue_declare(
-                "jobs".into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        let err = support::queue_counts(&guest.create_channel().await.unwrap(), "jobs")
             .await
             .unwrap_err();
         assert!(err.to_string().contains("NOT_FOUND"), "{err}");

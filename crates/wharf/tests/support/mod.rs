@@ -305,3 +305,26 @@ impl RawClient {
         }
     }
 }
+
+/// queue.declare of `name` with `options` and `arguments`; returns (ready messages, consumers).
+pub async fn declare_queue(
+    channel: &lapin::Channel,
+    name: &str,
+    options: lapin::options::QueueDeclareOptions,
+    arguments: FieldTable,
+) -> lapin::Result<(u32, u32)> {
+    let ok = channel
+        .queue_declare(name.into(), options, arguments)
+        .await?;
+    Ok((ok.message_count(), ok.consumer_count()))
+}
+
+/// (ready messages, consumers) of `name`, by a passive queue.declare (a missing queue closes the channel with
+/// 404).
+pub async fn queue_counts(channel: &lapin::Channel, name: &str) -> lapin::Result<(u32, u32)> {
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    declare_queue(channel, name, passive, FieldTable::default()).await
+}
