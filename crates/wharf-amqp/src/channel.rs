@@ -17,7 +17,7 @@ use wharf_core::queues::{
 };
 
 use crate::confirm::Confirms;
-use crate::frame::Frame;
+use crate::frame::{DeliverTemplate, Frame};
 use crate::reply::*;
 use crate::routing::{message_headers, sender_routes, without_bcc};
 use crate::session::{AfterSync, Session};
@@ -68,6 +68,8 @@ struct ConsumerRef {
     id: ConsumerId,
     queue: Arc<Queue>,
     no_ack: bool,
+    /// This consumer's last basic.deliver frame, patched for the next delivery.
+    deliver: DeliverTemplate,
 }
 
 /// basic.publish waiting for its content header and body.
@@ -778,6 +780,7 @@ fn basic_method(session: &mut Session, id: u16, method: basic::AMQPMethod) -> Re
                     id: consumer,
                     queue,
                     no_ack: consume.no_ack,
+                    deliver: DeliverTemplate::default(),
                 },
             );
             if !consume.nowait {
@@ -1000,17 +1003,19 @@ pub fn event(session: &mut Session, id: u16, event: QueueEvent) {
     match event {
         QueueEvent::Deliver(delivery) => {
             session.outbound_released(delivery.message.body.len() as u64);
-            let no_ack = session
+            // Fields, not methods, below: the consumer is borrowed from the channel, the channel from the session.
+            let consumer = session
                 .channels
-                .get(&id)
+                .get_mut(&id)
                 .filter(|c| !c.closing)
                 .and_then(|c| {
-                    c.consumers
-                        .get(&*delivery.consumer_tag)
-                        .filter(|r| Some(r.id) == delivery.consumer)
-                        .map(|r| r.no_ack)
+                    let r = c
+                        .consumers
+                        .get_mut(&*delivery.consumer_tag)
+                        .filter(|r| Some(r.id) == delivery.consumer)?;
+                    Some((r, &mut c.unacked, &mut c.next_delivery_tag))
                 });
-            let (Some(no_ack), Some(channel)) = (no_ack, session.channels.get_mut(&id)) else {
+            let Some((consumer, unacked_map, next_tag)) = consumer else {
                 delivery.queue.requeue(
                     delivery.consumer,
                     delivery.position,
@@ -1019,21 +1024,23 @@ pub fn event(session: &mut Session, id: u16, event: QueueEvent) {
                 );
                 return;
             };
-            let tag = channel.next_tag();
-            if !no_ack {
-                channel.unacked.insert(tag, unacked(&delivery));
+            *next_tag += 1;
+            let tag = *next_tag;
+            if !consumer.no_ack {
+                unacked_map.insert(tag, unacked(&delivery));
             }
             let message = delivery.message;
-            session.send(
+            if let Err(e) = consumer.deliver.write(
+                &mut session.out,
                 id,
-                AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
-                    consumer_tag: (&*delivery.consumer_tag).into(),
-                    delivery_tag: tag,
-                    redelivered: delivery.redelivered,
-                    exchange: message.exchange.clone().into(),
-                    routing_key: message.routing_key.clone().into(),
-                })),
-            );
+                &delivery.consumer_tag,
+                tag,
+                delivery.redelivered,
+                &message.exchange,
+                &message.routing_key,
+            ) {
+                tracing::warn!(connection = session.id, "{e}");
+            }
             session.send_content(id, &message.properties, &message.body);
         }
         QueueEvent::Cancelled {

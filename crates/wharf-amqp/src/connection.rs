@@ -106,7 +106,15 @@ async fn run(
     }
     session.start();
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
-    let mut alarm = session.broker.memory.subscribe();
+    // The memory alarm and the shutdown signal are waited on by futures that live across passes of the loop:
+    // building a fresh watch wait in every `select!` (every read and every delivery) cost ~1 000 instructions
+    // each per pass.
+    // The alarm's current value is read on every pass (a shared read lock); `alarm_changed` only wakes the
+    // loop when it changes (a blocked connection reads nothing else).
+    let alarm = session.broker.memory.subscribe();
+    let mut alarm_changed = alarm_change(alarm.clone());
+    let stop = stopped(&mut shutdown);
+    tokio::pin!(stop);
     let mut last_read = Instant::now();
     let mut last_write = Instant::now();
     let mut shutting_down = false;
@@ -144,7 +152,7 @@ async fn run(
         session.flush_confirms();
         // The memory alarm: a publishing connection is told and not read from until it clears (its
         // consumers keep receiving, which is what clears it).
-        let blocked = session.blocked(*alarm.borrow_and_update());
+        let blocked = session.blocked(*alarm.borrow());
         session.notify_blocked(blocked);
         if let Err(e) = flush(stream, session, &mut last_write).await {
             return End::Io(e);
@@ -182,11 +190,12 @@ async fn run(
                 Ok(_) => last_read = Instant::now(),
                 Err(e) => return End::Io(e),
             },
-            Ok(()) = alarm.changed() => {
-                if !*alarm.borrow() {
+            mut changed = &mut alarm_changed => {
+                if !*changed.borrow_and_update() {
                     // Cleared: a connection silent while blocked gets a fresh heartbeat interval.
                     last_read = Instant::now();
                 }
+                alarm_changed = alarm_change(changed);
             }
             Some((channel, event)) = events.recv() => {
                 session.handle_event(channel, event);
@@ -223,7 +232,7 @@ async fn run(
                     }
                 }
             }
-            _ = stopped(&mut shutdown), if !shutting_down => {
+            _ = &mut stop, if !shutting_down => {
                 shutting_down = true;
                 if !session.shutdown() {
                     return End::Shutdown;
@@ -231,6 +240,18 @@ async fn run(
             }
         }
     }
+}
+
+/// Resolves with the receiver once the memory alarm changes; never if the broker's sender is gone.
+fn alarm_change(
+    mut alarm: watch::Receiver<bool>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = watch::Receiver<bool>> + Send>> {
+    Box::pin(async move {
+        if alarm.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        alarm
+    })
 }
 
 async fn flush(

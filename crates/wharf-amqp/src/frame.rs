@@ -270,6 +270,112 @@ pub fn write_method(out: &mut Vec<u8>, channel: u16, method: AMQPClass) -> Resul
     write_frame(out, &AMQPFrame::Method(channel, method))
 }
 
+/// A consumer's basic.deliver frame as amq-protocol encodes it, for the last exchange and routing key delivered:
+/// consecutive deliveries to one consumer usually differ only in delivery-tag and redelivered, so the frame is
+/// copied and those two fields patched instead of being encoded anew (encoding built three strings and a flag
+/// vector per delivery: ~7 % of the broker's CPU for a transient 1 KiB message).
+///
+/// The two fields sit where the 0-9-1 grammar puts them, right after the consumer tag: delivery-tag (long-long)
+/// at [`FRAME_HEADER_BYTES`] + 4 (class and method ids) + 1 + the tag's length, then one octet of bits with
+/// redelivered as bit 0. A template whose encoding does not show them there is not used (every delivery is then
+/// encoded in full), so a codec change cannot make this write a wrong frame.
+#[derive(Debug, Default)]
+pub struct DeliverTemplate {
+    frame: Vec<u8>,
+    channel: u16,
+    exchange: String,
+    routing_key: String,
+    /// Offset of the delivery-tag in `frame`; `None` while no usable template is held.
+    tag_at: Option<usize>,
+}
+
+impl DeliverTemplate {
+    /// Appends a basic.deliver frame for this consumer (`consumer_tag` must be the same on every call).
+    #[allow(clippy::too_many_arguments)]
+    pub fn write(
+        &mut self,
+        out: &mut Vec<u8>,
+        channel: u16,
+        consumer_tag: &str,
+        delivery_tag: u64,
+        redelivered: bool,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), String> {
+        let fits = self.tag_at.is_some()
+            && self.channel == channel
+            && self.exchange == exchange
+            && self.routing_key == routing_key;
+        if !fits {
+            self.rebuild(channel, consumer_tag, exchange, routing_key)?;
+        }
+        let Some(tag_at) = self.tag_at else {
+            return write_method(
+                out,
+                channel,
+                deliver_method(
+                    consumer_tag,
+                    delivery_tag,
+                    redelivered,
+                    exchange,
+                    routing_key,
+                ),
+            );
+        };
+        let start = out.len();
+        out.extend_from_slice(&self.frame);
+        let frame = &mut out[start..];
+        frame[tag_at..tag_at + 8].copy_from_slice(&delivery_tag.to_be_bytes());
+        frame[tag_at + 8] = u8::from(redelivered);
+        Ok(())
+    }
+
+    fn rebuild(
+        &mut self,
+        channel: u16,
+        consumer_tag: &str,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), String> {
+        self.tag_at = None;
+        self.frame.clear();
+        write_method(
+            &mut self.frame,
+            channel,
+            deliver_method(consumer_tag, 0, false, exchange, routing_key),
+        )?;
+        let tag_at = FRAME_HEADER_BYTES + 4 + 1 + consumer_tag.len();
+        let laid_out_as_expected = self.frame.get(tag_at..tag_at + 9) == Some(&[0u8; 9][..])
+            && self.frame.get(FRAME_HEADER_BYTES + 4) == Some(&(consumer_tag.len() as u8))
+            && self.frame.get(FRAME_HEADER_BYTES + 5..tag_at) == Some(consumer_tag.as_bytes());
+        if laid_out_as_expected {
+            self.channel = channel;
+            exchange.clone_into(&mut self.exchange);
+            routing_key.clone_into(&mut self.routing_key);
+            self.tag_at = Some(tag_at);
+        }
+        Ok(())
+    }
+}
+
+fn deliver_method(
+    consumer_tag: &str,
+    delivery_tag: u64,
+    redelivered: bool,
+    exchange: &str,
+    routing_key: &str,
+) -> AMQPClass {
+    AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Deliver(
+        amq_protocol::protocol::basic::Deliver {
+            consumer_tag: consumer_tag.into(),
+            delivery_tag,
+            redelivered,
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+        },
+    ))
+}
+
 /// Appends a content header holding `properties` — encoded properties (flags and list), as a publisher sent
 /// them or as amq-protocol encoded them — and the body frames (each payload at most `frame_max` - 8 bytes).
 pub fn write_content(
@@ -315,6 +421,46 @@ pub fn write_content(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deliver_template_writes_what_amq_protocol_encodes() {
+        let mut template = DeliverTemplate::default();
+        let cases = [
+            (1u16, "ctag-1", 1u64, false, "", "q"),
+            (1, "ctag-1", 2, true, "", "q"),
+            (1, "ctag-1", u64::MAX, false, "", "q"),
+            (1, "ctag-1", 7, false, "amq.topic", "a.b.c"),
+            (2, "ctag-1", 8, true, "amq.topic", "a.b.c"),
+            (2, "", 9, false, "x", ""),
+            (
+                2,
+                &"t".repeat(255),
+                1 << 40,
+                true,
+                &"e".repeat(255),
+                &"k".repeat(255),
+            ),
+        ];
+        for (channel, ctag, tag, redelivered, exchange, key) in cases {
+            let mut expected = Vec::new();
+            write_method(
+                &mut expected,
+                channel,
+                deliver_method(ctag, tag, redelivered, exchange, key),
+            )
+            .unwrap();
+            let mut out = vec![0xAA];
+            template
+                .write(&mut out, channel, ctag, tag, redelivered, exchange, key)
+                .unwrap();
+            assert_eq!(
+                &out[1..],
+                &expected[..],
+                "{channel} {ctag} {tag} {redelivered}"
+            );
+            assert!(template.tag_at.is_some(), "the template was not usable");
+        }
+    }
 
     #[test]
     fn oversized_frame_refused_from_its_header_alone() {

@@ -53,7 +53,8 @@ pub struct Session {
     /// By number. A `BTreeMap`: a connection has few channels, and this is looked up for every frame and
     /// delivery, where SipHash showed in profiles.
     pub(crate) channels: BTreeMap<u16, Channel>,
-    out: Vec<u8>,
+    /// Frames to write, appended by every send.
+    pub(crate) out: Vec<u8>,
     pub(crate) sink: DeliverySink,
     /// The vhost opened (until connection.open, `/`, which nothing uses before then).
     pub(crate) vhost: Arc<VHost>,
