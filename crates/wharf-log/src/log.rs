@@ -753,7 +753,7 @@ impl Log {
     fn lead_round(&self) -> Result<u64> {
         // Let appenders released by the previous round append again before the end is captured; without this,
         // waiters split into two alternating halves and a round covers only about half of them. Under steady
-        // load, also gather for up to one more sync time (see `group_commit`).
+        // load, also gather for a few sync times (see `group_commit`).
         let pause = self.commit.gather_pause(Instant::now());
         if pause.is_zero() {
             std::thread::yield_now();
@@ -764,7 +764,8 @@ impl Log {
         // proves nothing about an older one that was rolled without a sync.
         let (file_id, path, end) = loop {
             if let Err(e) = self.finish_seals() {
-                self.commit.finish(&Err(e.to_string()), Duration::ZERO);
+                self.commit
+                    .finish(&Err(e.to_string()), Duration::ZERO, false);
                 return Err(e);
             }
             let mut st = self.state.lock();
@@ -772,7 +773,8 @@ impl Log {
                 // Held bytes go to the page cache before the sync that is to cover them.
                 if let Err(e) = self.write_tail(&mut st) {
                     drop(st);
-                    self.commit.finish(&Err(e.to_string()), Duration::ZERO);
+                    self.commit
+                        .finish(&Err(e.to_string()), Duration::ZERO, false);
                     return Err(e);
                 }
                 let seg = st.active();
@@ -786,11 +788,12 @@ impl Log {
             .and_then(|f| f.sync_data().at(&path))
             .map(|()| end);
         let sync_took = sync_started.elapsed();
+        let busy = self.state.lock().next_offset > end;
         let shared = result
             .as_ref()
             .map(|e| *e)
             .map_err(|e| format!("fdatasync of {} failed: {e}", path.display()));
-        self.commit.finish(&shared, sync_took);
+        self.commit.finish(&shared, sync_took, busy);
         result
     }
 
