@@ -208,7 +208,12 @@ async fn run(
                     }
                 }
             }
-            Some((durable, actions)) = synced.recv() => session.synced(durable, actions),
+            Some((durable, actions)) = synced.recv() => {
+                session.synced(durable, actions);
+                while let Ok((durable, actions)) = synced.try_recv() {
+                    session.synced(durable, actions);
+                }
+            }
             _ = &mut read_timer => {
                 if Instant::now() < read_deadline {
                     // Fired at an older deadline; the real one moved on.

@@ -65,12 +65,29 @@ pub struct Session {
     pending_sync: PendingSync,
     after_sync: Vec<AfterSync>,
     synced: SyncedSink,
+    /// Durability waits started and not yet reported, in the order their frames were read.
+    sync_queue: Arc<std::sync::Mutex<SyncQueue>>,
     /// Bytes of deliveries queued for this connection and not yet turned into frames.
     pub(crate) outbound: Arc<Outbound>,
     /// Set by the first basic.publish: only publishing connections are blocked by the memory alarm.
     pub(crate) has_published: bool,
     /// connection.blocked was sent and unblocked not yet.
     blocked_sent: bool,
+}
+
+/// A connection's durability waits in the order they were started (see [`Session::start_sync`]).
+#[derive(Debug, Default)]
+struct SyncQueue {
+    waits: std::collections::VecDeque<(PendingSync, Vec<AfterSync>)>,
+    /// A task is waiting for the front of `waits`.
+    task_running: bool,
+}
+
+/// The queue's lock; a panic while it was held cannot leave it inconsistent (each change is one step).
+fn lock(queue: &std::sync::Mutex<SyncQueue>) -> std::sync::MutexGuard<'_, SyncQueue> {
+    queue
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What to do once a batch of publishes is durable.
@@ -110,6 +127,7 @@ impl Session {
             pending_sync: PendingSync::default(),
             after_sync: Vec::new(),
             synced,
+            sync_queue: Arc::default(),
             outbound: Outbound::new(config.connection_pending_bytes_max),
             vhost: broker.vhosts.get("/").cloned().unwrap_or_else(VHost::new),
             user: String::new(),
@@ -157,25 +175,50 @@ impl Session {
         self.after_sync.push(action);
     }
 
-    /// Starts one task waiting for every durability wait gathered since the last call; it reports through
-    /// the connection's synced stream. One wait per read keeps a pipelining publisher at one task per
-    /// batch of frames, and the log's group commit shares the fsync among all such tasks.
+    /// Queues a durability wait for everything gathered since the last call; it reports through the
+    /// connection's synced stream. One wait per read of frames, and one task per connection waiting for them
+    /// in order (started when the queue was empty, ending when it is empty again): a task per read cost a spawn
+    /// and a wake-up each, all of them woken by every fsync round.
     pub fn start_sync(&mut self) {
         if self.after_sync.is_empty() {
             return;
         }
         let sync = std::mem::take(&mut self.pending_sync);
         let actions = std::mem::take(&mut self.after_sync);
+        {
+            let mut queue = lock(&self.sync_queue);
+            queue.waits.push_back((sync, actions));
+            if queue.task_running {
+                return;
+            }
+            queue.task_running = true;
+        }
+        let queue = Arc::clone(&self.sync_queue);
         let report = self.synced.clone();
         tokio::spawn(async move {
-            let durable = match sync.wait().await {
-                Ok(()) => true,
-                Err(e) => {
-                    warn!("publishes could not be made durable: {e}");
-                    false
+            loop {
+                let next = {
+                    let mut queue = lock(&queue);
+                    let next = queue.waits.pop_front();
+                    queue.task_running = next.is_some();
+                    next
+                };
+                let Some((sync, actions)) = next else {
+                    return;
+                };
+                let durable = match sync.wait().await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        warn!("publishes could not be made durable: {e}");
+                        false
+                    }
+                };
+                if report.send((durable, actions)).is_err() {
+                    // The connection is gone; nobody is left to tell.
+                    lock(&queue).task_running = false;
+                    return;
                 }
-            };
-            let _ = report.send((durable, actions));
+            }
         });
     }
 
