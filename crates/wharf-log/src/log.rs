@@ -788,7 +788,7 @@ impl Log {
             .and_then(|f| f.sync_data().at(&path))
             .map(|()| end);
         let sync_took = sync_started.elapsed();
-        let busy = self.state.lock().next_offset > end;
+        let busy = self.state.lock().next_offset >= end + crate::group_commit::GATHER_BUSY_RECORDS;
         let shared = result
             .as_ref()
             .map(|e| *e)
