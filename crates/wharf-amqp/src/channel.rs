@@ -592,7 +592,7 @@ fn method(session: &mut Session, id: u16, class: AMQPClass) -> Result<(), Fault>
                 arguments: if declare.passive {
                     Default::default()
                 } else {
-                    crate::queue_args::queue_args(name, &declare.arguments)?
+                    crate::queue_args::queue_args(vhost.name(), name, &declare.arguments)?
                 },
             };
             let ok = vhost.declare_queue(conn, name, declare.passive, spec)?;

@@ -31,12 +31,12 @@ fn string(value: &AMQPValue) -> Option<String> {
     }
 }
 
-/// Parses queue.declare's arguments for queue `queue`.
-pub fn queue_args(queue: &str, table: &FieldTable) -> Result<QueueArgs, Fault> {
+/// Parses queue.declare's arguments for queue `queue` in vhost `vhost`.
+pub fn queue_args(vhost: &str, queue: &str, table: &FieldTable) -> Result<QueueArgs, Fault> {
     let invalid = |name: &str, why: String| {
         Fault::channel(
             PRECONDITION_FAILED,
-            format!("invalid arg '{name}' for queue '{queue}' in vhost '/': {why}"),
+            format!("invalid arg '{name}' for queue '{queue}' in vhost '{vhost}': {why}"),
         )
     };
     let ranged = |name: &str, value: &AMQPValue, min: i128, max: i128| -> Result<u64, Fault> {
@@ -103,7 +103,7 @@ pub fn queue_args(queue: &str, table: &FieldTable) -> Result<QueueArgs, Fault> {
                     return Err(Fault::channel(
                         PRECONDITION_FAILED,
                         format!(
-                            "queue type '{kind}' is not supported by this broker yet (queue '{queue}' in vhost '/'); declare a classic queue"
+                            "queue type '{kind}' is not supported by this broker yet (queue '{queue}' in vhost '{vhost}'); declare a classic queue"
                         ),
                     ))
                 }
@@ -120,7 +120,7 @@ pub fn queue_args(queue: &str, table: &FieldTable) -> Result<QueueArgs, Fault> {
         return Err(Fault::channel(
             PRECONDITION_FAILED,
             format!(
-                "invalid arg 'x-dead-letter-routing-key' for queue '{queue}' in vhost '/': \
+                "invalid arg 'x-dead-letter-routing-key' for queue '{queue}' in vhost '{vhost}': \
                  x-dead-letter-exchange is required"
             ),
         ));
@@ -168,6 +168,7 @@ mod tests {
     #[test]
     fn parses_what_rabbitmq_accepts() {
         let args = queue_args(
+            "/",
             "q",
             &table(&[
                 ("x-message-ttl", AMQPValue::LongInt(500)),
@@ -228,11 +229,12 @@ mod tests {
                 AMQPValue::LongString(LongString::from("k")),
             ),
         ] {
-            let err = queue_args("q", &table(std::slice::from_ref(&bad))).unwrap_err();
+            let err = queue_args("/", "q", &table(std::slice::from_ref(&bad))).unwrap_err();
             assert_eq!(err.code, PRECONDITION_FAILED, "{bad:?}");
             assert!(!err.hard, "a channel error: {bad:?}");
         }
         let quorum = queue_args(
+            "app",
             "q",
             &table(&[(
                 "x-queue-type",
@@ -241,6 +243,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(quorum.text.contains("not supported"), "{}", quorum.text);
+        assert!(quorum.text.contains("in vhost 'app'"), "{}", quorum.text);
     }
 
     #[test]

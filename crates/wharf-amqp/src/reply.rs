@@ -92,11 +92,11 @@ impl From<QueueError> for Fault {
             return Fault::connection(INTERNAL_ERROR, err.to_string());
         }
         let code = match err {
-            QueueError::NotFound(_) => NOT_FOUND,
+            QueueError::NotFound { .. } => NOT_FOUND,
             QueueError::PreconditionFailed(_) => PRECONDITION_FAILED,
-            QueueError::ResourceLocked(_) => RESOURCE_LOCKED,
+            QueueError::ResourceLocked { .. } => RESOURCE_LOCKED,
             QueueError::AccessRefused(_) => ACCESS_REFUSED,
-            QueueError::Exchange(ExchangeError::NotFound(_)) => NOT_FOUND,
+            QueueError::Exchange(ExchangeError::NotFound { .. }) => NOT_FOUND,
             QueueError::Exchange(ExchangeError::AccessRefused(_)) => ACCESS_REFUSED,
             QueueError::Exchange(ExchangeError::PreconditionFailed(_)) => PRECONDITION_FAILED,
             QueueError::Internal(_) => INTERNAL_ERROR,

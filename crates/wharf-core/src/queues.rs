@@ -50,14 +50,14 @@ pub type ConsumerId = u64;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QueueError {
     /// 404: the queue does not exist.
-    #[error("no queue '{0}' in vhost '/'")]
-    NotFound(String),
+    #[error("no queue '{name}' in vhost '{vhost}'")]
+    NotFound { name: String, vhost: String },
     /// 406: a redeclare with different properties, or another precondition.
     #[error("{0}")]
     PreconditionFailed(String),
     /// 405: the queue is exclusive to another connection.
-    #[error("cannot obtain exclusive access to locked queue '{0}' in vhost '/'")]
-    ResourceLocked(String),
+    #[error("cannot obtain exclusive access to locked queue '{name}' in vhost '{vhost}'")]
+    ResourceLocked { name: String, vhost: String },
     /// 403: e.g. a consumer wants exclusive use of a queue that already has consumers.
     #[error("{0}")]
     AccessRefused(String),
@@ -249,11 +249,19 @@ impl Queue {
         self.durable_id.is_some()
     }
 
+    /// The name of the vhost this queue belongs to (`/` once the vhost is gone), for error texts.
+    fn vhost_name(&self) -> String {
+        self.vhost
+            .upgrade()
+            .map_or_else(|| "/".to_string(), |v| v.name.clone())
+    }
+
     fn check_access(&self, connection: ConnectionId) -> Result<(), QueueError> {
         match self.owner {
-            Some(owner) if owner != connection => {
-                Err(QueueError::ResourceLocked(self.name.clone()))
-            }
+            Some(owner) if owner != connection => Err(QueueError::ResourceLocked {
+                name: self.name.clone(),
+                vhost: self.vhost_name(),
+            }),
             _ => Ok(()),
         }
     }
@@ -633,6 +641,8 @@ const DEAD_LETTER_DEPTH_MAX: u32 = 16;
 /// The queues, exchanges and bindings of one vhost (only `/` in this increment).
 #[derive(Debug)]
 pub struct VHost {
+    /// Its name (`/` for the default vhost), for error texts.
+    name: String,
     /// Itself, handed to its queues for dead-lettering.
     me: Weak<VHost>,
     /// Taken before `queues` when both are needed (see the module docs).
@@ -652,11 +662,17 @@ pub struct VHost {
 impl VHost {
     /// A vhost that keeps everything in memory.
     pub fn new() -> Arc<Self> {
-        Self::build(Exchanges::new(), None, MemoryGauge::unlimited())
+        Self::build("/", Exchanges::new(), None, MemoryGauge::unlimited())
     }
 
-    fn build(exchanges: Exchanges, store: Option<Store>, memory: Arc<MemoryGauge>) -> Arc<Self> {
+    fn build(
+        name: &str,
+        exchanges: Exchanges,
+        store: Option<Store>,
+        memory: Arc<MemoryGauge>,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
+            name: name.to_string(),
             me: me.clone(),
             exchanges: RwLock::new(exchanges),
             queues: RwLock::new(HashMap::new()),
@@ -666,6 +682,18 @@ impl VHost {
             memory,
             dirty_journals: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The vhost's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn queue_not_found(&self, name: &str) -> QueueError {
+        QueueError::NotFound {
+            name: name.to_string(),
+            vhost: self.name.clone(),
+        }
     }
 
     /// The memory gauge of in-memory messages (its alarm blocks publishers).
@@ -721,7 +749,7 @@ impl VHost {
             .max()
             .unwrap_or(1)
             .max(defs.next_queue_id);
-        let mut exchanges = Exchanges::new();
+        let mut exchanges = Exchanges::in_vhost(name);
         for x in &defs.exchanges {
             match x.spec() {
                 Some(spec) => {
@@ -741,6 +769,7 @@ impl VHost {
             backlogs.push(LogBacklog::open(&logs, q.id, options)?);
         }
         let vhost = Self::build(
+            name,
             exchanges,
             Some(Store {
                 logs,
@@ -953,7 +982,8 @@ impl VHost {
             existing.check_access(connection)?;
             if let Some(reason) = inequivalent(&spec, &existing.spec) {
                 return Err(QueueError::PreconditionFailed(format!(
-                    "inequivalent arg {reason} (queue '{name}' in vhost '/')"
+                    "inequivalent arg {reason} (queue '{name}' in vhost '{}')",
+                    self.name
                 )));
             }
             let queue = Arc::clone(existing);
@@ -1005,7 +1035,7 @@ impl VHost {
             .read()
             .get(name)
             .cloned()
-            .ok_or_else(|| QueueError::NotFound(name.to_string()))?;
+            .ok_or_else(|| self.queue_not_found(name))?;
         queue.check_access(connection)?;
         Ok(queue)
     }
@@ -1022,19 +1052,21 @@ impl VHost {
         let queue = match self.lookup(connection, name) {
             Ok(q) => q,
             // Deleting a missing queue succeeds, as in RabbitMQ.
-            Err(QueueError::NotFound(_)) => return Ok(0),
+            Err(QueueError::NotFound { .. }) => return Ok(0),
             Err(e) => return Err(e),
         };
         {
             let s = queue.state.lock();
             if if_unused && !s.consumers.is_empty() {
                 return Err(QueueError::PreconditionFailed(format!(
-                    "queue '{name}' in vhost '/' in use"
+                    "queue '{name}' in vhost '{}' in use",
+                    self.name
                 )));
             }
             if if_empty && s.backlog.ready_count() > 0 {
                 return Err(QueueError::PreconditionFailed(format!(
-                    "queue '{name}' in vhost '/' is not empty"
+                    "queue '{name}' in vhost '{}' is not empty",
+                    self.name
                 )));
             }
         }
@@ -1388,12 +1420,13 @@ impl VHost {
         let mut dead = Vec::new();
         let mut s = queue.state.lock();
         if s.deleted {
-            return Err(QueueError::NotFound(queue_name.to_string()));
+            return Err(self.queue_not_found(queue_name));
         }
         if s.consumers.iter().any(|c| c.exclusive) || (options.exclusive && !s.consumers.is_empty())
         {
             return Err(QueueError::AccessRefused(format!(
-                "queue '{queue_name}' in vhost '/' in exclusive use"
+                "queue '{queue_name}' in vhost '{}' in exclusive use",
+                self.name
             )));
         }
         s.consumers.push(Consumer {
@@ -1648,7 +1681,13 @@ mod tests {
         let bind = |queue: &str| {
             vhost.bind_queue(1, true, queue, "amq.fanout", "", BindingArgs::default())
         };
-        assert_eq!(bind("q"), Err(QueueError::NotFound("q".into())));
+        assert_eq!(
+            bind("q"),
+            Err(QueueError::NotFound {
+                name: "q".into(),
+                vhost: "/".into()
+            })
+        );
         assert!(matches!(
             vhost.bind_queue(1, true, "q", "", "", BindingArgs::default()),
             Err(QueueError::Exchange(ExchangeError::AccessRefused(_)))
@@ -1686,7 +1725,10 @@ mod tests {
         let vhost = VHost::new();
         assert_eq!(
             vhost.declare_queue(1, "q", true, spec()).unwrap_err(),
-            QueueError::NotFound("q".into())
+            QueueError::NotFound {
+                name: "q".into(),
+                vhost: "/".into()
+            }
         );
         vhost.declare_queue(1, "q", false, spec()).unwrap();
         let durable = QueueSpec {
@@ -1711,10 +1753,13 @@ mod tests {
         vhost.declare_queue(1, "q", false, exclusive).unwrap();
         assert!(matches!(
             vhost.lookup(2, "q"),
-            Err(QueueError::ResourceLocked(_))
+            Err(QueueError::ResourceLocked { .. })
         ));
         vhost.connection_closed(1);
-        assert!(matches!(vhost.lookup(1, "q"), Err(QueueError::NotFound(_))));
+        assert!(matches!(
+            vhost.lookup(1, "q"),
+            Err(QueueError::NotFound { .. })
+        ));
     }
 
     #[test]
@@ -1838,7 +1883,7 @@ mod tests {
         assert_eq!(vhost.counts_of("q"), 7);
         assert!(matches!(
             vhost.lookup(1, "gone"),
-            Err(QueueError::NotFound(_))
+            Err(QueueError::NotFound { .. })
         ));
         let after: Vec<(String, bool)> = bodies(&vhost);
         let want: Vec<(String, bool)> = std::iter::once(("2".to_string(), true))
@@ -1871,7 +1916,10 @@ mod tests {
         logs.close().unwrap();
         drop(vhost);
         let (logs, vhost) = open_durable(dir.path());
-        assert!(matches!(vhost.lookup(1, "q"), Err(QueueError::NotFound(_))));
+        assert!(matches!(
+            vhost.lookup(1, "q"),
+            Err(QueueError::NotFound { .. })
+        ));
         assert!(
             logs.existing()
                 .unwrap()

@@ -1,6 +1,7 @@
 //! Vhosts and users from the configuration, against the real `wharf` process through `lapin`: a configured
 //! user logs in to the vhost it may open and is refused (530) elsewhere; unknown vhosts are 530; vhosts do not
-//! see each other's queues; a durable queue of a second vhost keeps its messages across a restart.
+//! see each other's queues; error texts name the vhost; a durable queue of a second vhost keeps its messages
+//! across a restart.
 
 mod support;
 
@@ -77,6 +78,36 @@ async fn configured_vhosts_and_users() {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("NOT_FOUND"), "{err}");
+        assert!(err.to_string().contains("in vhost '/'"), "{err}");
+        // Error texts name the vhost they happened in, as RabbitMQ's do.
+        let err = support::queue_counts(&app.create_channel().await.unwrap(), "missing")
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("no queue 'missing' in vhost 'staging'"),
+            "{err}"
+        );
+        let err = app
+            .create_channel()
+            .await
+            .unwrap()
+            .exchange_declare(
+                "nowhere".into(),
+                lapin::ExchangeKind::Direct,
+                lapin::options::ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("no exchange 'nowhere' in vhost 'staging'"),
+            "{err}"
+        );
         // app may not open `/`; nobody may open a vhost that does not exist; a wrong password fails.
         for (user, vhost) in [
             ("app:s3cret", "/"),

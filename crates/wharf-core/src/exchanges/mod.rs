@@ -32,8 +32,8 @@ pub const PREDECLARED: [(&str, ExchangeKind); 5] = [
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExchangeError {
     /// 404: the exchange does not exist.
-    #[error("no exchange '{0}' in vhost '/'")]
-    NotFound(String),
+    #[error("no exchange '{name}' in vhost '{vhost}'")]
+    NotFound { name: String, vhost: String },
     /// 403: the default exchange, an `amq.*` name, or publishing to an internal exchange.
     #[error("{0}")]
     AccessRefused(String),
@@ -169,6 +169,8 @@ impl Exchange {
 /// The exchanges and bindings of one vhost.
 #[derive(Debug)]
 pub struct Exchanges {
+    /// The vhost's name, for error texts.
+    vhost: String,
     exchanges: HashMap<String, Exchange>,
     /// Bindings by destination, so a deleted queue or exchange takes its bindings along without a scan.
     inbound: HashMap<Destination, BTreeSet<Binding>>,
@@ -184,13 +186,27 @@ fn reserved(name: &str) -> bool {
     name.starts_with("amq.")
 }
 
+impl Exchanges {
+    fn not_found(&self, name: &str) -> ExchangeError {
+        ExchangeError::NotFound {
+            name: name.to_string(),
+            vhost: self.vhost.clone(),
+        }
+    }
+}
+
 fn default_refused() -> ExchangeError {
     ExchangeError::AccessRefused("operation not permitted on the default exchange".into())
 }
 
 impl Exchanges {
-    /// A vhost's exchanges: the predeclared `amq.*` ones (durable, as in RabbitMQ).
+    /// The default vhost's (`/`) exchanges: the predeclared `amq.*` ones (durable, as in RabbitMQ).
     pub fn new() -> Self {
+        Self::in_vhost("/")
+    }
+
+    /// Vhost `vhost`'s exchanges: the predeclared `amq.*` ones.
+    pub fn in_vhost(vhost: &str) -> Self {
         let exchanges = PREDECLARED
             .iter()
             .map(|&(name, kind)| {
@@ -202,6 +218,7 @@ impl Exchanges {
             })
             .collect();
         Self {
+            vhost: vhost.to_string(),
             exchanges,
             inbound: HashMap::new(),
         }
@@ -228,7 +245,7 @@ impl Exchanges {
             return if self.exists(name) {
                 Ok(())
             } else {
-                Err(ExchangeError::NotFound(name.to_string()))
+                Err(self.not_found(name))
             };
         }
         if name == DEFAULT_EXCHANGE {
@@ -245,15 +262,16 @@ impl Exchanges {
                 != (spec.kind, spec.durable, spec.auto_delete, spec.internal)
             {
                 return Err(ExchangeError::PreconditionFailed(format!(
-                    "cannot redeclare exchange '{name}' in vhost '/' with different type, durable, \
-                     internal or autodelete value"
+                    "cannot redeclare exchange '{name}' in vhost '{}' with different type, durable, \
+                     internal or autodelete value",
+                    self.vhost
                 )));
             }
             if e.alternate_exchange != spec.alternate_exchange {
                 return Err(ExchangeError::PreconditionFailed(format!(
-                    "inequivalent arg 'alternate-exchange' for exchange '{name}' in vhost '/': \
+                    "inequivalent arg 'alternate-exchange' for exchange '{name}' in vhost '{}': \
                      received {:?} but current is {:?}",
-                    spec.alternate_exchange, e.alternate_exchange
+                    self.vhost, spec.alternate_exchange, e.alternate_exchange
                 )));
             }
             return Ok(());
@@ -270,7 +288,8 @@ impl Exchanges {
         }
         if reserved(name) {
             return Err(ExchangeError::AccessRefused(format!(
-                "deletion of system exchange '{name}' in vhost '/' is not allowed"
+                "deletion of system exchange '{name}' in vhost '{}' is not allowed",
+                self.vhost
             )));
         }
         let Some(exchange) = self.exchanges.get(name) else {
@@ -278,7 +297,8 @@ impl Exchanges {
         };
         if if_unused && !exchange.bindings.is_empty() {
             return Err(ExchangeError::PreconditionFailed(format!(
-                "exchange '{name}' in vhost '/' in use"
+                "exchange '{name}' in vhost '{}' in use",
+                self.vhost
             )));
         }
         let mut deleted = Vec::new();
@@ -309,7 +329,7 @@ impl Exchanges {
     pub fn bind(&mut self, binding: Binding) -> Result<(), ExchangeError> {
         self.check_ends(&binding)?;
         let Some(source) = self.exchanges.get_mut(&binding.source) else {
-            return Err(ExchangeError::NotFound(binding.source));
+            return Err(self.not_found(&binding.source));
         };
         if source.bindings.contains(&binding) {
             return Ok(());
@@ -329,7 +349,7 @@ impl Exchanges {
     pub fn unbind(&mut self, binding: &Binding) -> Result<Vec<String>, ExchangeError> {
         self.check_ends(binding)?;
         if !self.exchanges.contains_key(&binding.source) {
-            return Err(ExchangeError::NotFound(binding.source.clone()));
+            return Err(self.not_found(&binding.source));
         }
         let mut deleted = Vec::new();
         self.remove_binding(binding, &mut deleted);
@@ -373,11 +393,12 @@ impl Exchanges {
         }
         let mut seen_queues: HashSet<String> = HashSet::new();
         let Some(first) = self.exchanges.get(exchange) else {
-            return Err(ExchangeError::NotFound(exchange.to_string()));
+            return Err(self.not_found(exchange));
         };
         if first.spec.internal {
             return Err(ExchangeError::AccessRefused(format!(
-                "cannot publish to internal exchange '{exchange}' in vhost '/'"
+                "cannot publish to internal exchange '{exchange}' in vhost '{}'",
+                self.vhost
             )));
         }
         let rendered = std::cell::OnceCell::new();
@@ -428,7 +449,7 @@ impl Exchanges {
         }
         if let Destination::Exchange(name) = &binding.destination {
             if !self.exchanges.contains_key(name) {
-                return Err(ExchangeError::NotFound(name.clone()));
+                return Err(self.not_found(name));
             }
         }
         Ok(())

@@ -61,7 +61,10 @@ fn declare_passive_redeclare_and_delete() {
     let mut ex = Exchanges::new();
     assert_eq!(
         ex.declare("logs", ExchangeSpec::new(ExchangeKind::Fanout), true),
-        Err(ExchangeError::NotFound("logs".into()))
+        Err(ExchangeError::NotFound {
+            name: "logs".into(),
+            vhost: "/".into()
+        })
     );
     declare(&mut ex, "logs", ExchangeKind::Fanout);
     declare(&mut ex, "logs", ExchangeKind::Fanout);
@@ -120,7 +123,10 @@ fn direct_fanout_and_multiple_keys() {
     assert_eq!(route(&ex, "amq.fanout", &["x"]), ["f1", "f2"]);
     assert_eq!(
         ex.route("nope", &["x"], &|| None),
-        Err(ExchangeError::NotFound("nope".into()))
+        Err(ExchangeError::NotFound {
+            name: "nope".into(),
+            vhost: "/".into()
+        })
     );
 }
 
@@ -149,7 +155,7 @@ fn exchange_to_exchange_without_duplicates_or_loops() {
     assert_eq!(route(&ex, "a", &["k"]), ["q"]);
     assert!(matches!(
         ex.bind(binding("a", x("missing"), "")),
-        Err(ExchangeError::NotFound(_))
+        Err(ExchangeError::NotFound { .. })
     ));
     // Deleting b takes the bindings from and to it.
     ex.delete("b", false).unwrap();
