@@ -3,10 +3,11 @@
 //! seek by timestamp, topic admin and configs, retention, restart, long polling, and malformed requests that
 //! must close only their own connection.
 
+mod support;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{
@@ -20,106 +21,52 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
+use support::BrokerProcess;
 
-const START_TIMEOUT: Duration = Duration::from_secs(10);
 const OP_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A running broker with a Kafka listener on a free port; killed on drop.
+/// The flags of a broker with only its Kafka listener open, on a free port.
+const KAFKA_ONLY: [&str; 6] = [
+    "--amqp-listen",
+    "off",
+    "--http-listen",
+    "off",
+    "--kafka-listen",
+    "127.0.0.1:0",
+];
+
+/// A running broker with a Kafka listener on a free port (a [`BrokerProcess`]), and clients for it.
 struct Wharf {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
+    broker: BrokerProcess,
     kafka: String,
-    extra: Vec<String>,
 }
 
 impl Wharf {
     fn start(extra: &[&str]) -> Wharf {
-        let dir = tempfile::tempdir().unwrap();
-        let mut w = Wharf {
-            child: None,
-            dir,
-            kafka: String::new(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        w.spawn();
-        w
-    }
-
-    fn stderr_path(&self) -> PathBuf {
-        self.dir.path().join("stderr.log")
+        let args: Vec<&str> = KAFKA_ONLY.iter().chain(extra).copied().collect();
+        let broker = BrokerProcess::start(&args);
+        let kafka = broker.addr("kafka");
+        Wharf { broker, kafka }
     }
 
     fn stderr(&self) -> String {
-        std::fs::read_to_string(self.stderr_path()).unwrap_or_default()
-    }
-
-    fn spawn(&mut self) {
-        let ready = self.dir.path().join("ready.json");
-        let _ = std::fs::remove_file(&ready);
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.stderr_path())
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_wharf"))
-            .current_dir(self.dir.path())
-            .args([
-                "serve",
-                "--data-dir",
-                "data",
-                "--amqp-listen",
-                "off",
-                "--http-listen",
-                "off",
-            ])
-            .args(["--kafka-listen", "127.0.0.1:0", "--ready-file"])
-            .arg(&ready)
-            .args(&self.extra)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&ready) {
-                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-                self.kafka = v["kafka"]
-                    .as_str()
-                    .expect("kafka in ready file")
-                    .to_string();
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("wharf exited with {status}; stderr:\n{}", self.stderr());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "wharf not ready; stderr:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.broker.stderr()
     }
 
     /// SIGTERM, wait for a clean exit, start again on the same data directory.
     fn restart(&mut self) {
-        let mut child = self.child.take().unwrap();
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let status = child.wait().unwrap();
+        let status = self.broker.terminate();
         assert!(
             status.success(),
             "unclean exit {status}; stderr:\n{}",
             self.stderr()
         );
-        self.spawn();
+        self.broker.restart();
+        self.kafka = self.broker.addr("kafka");
     }
 
     fn alive(&mut self) -> bool {
-        matches!(self.child.as_mut().unwrap().try_wait(), Ok(None))
+        self.broker.alive()
     }
 
     fn config(&self) -> ClientConfig {
@@ -154,15 +101,6 @@ impl Wharf {
 
     fn admin(&self) -> AdminClient<DefaultClientContext> {
         self.config().create().expect("admin client")
-    }
-}
-
-impl Drop for Wharf {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
