@@ -6,9 +6,7 @@ use std::sync::Arc;
 
 use std::collections::HashMap;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tokio::sync::watch;
 
 use wharf_core::flow::MemoryGauge;
 use wharf_core::queues::VHost;
@@ -53,51 +51,16 @@ impl Broker {
 
 /// Accepts and serves AMQP clients on `listener` until `shutdown` turns true; returns when every
 /// connection has finished (each is sent connection.close 320 first).
-pub async fn serve(
-    listener: TcpListener,
-    broker: Arc<Broker>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let permits = Arc::new(Semaphore::new(broker.config.max_connections.max(1)));
-    let mut connections = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = stopped(&mut shutdown) => break,
-        };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stopped(&mut shutdown) => break,
-        };
-        match accepted {
-            Ok((stream, _peer)) => {
-                let broker = Arc::clone(&broker);
-                let shutdown = shutdown.clone();
-                connections.spawn(async move {
-                    connection::serve(stream, broker, shutdown).await;
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                // Out of descriptors and the like: keep serving the connections we have.
-                warn!("AMQP accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-        while connections.try_join_next().is_some() {}
-    }
-    drop(listener);
-    info!(
-        connections = connections.len(),
-        "AMQP listener stopped; closing connections"
-    );
-    while connections.join_next().await.is_some() {}
+pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: watch::Receiver<bool>) {
+    let max_connections = broker.config.max_connections;
+    wharf_net::accept_loop(
+        "AMQP",
+        listener,
+        max_connections,
+        shutdown,
+        move |stream, shutdown| connection::serve(stream, Arc::clone(&broker), shutdown),
+    )
+    .await;
 }
 
-/// Completes once `shutdown` is true (or its sender is gone, which also means stop).
-pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
-}
+pub(crate) use wharf_net::stopped;
