@@ -116,6 +116,9 @@ enum Mode {
 /// One open channel.
 #[derive(Debug, Default)]
 pub struct Channel {
+    /// Which opening of this channel number on the connection this is: a durability wait started by an
+    /// earlier opening (closed and reopened since) must not settle this one's confirms.
+    pub(crate) generation: u64,
     /// channel.close was sent; waiting for close-ok, other frames are dropped.
     pub closing: bool,
     /// basic.qos prefetch for consumers created from now on (0 = unlimited).
@@ -273,7 +276,12 @@ pub fn handle(session: &mut Session, frame: Frame) -> ChannelResult {
                             ),
                         ));
                     }
-                    session.channels.insert(id, Channel::default());
+                    session.channel_opens += 1;
+                    let channel = Channel {
+                        generation: session.channel_opens,
+                        ..Channel::default()
+                    };
+                    session.channels.insert(id, channel);
                     session.send(
                         id,
                         AMQPClass::Channel(ch::AMQPMethod::OpenOk(ch::OpenOk {})),
@@ -464,6 +472,7 @@ fn finish_publish(session: &mut Session, id: u16, body: Bytes) -> ChannelResult 
         None => std::slice::from_ref(&named.routing_key),
     };
     let channel = channel_mut(session, id).map_err(|f| (id, f))?;
+    let generation = channel.generation;
     match &mut channel.mode {
         Mode::Tx(tx) => {
             tx.publishes.push(TxPublish {
@@ -488,6 +497,7 @@ fn finish_publish(session: &mut Session, id: u16, body: Bytes) -> ChannelResult 
                     delivered.sync,
                     AfterSync::Confirm {
                         channel: id,
+                        generation,
                         tag,
                         ok,
                     },
@@ -901,6 +911,7 @@ fn tx_method(session: &mut Session, id: u16, method: tx::AMQPMethod) -> Result<(
         }
         tx::AMQPMethod::Commit(_) | tx::AMQPMethod::Rollback(_) => {
             let commit = matches!(method, tx::AMQPMethod::Commit(_));
+            let generation = channel.generation;
             let Mode::Tx(tx) = &mut channel.mode else {
                 return Err(Fault::channel(
                     PRECONDITION_FAILED,
@@ -921,7 +932,13 @@ fn tx_method(session: &mut Session, id: u16, method: tx::AMQPMethod) -> Result<(
                 }
                 if !sync.is_empty() {
                     // commit-ok once the transaction's persistent messages are durable.
-                    session.after_sync(sync, AfterSync::CommitOk { channel: id });
+                    session.after_sync(
+                        sync,
+                        AfterSync::CommitOk {
+                            channel: id,
+                            generation,
+                        },
+                    );
                     return Ok(());
                 }
                 tx::AMQPMethod::CommitOk(tx::CommitOk {})

@@ -53,6 +53,8 @@ pub struct Session {
     /// By number. A `BTreeMap`: a connection has few channels, and this is looked up for every frame and
     /// delivery, where SipHash showed in profiles.
     pub(crate) channels: BTreeMap<u16, Channel>,
+    /// Channels opened so far (numbers each opening: [`Channel::generation`]).
+    pub(crate) channel_opens: u64,
     /// Frames to write, appended by every send.
     pub(crate) out: Vec<u8>,
     pub(crate) sink: DeliverySink,
@@ -83,6 +85,22 @@ struct SyncQueue {
     task_running: bool,
 }
 
+/// Clears [`SyncQueue::task_running`] when the waiting task ends other than by finding the queue empty
+/// (the connection gone, a panic, the runtime dropping it), so that the next wait starts a new task.
+struct TaskRunning {
+    queue: Arc<std::sync::Mutex<SyncQueue>>,
+    /// False once the task cleared the flag itself (a new task may own it by now).
+    armed: bool,
+}
+
+impl Drop for TaskRunning {
+    fn drop(&mut self) {
+        if self.armed {
+            lock(&self.queue).task_running = false;
+        }
+    }
+}
+
 /// The queue's lock; a panic while it was held cannot leave it inconsistent (each change is one step).
 fn lock(queue: &std::sync::Mutex<SyncQueue>) -> std::sync::MutexGuard<'_, SyncQueue> {
     queue
@@ -93,10 +111,16 @@ fn lock(queue: &std::sync::Mutex<SyncQueue>) -> std::sync::MutexGuard<'_, SyncQu
 /// What to do once a batch of publishes is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AfterSync {
-    /// Settle publisher-confirm `tag` on `channel` (`ok`: no queue refused the message).
-    Confirm { channel: u16, tag: u64, ok: bool },
-    /// Send tx.commit-ok on `channel`.
-    CommitOk { channel: u16 },
+    /// Settle publisher-confirm `tag` on `channel` (`ok`: no queue refused the message), if the channel is
+    /// still the opening `generation` that published it.
+    Confirm {
+        channel: u16,
+        generation: u64,
+        tag: u64,
+        ok: bool,
+    },
+    /// Send tx.commit-ok on `channel`, if it is still the opening `generation` that committed.
+    CommitOk { channel: u16, generation: u64 },
 }
 
 /// Where finished durability waits report: `(durable, actions)`.
@@ -122,6 +146,7 @@ impl Session {
             channel_max: config.channel_max,
             heartbeat_s: config.heartbeat_s,
             channels: BTreeMap::new(),
+            channel_opens: 0,
             out: Vec::new(),
             sink,
             pending_sync: PendingSync::default(),
@@ -178,7 +203,8 @@ impl Session {
     /// Queues a durability wait for everything gathered since the last call; it reports through the
     /// connection's synced stream. One wait per read of frames, and one task per connection waiting for them
     /// in order (started when the queue was empty, ending when it is empty again): a task per read cost a spawn
-    /// and a wake-up each, all of them woken by every fsync round.
+    /// and a wake-up each, all of them woken by every fsync round. The price: a wait on a slow log holds back
+    /// the reports queued behind it on this connection (they are in the same disk's group commit anyway).
     pub fn start_sync(&mut self) {
         if self.after_sync.is_empty() {
             return;
@@ -196,14 +222,19 @@ impl Session {
         let queue = Arc::clone(&self.sync_queue);
         let report = self.synced.clone();
         tokio::spawn(async move {
+            // However the task ends (queue empty, connection gone, a panic, the runtime dropping it), the
+            // next start_sync must start a new one.
+            let mut running = TaskRunning { queue, armed: true };
             loop {
                 let next = {
-                    let mut queue = lock(&queue);
+                    let mut queue = lock(&running.queue);
                     let next = queue.waits.pop_front();
+                    // Cleared under the same lock as the empty check: a wait queued after it starts a task.
                     queue.task_running = next.is_some();
                     next
                 };
                 let Some((sync, actions)) = next else {
+                    running.armed = false;
                     return;
                 };
                 let durable = match sync.wait().await {
@@ -215,7 +246,6 @@ impl Session {
                 };
                 if report.send((durable, actions)).is_err() {
                     // The connection is gone; nobody is left to tell.
-                    lock(&queue).task_running = false;
                     return;
                 }
             }
@@ -226,13 +256,29 @@ impl Session {
     pub fn synced(&mut self, durable: bool, actions: Vec<AfterSync>) {
         for action in actions {
             match action {
-                AfterSync::Confirm { channel, tag, ok } => {
-                    if let Some(c) = self.channels.get_mut(&channel) {
+                AfterSync::Confirm {
+                    channel,
+                    generation,
+                    tag,
+                    ok,
+                } => {
+                    if let Some(c) = self
+                        .channels
+                        .get_mut(&channel)
+                        .filter(|c| c.generation == generation)
+                    {
                         c.settle_confirm(tag, ok && durable);
                     }
                 }
-                AfterSync::CommitOk { channel } => {
-                    if self.channels.get(&channel).is_none_or(|c| c.closing) {
+                AfterSync::CommitOk {
+                    channel,
+                    generation,
+                } => {
+                    if self
+                        .channels
+                        .get(&channel)
+                        .is_none_or(|c| c.closing || c.generation != generation)
+                    {
                         continue;
                     }
                     if durable {

@@ -686,7 +686,7 @@ impl Log {
                 Step::Done => return Ok(()),
                 Step::Failed(reason) => return Err(self.failed(reason)),
                 Step::Lead => {
-                    let synced = self.lead_round()?;
+                    let synced = self.lead_round(false)?;
                     if synced < target {
                         return Err(LogError::Truncated { target });
                     }
@@ -706,7 +706,7 @@ impl Log {
                 Step::Failed(reason) => return Err(self.failed(reason)),
                 Step::Lead => {
                     let this = Arc::clone(self);
-                    let synced = tokio::task::spawn_blocking(move || this.lead_round())
+                    let synced = tokio::task::spawn_blocking(move || this.lead_round(true))
                         .await
                         .map_err(|e| LogError::Failed {
                             name: self.name.clone(),
@@ -750,11 +750,17 @@ impl Log {
     }
 
     /// One group-commit round, run by its leader: capture the end, fdatasync, publish.
-    fn lead_round(&self) -> Result<u64> {
+    /// `gather`: the leader may pause to gather appends under continuous load (see `group_commit`). Only async
+    /// waiters' rounds do (on the blocking pool): a blocking caller may hold a lock of its own while it waits.
+    fn lead_round(&self, gather: bool) -> Result<u64> {
         // Let appenders released by the previous round append again before the end is captured; without this,
         // waiters split into two alternating halves and a round covers only about half of them. Under steady
         // load, also gather for a few sync times (see `group_commit`).
-        let pause = self.commit.gather_pause(Instant::now());
+        let pause = if gather {
+            self.commit.gather_pause(Instant::now())
+        } else {
+            Duration::ZERO
+        };
         if pause.is_zero() {
             std::thread::yield_now();
         } else {
