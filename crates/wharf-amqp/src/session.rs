@@ -507,13 +507,19 @@ impl Session {
         if self.closing_since.is_some() {
             return;
         }
-        // Every pass of the connection loop comes here: look before collecting anything.
-        if !self.channels.values().any(Channel::has_confirms) {
-            return;
-        }
-        let ids: Vec<u16> = self.channels.keys().copied().collect();
-        for id in ids {
+        // Channel by channel, in number order, without collecting the numbers first (this runs per read).
+        let mut from = 0u16;
+        while let Some(id) = self
+            .channels
+            .range(from..)
+            .find(|(_, c)| c.has_confirms())
+            .map(|(&id, _)| id)
+        {
             self.send_confirms(id);
+            match id.checked_add(1) {
+                Some(next) => from = next,
+                None => break,
+            }
         }
     }
 

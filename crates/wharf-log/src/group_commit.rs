@@ -123,8 +123,11 @@ impl GroupCommit {
     pub fn gather_pause(&self, now: Instant) -> Duration {
         let st = self.state.lock();
         match st.last_busy_round {
-            Some((ended, took)) => (ended + (took * GATHER_PAUSE_SYNCS).min(GATHER_PAUSE_MAX))
-                .saturating_duration_since(now),
+            Some((ended, took)) => (ended
+                + took
+                    .saturating_mul(GATHER_PAUSE_SYNCS)
+                    .min(GATHER_PAUSE_MAX))
+            .saturating_duration_since(now),
             None => Duration::ZERO,
         }
     }
