@@ -1413,6 +1413,127 @@ fn a_burst_of_publishes_is_confirmed_by_one_multiple_ack() {
     );
 }
 
+/// A durability wait belongs to the channel opening that started it: a channel closed while its transaction's
+/// persistent messages are still being synced and reopened under the same number must not get the old
+/// opening's tx.commit-ok (a reply to a method the new opening never sent).
+#[test]
+fn a_reopened_channel_gets_no_replies_meant_for_its_earlier_opening() {
+    use amq_protocol::protocol::{basic, channel, queue, tx};
+    let wharf = Wharf::start();
+    let mut client = RawClient::open(wharf.raw());
+    client.send_on(
+        1,
+        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: "reopened".into(),
+            passive: false,
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        })),
+    );
+    assert!(matches!(
+        client.method(),
+        Some(AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_)))
+    ));
+    client.send_on(1, AMQPClass::Tx(tx::AMQPMethod::Select(tx::Select {})));
+    assert!(matches!(
+        client.method(),
+        Some(AMQPClass::Tx(tx::AMQPMethod::SelectOk(_)))
+    ));
+    // Eight persistent 1 MiB messages (milliseconds of fdatasync), tx.commit and channel.close in one write:
+    // the close is answered before the messages are durable, and the commit-ok is then no longer owed.
+    let mut out = Vec::new();
+    let body = vec![b'p'; 1 << 20];
+    for _ in 0..8 {
+        write_method(
+            &mut out,
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+                exchange: "".into(),
+                routing_key: "reopened".into(),
+                mandatory: false,
+                immediate: false,
+            })),
+        )
+        .unwrap();
+        // Properties: delivery-mode 2 only (flag bit 12).
+        wharf_amqp::frame::write_content(&mut out, 1, &[0x10, 0x00, 2], &body, 131_072);
+    }
+    write_method(
+        &mut out,
+        1,
+        AMQPClass::Tx(tx::AMQPMethod::Commit(tx::Commit {})),
+    )
+    .unwrap();
+    write_method(
+        &mut out,
+        1,
+        AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+            reply_code: 200,
+            reply_text: "bye".into(),
+            class_id: 0,
+            method_id: 0,
+        })),
+    )
+    .unwrap();
+    client.s.write_all(&out).unwrap();
+    // A commit-ok before the close-ok is fine; nothing of the old opening may come after it.
+    loop {
+        match client.method() {
+            Some(AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))) => break,
+            Some(AMQPClass::Tx(tx::AMQPMethod::CommitOk(_))) => continue,
+            other => panic!("expected channel.close-ok, got {other:?}"),
+        }
+    }
+    client.send_on(
+        1,
+        AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+    );
+    assert!(matches!(
+        client.method(),
+        Some(AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)))
+    ));
+    // The new opening has asked nothing more: within a second (the old syncs take milliseconds) nothing comes.
+    client
+        .s
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    match client.s.read(&mut byte) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("the reopened channel got something it never asked for: {other:?}"),
+    }
+    // The committed messages are all in the queue.
+    client
+        .s
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    client.send_on(
+        1,
+        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: "reopened".into(),
+            passive: true,
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        })),
+    );
+    match client.method() {
+        Some(AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok))) => {
+            assert_eq!(ok.message_count, 8)
+        }
+        other => panic!("expected queue.declare-ok, got {other:?}"),
+    }
+}
+
 /// A field table nested `depth` deep (each level one entry `k` holding the next table), encoded by hand:
 /// encoding it with amq-protocol would recurse as deep in this test.
 fn nested_table(depth: usize) -> Vec<u8> {
