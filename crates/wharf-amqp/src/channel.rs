@@ -26,6 +26,31 @@ use crate::topology;
 /// Class id of `basic`, the only content class.
 const BASIC_CLASS_ID: u16 = 60;
 
+/// The deliveries one ack / nack / reject names: one (the usual case, settled without building a list) or
+/// all up to a tag (`multiple`).
+enum Taken {
+    One(u64, Unacked),
+    Many(BTreeMap<u64, Unacked>),
+}
+
+impl Taken {
+    fn deliveries(&self) -> impl Iterator<Item = &Unacked> {
+        let (one, many) = match self {
+            Taken::One(_, u) => (Some(u), None),
+            Taken::Many(m) => (None, Some(m.values())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+
+    fn into_tagged(self) -> impl Iterator<Item = (u64, Unacked)> {
+        let (one, many) = match self {
+            Taken::One(tag, u) => (Some((tag, u)), None),
+            Taken::Many(m) => (None, Some(m.into_iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+}
+
 /// A delivery awaiting ack / nack / reject.
 #[derive(Debug)]
 struct Unacked {
@@ -166,8 +191,8 @@ impl Channel {
 
     /// Deliveries to consumers stopped counting against the channel-wide prefetch; with one set, the
     /// consumers may get more now.
-    fn released(&self, taken: &[(u64, Unacked)]) {
-        let counted = taken.iter().filter(|(_, u)| u.consumer.is_some()).count();
+    fn released<'a>(&self, taken: impl IntoIterator<Item = &'a Unacked>) {
+        let counted = taken.into_iter().filter(|u| u.consumer.is_some()).count();
         for _ in 0..counted {
             self.gate.released();
         }
@@ -197,13 +222,13 @@ impl Channel {
     }
 
     /// Acks / nacks / rejects: applied now, or held by the transaction until commit.
-    fn settle(&mut self, taken: Vec<(u64, Unacked)>, outcome: Outcome) {
-        self.released(&taken);
+    fn settle(&mut self, taken: Taken, outcome: Outcome) {
+        self.released(taken.deliveries());
         match &mut self.mode {
             Mode::Tx(tx) => tx
                 .settlements
-                .extend(taken.into_iter().map(|(tag, u)| (tag, u, outcome))),
-            _ => apply(taken.into_iter().map(|(_, u)| u), outcome),
+                .extend(taken.into_tagged().map(|(tag, u)| (tag, u, outcome))),
+            _ => apply(taken.into_tagged().map(|(_, u)| u), outcome),
         }
     }
 
@@ -213,7 +238,7 @@ impl Channel {
     }
 
     /// Removes the deliveries an ack / nack / reject names; an unknown tag is 406.
-    fn take(&mut self, tag: u64, multiple: bool) -> Result<Vec<(u64, Unacked)>, Fault> {
+    fn take(&mut self, tag: u64, multiple: bool) -> Result<Taken, Fault> {
         let unknown = || Fault::channel(PRECONDITION_FAILED, format!("unknown delivery tag {tag}"));
         if multiple {
             if tag != 0 && !self.unacked.contains_key(&tag) {
@@ -224,12 +249,11 @@ impl Channel {
             } else {
                 self.unacked.split_off(&(tag + 1))
             };
-            let taken = std::mem::replace(&mut self.unacked, rest);
-            return Ok(taken.into_iter().collect());
+            return Ok(Taken::Many(std::mem::replace(&mut self.unacked, rest)));
         }
         self.unacked
             .remove(&tag)
-            .map(|u| vec![(tag, u)])
+            .map(|u| Taken::One(tag, u))
             .ok_or_else(unknown)
     }
 
@@ -265,7 +289,7 @@ pub fn handle(session: &mut Session, frame: Frame) -> ChannelResult {
     };
     let Some(channel) = session.channels.get_mut(&id) else {
         return match frame {
-            Frame::Method(_, class) => match *class {
+            Frame::Method(_, class) => match class {
                 AMQPClass::Channel(ch::AMQPMethod::Open(_)) => {
                     if id > session.channel_max() {
                         return hard(Fault::connection(
@@ -304,7 +328,7 @@ pub fn handle(session: &mut Session, frame: Frame) -> ChannelResult {
     };
     if channel.closing {
         if let Frame::Method(_, class) = frame {
-            match *class {
+            match class {
                 AMQPClass::Channel(ch::AMQPMethod::CloseOk(_)) => {
                     session.channels.remove(&id);
                 }
@@ -328,11 +352,11 @@ pub fn handle(session: &mut Session, frame: Frame) -> ChannelResult {
             // Confirms of earlier publishes go out before the reply to any other method, so that a
             // client closing the channel or committing sees them first; consecutive publishes still
             // share one `multiple` frame.
-            if !matches!(*class, AMQPClass::Basic(basic::AMQPMethod::Publish(_))) {
+            if !matches!(class, AMQPClass::Basic(basic::AMQPMethod::Publish(_))) {
                 session.send_confirms(id);
             }
             let (class_id, method_id) = (class.get_amqp_class_id(), class.get_amqp_method_id());
-            method(session, id, *class).map_err(|fault| (id, fault.at(class_id, method_id)))
+            method(session, id, class).map_err(|fault| (id, fault.at(class_id, method_id)))
         }
         _ => hard(Fault::connection(
             UNEXPECTED_FRAME,
@@ -498,7 +522,8 @@ fn finish_publish(session: &mut Session, id: u16, body: Bytes) -> ChannelResult 
                     AfterSync::Confirm {
                         channel: id,
                         generation,
-                        tag,
+                        first: tag,
+                        last: tag,
                         ok,
                     },
                 );
@@ -726,8 +751,9 @@ fn basic_method(session: &mut Session, id: u16, method: basic::AMQPMethod) -> Re
             // message is routed: the content frames must be read either way.
             session.has_published = true;
             channel_mut(session, id)?.publish = Some(Publish {
-                exchange: publish.exchange.as_str().to_string(),
-                routing_key: publish.routing_key.as_str().to_string(),
+                // The parsed strings move in: no copy per publish.
+                exchange: publish.exchange.into(),
+                routing_key: publish.routing_key.into(),
                 mandatory: publish.mandatory,
                 body_size: None,
                 properties: Bytes::new(),
@@ -869,7 +895,7 @@ fn basic_method(session: &mut Session, id: u16, method: basic::AMQPMethod) -> Re
             let channel = channel_mut(session, id)?;
             let all: Vec<(u64, Unacked)> =
                 std::mem::take(&mut channel.unacked).into_iter().collect();
-            channel.released(&all);
+            channel.released(all.iter().map(|(_, u)| u));
             for (_, u) in all {
                 u.requeue();
             }

@@ -111,12 +111,14 @@ fn lock(queue: &std::sync::Mutex<SyncQueue>) -> std::sync::MutexGuard<'_, SyncQu
 /// What to do once a batch of publishes is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AfterSync {
-    /// Settle publisher-confirm `tag` on `channel` (`ok`: no queue refused the message), if the channel is
-    /// still the opening `generation` that published it.
+    /// Settle publisher confirms `first..=last` on `channel` (`ok`: no queue refused the messages), if the
+    /// channel is still the opening `generation` that published them. Consecutive publishes of a read share
+    /// one action (see [`Session::after_sync`]).
     Confirm {
         channel: u16,
         generation: u64,
-        tag: u64,
+        first: u64,
+        last: u64,
         ok: bool,
     },
     /// Send tx.commit-ok on `channel`, if it is still the opening `generation` that committed.
@@ -197,6 +199,31 @@ impl Session {
     /// Defers `action` until `sync` is durable (it joins the other waits of this read).
     pub(crate) fn after_sync(&mut self, sync: PendingSync, action: AfterSync) {
         self.pending_sync.merge(sync);
+        // The next confirm of the same channel opening with the same outcome extends the last range.
+        if let (
+            Some(AfterSync::Confirm {
+                channel,
+                generation,
+                last,
+                ok,
+                ..
+            }),
+            AfterSync::Confirm {
+                channel: next_channel,
+                generation: next_generation,
+                first: next_first,
+                last: next_last,
+                ok: next_ok,
+            },
+        ) = (self.after_sync.last_mut(), action)
+        {
+            if (*channel, *generation, *ok) == (next_channel, next_generation, next_ok)
+                && last.checked_add(1) == Some(next_first)
+            {
+                *last = next_last;
+                return;
+            }
+        }
         self.after_sync.push(action);
     }
 
@@ -259,7 +286,8 @@ impl Session {
                 AfterSync::Confirm {
                     channel,
                     generation,
-                    tag,
+                    first,
+                    last,
                     ok,
                 } => {
                     if let Some(c) = self
@@ -267,7 +295,9 @@ impl Session {
                         .get_mut(&channel)
                         .filter(|c| c.generation == generation)
                     {
-                        c.settle_confirm(tag, ok && durable);
+                        for tag in first..=last {
+                            c.settle_confirm(tag, ok && durable);
+                        }
                     }
                 }
                 AfterSync::CommitOk {
@@ -425,7 +455,7 @@ impl Session {
     pub fn handle(&mut self, frame: Frame) -> Step {
         if self.closing_since.is_some() {
             return match frame {
-                Frame::Method(0, class) => match *class {
+                Frame::Method(0, class) => match class {
                     AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => {
                         Step::End(String::new())
                     }
@@ -447,7 +477,7 @@ impl Session {
                 FRAME_ERROR,
                 "heartbeat frame on a channel other than 0",
             )),
-            Frame::Method(0, class) => self.connection_method(*class),
+            Frame::Method(0, class) => self.connection_method(class),
             Frame::Header(0, ..) | Frame::Body(0, _) => self.fault(Fault::connection(
                 UNEXPECTED_FRAME,
                 "content frame on channel 0",
@@ -568,7 +598,7 @@ impl Session {
     fn handshake(&mut self, frame: Frame) -> Step {
         let class = match frame {
             Frame::Heartbeat(_) => return Step::Continue,
-            Frame::Method(0, class) => *class,
+            Frame::Method(0, class) => class,
             _ => return Step::End("unexpected frame during the handshake".into()),
         };
         let (class_id, method_id) = (class.get_amqp_class_id(), class.get_amqp_method_id());

@@ -62,26 +62,37 @@ fn body_len(message: &Message) -> u64 {
 
 /// What a publisher must wait for before its message counts as safe: the message log up to an offset,
 /// made durable as the log's policy says. Merged over all queues a message reached.
+///
+/// The first log is held inline: nearly every persistent message reaches one durable queue, and a list per
+/// message was an allocation per publish.
 #[derive(Debug, Default, Clone)]
 pub struct PendingSync {
-    targets: Vec<(Arc<Log>, u64)>,
+    first: Option<(Arc<Log>, u64)>,
+    rest: Vec<(Arc<Log>, u64)>,
 }
 
 impl PendingSync {
     pub fn is_empty(&self) -> bool {
-        self.targets.is_empty()
+        self.first.is_none()
     }
 
     pub(crate) fn add(&mut self, log: &Arc<Log>, next_offset: u64) {
-        match self.targets.iter_mut().find(|(l, _)| Arc::ptr_eq(l, log)) {
+        let Some(first) = &mut self.first else {
+            self.first = Some((Arc::clone(log), next_offset));
+            return;
+        };
+        match std::iter::once(first)
+            .chain(self.rest.iter_mut())
+            .find(|(l, _)| Arc::ptr_eq(l, log))
+        {
             Some((_, target)) => *target = (*target).max(next_offset),
-            None => self.targets.push((Arc::clone(log), next_offset)),
+            None => self.rest.push((Arc::clone(log), next_offset)),
         }
     }
 
     /// Folds `other` in (the furthest target per log).
     pub fn merge(&mut self, other: PendingSync) {
-        for (log, target) in other.targets {
+        for (log, target) in other.first.into_iter().chain(other.rest) {
             self.add(&log, target);
         }
     }
@@ -89,7 +100,7 @@ impl PendingSync {
     /// Waits until every target is as durable as its log's policy requires (`always`: fdatasync'ed,
     /// group-committed with every other waiter of the log).
     pub async fn wait(self) -> crate::Result<()> {
-        for (log, target) in self.targets {
+        for (log, target) in self.first.into_iter().chain(self.rest) {
             log.wait_for_policy_async(target).await?;
         }
         Ok(())

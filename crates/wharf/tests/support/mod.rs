@@ -303,7 +303,7 @@ impl RawClient {
     pub fn method(&mut self) -> Option<AMQPClass> {
         loop {
             match self.frame()? {
-                Frame::Method(_, class) => return Some(*class),
+                Frame::Method(_, class) => return Some(class),
                 Frame::Heartbeat(_) => continue,
                 other => panic!("unexpected frame {other:?}"),
             }
