@@ -30,6 +30,37 @@ if ! python3 -c "import pika" 2>/dev/null; then
   python3 -m pip install -q "pika==1.3.2"
 fi
 
+# The RabbitMQ Java client (Debian's package; run as a single-file program by the JDK the machine has) for
+# crates/wharf/tests/amqp_clients.rs.
+if [ ! -f /usr/share/java/amqp-client.jar ] || [ ! -f /usr/share/java/slf4j-nop.jar ]; then
+  echo "installing librabbitmq-client-java and libslf4j-java"
+  apt-get install -y -q librabbitmq-client-java libslf4j-java >/dev/null || {
+    apt-get update -q >/dev/null && apt-get install -y -q librabbitmq-client-java libslf4j-java >/dev/null
+  }
+fi
+if ! command -v java >/dev/null 2>&1; then
+  echo "installing a JDK"
+  apt-get install -y -q default-jdk-headless >/dev/null || {
+    apt-get update -q >/dev/null && apt-get install -y -q default-jdk-headless >/dev/null
+  }
+fi
+
+# Node's amqplib, current and 0.10.5 (whose default frame_max is 4096), from the npm registry, each in its
+# own directory under target/ (WHARF_TEST_CLIENTS), for crates/wharf/tests/amqp_clients.rs.
+export WHARF_TEST_CLIENTS="${WHARF_TEST_CLIENTS:-$PWD/target/test-clients}"
+if ! command -v node >/dev/null 2>&1; then
+  echo "installing nodejs and npm"
+  apt-get install -y -q nodejs npm >/dev/null || {
+    apt-get update -q >/dev/null && apt-get install -y -q nodejs npm >/dev/null
+  }
+fi
+for version in 2.3.1 0.10.5; do
+  if [ ! -d "$WHARF_TEST_CLIENTS/amqplib-$version/node_modules/amqplib" ]; then
+    echo "installing amqplib $version"
+    npm install --silent --no-audit --no-fund --prefix "$WHARF_TEST_CLIENTS/amqplib-$version" "amqplib@$version" >/dev/null
+  fi
+done
+
 # 50 SIGKILL cycles of the crash test unless the caller asks for more or fewer.
 export WHARF_CRASH_CYCLES="${WHARF_CRASH_CYCLES:-50}"
 log=$(mktemp)

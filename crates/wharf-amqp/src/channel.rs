@@ -276,7 +276,8 @@ pub fn handle(session: &mut Session, frame: Frame) -> ChannelResult {
         Frame::Method(id, _)
         | Frame::Header(id, ..)
         | Frame::Body(id, _)
-        | Frame::Heartbeat(id) => *id,
+        | Frame::Heartbeat(id)
+        | Frame::NotImplemented(id, ..) => *id,
     };
     let hard = |fault: Fault| {
         Err((
@@ -439,6 +440,19 @@ fn finish_publish(session: &mut Session, id: u16, body: Bytes) -> ChannelResult 
     let at = |fault: Fault| (id, fault.at(BASIC_CLASS_ID, 40));
     let (extra_keys, has_bcc) = sender_routes(&publish.parsed).map_err(at)?;
     let expiration_ms = crate::queue_args::expiration_ms(&publish.parsed).map_err(at)?;
+    // A `user_id` must be the authenticated user's name, so a receiver can trust it (RabbitMQ's rule; Wharf has
+    // no impersonator tag).
+    if let Some(claimed) = publish.parsed.user_id() {
+        if claimed.as_str() != session.user {
+            return Err(at(Fault::channel(
+                PRECONDITION_FAILED,
+                format!(
+                    "user_id property set to '{claimed}' but authenticated user was '{}'",
+                    session.user
+                ),
+            )));
+        }
+    }
     let mut parsed = publish.parsed;
     // Direct reply-to: a request asking for replies on the pseudo-queue gets this channel's reply queue.
     let reply_queue = if parsed.reply_to().as_ref().map(|r| r.as_str()) == Some(REPLY_TO) {
@@ -606,14 +620,15 @@ fn method(session: &mut Session, id: u16, class: AMQPClass) -> Result<(), Fault>
         AMQPClass::Queue(queue::AMQPMethod::Declare(declare))
             if declare.passive && declare.queue.as_str() == REPLY_TO =>
         {
-            // RabbitMQ answers a passive declare of the pseudo-queue, so clients can test for the feature.
+            // RabbitMQ answers a passive declare of the pseudo-queue, so clients can test for the feature; it
+            // reports one consumer (the pseudo-queue always "has" its consumer).
             if !declare.nowait {
                 session.send(
                     id,
                     AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
                         queue: REPLY_TO.into(),
                         message_count: 0,
-                        consumer_count: 0,
+                        consumer_count: 1,
                     })),
                 );
             }
@@ -800,7 +815,11 @@ fn basic_method(session: &mut Session, id: u16, method: basic::AMQPMethod) -> Re
                 no_ack: consume.no_ack,
                 exclusive: consume.exclusive,
                 prefetch: channel.prefetch,
-                priority: crate::queue_args::consumer_priority(&consume.arguments),
+                priority: crate::queue_args::consumer_priority(
+                    vhost.name(),
+                    &queue_name,
+                    &consume.arguments,
+                )?,
                 gate: ConsumerGate {
                     outbound,
                     channel: Arc::clone(&channel.gate),
@@ -889,6 +908,11 @@ fn basic_method(session: &mut Session, id: u16, method: basic::AMQPMethod) -> Re
             let channel = channel_mut(session, id)?;
             let taken = channel.take(reject.delivery_tag, false)?;
             channel.settle(taken, Outcome::of_reject(reject.requeue));
+        }
+        basic::AMQPMethod::Recover(basic::Recover { requeue: false })
+        | basic::AMQPMethod::RecoverAsync(basic::RecoverAsync { requeue: false }) => {
+            // Redelivering to the same consumer without requeueing is not something RabbitMQ does either.
+            return Err(Fault::connection(NOT_IMPLEMENTED, "requeue=false"));
         }
         basic::AMQPMethod::Recover(_) | basic::AMQPMethod::RecoverAsync(_) => {
             let reply = matches!(method, basic::AMQPMethod::Recover(_));

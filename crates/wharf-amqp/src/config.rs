@@ -45,8 +45,10 @@ impl std::fmt::Debug for User {
     }
 }
 
-/// Smallest `frame_max` the protocol allows (`FRAME_MIN_SIZE`).
-pub const FRAME_MAX_MIN: u32 = amq_protocol::protocol::constants::FRAME_MIN_SIZE;
+/// Smallest `frame_max` a client may negotiate: the 0-9-1 specification's `frame-min-size`, 4096, which RabbitMQ
+/// 3.x accepts. (`amq-protocol`'s generated `FRAME_MIN_SIZE` says 8192, RabbitMQ 4.1's newer floor; amqplib before
+/// 0.10.6 asks for 4096 by default, the Java and Ruby clients can be told to, and all of them were refused.)
+pub const FRAME_MAX_MIN: u32 = 4096;
 
 impl Default for AmqpConfig {
     fn default() -> Self {

@@ -38,6 +38,9 @@ pub enum Frame {
     Header(u16, AMQPContentHeader, Bytes),
     Body(u16, Bytes),
     Heartbeat(u16),
+    /// A well-formed method asking for what the broker does not implement, in a field the codec does not
+    /// keep: basic.qos with a `prefetch_size` (RabbitMQ answers 540). `(channel, class, method, text)`.
+    NotImplemented(u16, u16, u16, String),
 }
 
 /// Why a frame could not be read; each closes the connection (framing is lost).
@@ -111,6 +114,13 @@ fn method_tables(class: &AMQPClass) -> Vec<&FieldTable> {
         AMQPClass::Basic(basic::AMQPMethod::Consume(m)) => vec![&m.arguments],
         _ => Vec::new(),
     }
+}
+
+/// The `prefetch-size` field of a basic.qos payload (class, method, then this long), which `amq-protocol`
+/// parses and drops.
+fn qos_prefetch_size(payload: &[u8]) -> Option<u32> {
+    let field: [u8; 4] = payload.get(4..8)?.try_into().ok()?;
+    Some(u32::from_be_bytes(field))
 }
 
 /// Parses a method or content-header payload with `parse`, guarding the stack (see [`FIELD_NESTING_MAX`]):
@@ -188,6 +198,20 @@ pub fn next_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, F
                 },
                 method_tables,
             )?;
+            if let (
+                Some(AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Qos(_))),
+                Some(size),
+            ) = (&parsed, qos_prefetch_size(&payload))
+            {
+                if size != 0 {
+                    return Ok(Some(Frame::NotImplemented(
+                        channel,
+                        60,
+                        10,
+                        format!("prefetch_size!=0 ({size})"),
+                    )));
+                }
+            }
             match parsed {
                 Some(class) => Ok(Some(Frame::Method(channel, class))),
                 None => Err(FrameError::Syntax {

@@ -31,7 +31,35 @@ fn string(value: &AMQPValue) -> Option<String> {
     }
 }
 
-/// Parses queue.declare's arguments for queue `queue` in vhost `vhost`.
+/// The name RabbitMQ gives a field value's type in its error texts (`{unacceptable_type,longstr}`).
+fn type_name(value: &AMQPValue) -> &'static str {
+    match value {
+        AMQPValue::Boolean(_) => "bool",
+        AMQPValue::ShortShortInt(_) => "byte",
+        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
+        AMQPValue::ShortInt(_) => "short",
+        AMQPValue::ShortUInt(_) => "unsignedshort",
+        AMQPValue::LongInt(_) => "signedint",
+        AMQPValue::LongUInt(_) => "unsignedint",
+        AMQPValue::LongLongInt(_) => "long",
+        AMQPValue::Float(_) => "float",
+        AMQPValue::Double(_) => "double",
+        AMQPValue::DecimalValue(_) => "decimal",
+        AMQPValue::ShortString(_) => "shortstr",
+        AMQPValue::LongString(_) => "longstr",
+        AMQPValue::FieldArray(_) => "array",
+        AMQPValue::Timestamp(_) => "timestamp",
+        AMQPValue::FieldTable(_) => "table",
+        AMQPValue::ByteArray(_) => "binary",
+        AMQPValue::Void => "void",
+    }
+}
+
+/// Largest TTL or expiry RabbitMQ accepts (its `MAX_EXPIRY_TIMER`, ms).
+const EXPIRY_MS_MAX: i128 = 4_294_967_295;
+
+/// Parses queue.declare's arguments for queue `queue` in vhost `vhost`. Errors are worded as RabbitMQ's
+/// (`{value_negative,-1}`, `{unacceptable_type,longstr}`, …).
 pub fn queue_args(vhost: &str, queue: &str, table: &FieldTable) -> Result<QueueArgs, Fault> {
     let invalid = |name: &str, why: String| {
         Fault::channel(
@@ -39,45 +67,44 @@ pub fn queue_args(vhost: &str, queue: &str, table: &FieldTable) -> Result<QueueA
             format!("invalid arg '{name}' for queue '{queue}' in vhost '{vhost}': {why}"),
         )
     };
-    let ranged = |name: &str, value: &AMQPValue, min: i128, max: i128| -> Result<u64, Fault> {
-        let v = integer(value).ok_or_else(|| {
-            invalid(
-                name,
-                format!("{{unacceptable_type,{:?}}}", value.get_type()),
-            )
-        })?;
-        if v < min || v > max {
-            return Err(invalid(name, format!("{{value_out_of_range,{v}}}")));
+    let int = |name: &str, value: &AMQPValue| -> Result<i128, Fault> {
+        integer(value)
+            .ok_or_else(|| invalid(name, format!("{{unacceptable_type,{}}}", type_name(value))))
+    };
+    let non_negative = |name: &str, value: &AMQPValue| -> Result<u64, Fault> {
+        let v = int(name, value)?;
+        u64::try_from(v).map_err(|_| invalid(name, format!("{{value_negative,{v}}}")))
+    };
+    let expiry = |name: &str, value: &AMQPValue, zero_allowed: bool| -> Result<u64, Fault> {
+        let v = int(name, value)?;
+        if v == 0 && !zero_allowed {
+            return Err(invalid(name, "{value_zero,0}".to_string()));
         }
-        u64::try_from(v).map_err(|_| invalid(name, format!("{{value_out_of_range,{v}}}")))
+        if v > EXPIRY_MS_MAX {
+            return Err(invalid(
+                name,
+                format!("{{value_too_large,{v},{EXPIRY_MS_MAX}}}"),
+            ));
+        }
+        u64::try_from(v).map_err(|_| invalid(name, format!("{{value_negative,{v}}}")))
     };
     let text = |name: &str, value: &AMQPValue| -> Result<String, Fault> {
-        string(value).ok_or_else(|| {
-            invalid(
-                name,
-                format!("{{unacceptable_type,{:?}}}", value.get_type()),
-            )
-        })
+        string(value)
+            .ok_or_else(|| invalid(name, format!("{{unacceptable_type,{}}}", type_name(value))))
     };
     let mut args = QueueArgs::default();
     for (key, value) in table.inner() {
         match key.as_str() {
-            "x-message-ttl" => {
-                args.message_ttl_ms = Some(ranged(key.as_str(), value, 0, i128::from(u32::MAX))?)
-            }
-            "x-expires" => {
-                args.expires_ms = Some(ranged(key.as_str(), value, 1, i128::from(u32::MAX))?)
-            }
-            "x-max-length" => {
-                args.max_length = Some(ranged(key.as_str(), value, 0, i128::from(i64::MAX))?)
-            }
+            "x-message-ttl" => args.message_ttl_ms = Some(expiry(key.as_str(), value, true)?),
+            "x-expires" => args.expires_ms = Some(expiry(key.as_str(), value, false)?),
+            "x-max-length" => args.max_length = Some(non_negative(key.as_str(), value)?),
             "x-max-length-bytes" => {
-                args.max_length_bytes = Some(ranged(key.as_str(), value, 0, i128::from(i64::MAX))?)
+                args.max_length_bytes = Some(non_negative(key.as_str(), value)?)
             }
             "x-overflow" => {
                 let s = text(key.as_str(), value)?;
                 args.overflow = Overflow::parse(&s)
-                    .ok_or_else(|| invalid(key.as_str(), format!("{{unknown_value,<<\"{s}\">>}}")))?;
+                    .ok_or_else(|| invalid(key.as_str(), "invalid_overflow".to_string()))?;
             }
             "x-dead-letter-exchange" => {
                 args.dead_letter_exchange = Some(text(key.as_str(), value)?)
@@ -86,14 +113,17 @@ pub fn queue_args(vhost: &str, queue: &str, table: &FieldTable) -> Result<QueueA
                 args.dead_letter_routing_key = Some(text(key.as_str(), value)?)
             }
             "x-max-priority" => {
-                args.max_priority = Some(ranged(key.as_str(), value, 1, 255)? as u8)
+                let max = non_negative(key.as_str(), value)?;
+                args.max_priority = Some(u8::try_from(max).map_err(|_| {
+                    invalid(key.as_str(), format!("{{max_value_exceeded,{max}}}"))
+                })?)
             }
             "x-single-active-consumer" => match value {
                 AMQPValue::Boolean(b) => args.single_active_consumer = *b,
                 other => {
                     return Err(invalid(
                         key.as_str(),
-                        format!("{{unacceptable_type,{:?}}}", other.get_type()),
+                        format!("{{unacceptable_type,{}}}", type_name(other)),
                     ))
                 }
             },
@@ -139,17 +169,29 @@ pub fn expiration_ms(properties: &AMQPProperties) -> Result<Option<u64>, Fault> 
         .ok()
         .filter(|_| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
         .map(Some)
-        .ok_or_else(|| Fault::channel(PRECONDITION_FAILED, format!("invalid expiration '{s}'")))
+        .ok_or_else(|| {
+            Fault::channel(
+                PRECONDITION_FAILED,
+                format!("invalid expiration '{s}': no_integer"),
+            )
+        })
 }
 
-/// The `x-priority` argument of basic.consume (0 when absent or not an integer).
-pub fn consumer_priority(table: &FieldTable) -> i32 {
-    table
-        .inner()
-        .get("x-priority")
-        .and_then(integer)
-        .and_then(|v| i32::try_from(v).ok())
-        .unwrap_or(0)
+/// The `x-priority` argument of basic.consume on `queue` (0 when absent); not an integer is 406, as in
+/// RabbitMQ.
+pub fn consumer_priority(vhost: &str, queue: &str, table: &FieldTable) -> Result<i32, Fault> {
+    let Some(value) = table.inner().get("x-priority") else {
+        return Ok(0);
+    };
+    let invalid = |why: String| {
+        Fault::channel(
+            PRECONDITION_FAILED,
+            format!("invalid arg 'x-priority' for queue '{queue}' in vhost '{vhost}': {why}"),
+        )
+    };
+    let v = integer(value)
+        .ok_or_else(|| invalid(format!("\"expected integer, got {}\"", type_name(value))))?;
+    i32::try_from(v).map_err(|_| invalid(format!("{{value_out_of_range,{v}}}")))
 }
 
 #[cfg(test)]

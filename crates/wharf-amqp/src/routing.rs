@@ -10,15 +10,34 @@ use wharf_core::exchanges::{BindingArgs, ExchangeKind, ExchangeSpec, HeaderValue
 
 use crate::reply::{Fault, COMMAND_INVALID, PRECONDITION_FAILED};
 
-/// A field value as the router compares it: strings readable, everything else rendered with its type
-/// (the `Debug` form names the variant), so only same-type, same-value pairs are equal.
+/// A field value as the router compares it: strings readable, numbers and byte arrays as values (each with its
+/// type octet), everything else rendered with its type (the `Debug` form names the variant).
 pub fn header_value(value: &AMQPValue) -> HeaderValue {
+    let int = |ty: u8, value: i64| HeaderValue::Int { ty, value };
+    let float = |ty: u8, value: f64| HeaderValue::Float {
+        ty,
+        bits: value.to_bits(),
+    };
     match value {
         AMQPValue::Void => HeaderValue::Void,
         AMQPValue::LongString(s) => {
             HeaderValue::Str(String::from_utf8_lossy(s.as_bytes()).into_owned())
         }
         AMQPValue::ShortString(s) => HeaderValue::Str(s.as_str().to_string()),
+        AMQPValue::ShortShortInt(v) => int(b'b', i64::from(*v)),
+        AMQPValue::ShortShortUInt(v) => int(b'B', i64::from(*v)),
+        AMQPValue::ShortInt(v) => int(b's', i64::from(*v)),
+        AMQPValue::ShortUInt(v) => int(b'u', i64::from(*v)),
+        AMQPValue::LongInt(v) => int(b'I', i64::from(*v)),
+        AMQPValue::LongUInt(v) => int(b'i', i64::from(*v)),
+        AMQPValue::LongLongInt(v) => int(b'l', *v),
+        AMQPValue::Timestamp(v) => match i64::try_from(*v) {
+            Ok(v) => int(b'T', v),
+            Err(_) => HeaderValue::Other(format!("{value:?}")),
+        },
+        AMQPValue::Float(v) => float(b'f', f64::from(*v)),
+        AMQPValue::Double(v) => float(b'd', *v),
+        AMQPValue::ByteArray(b) => HeaderValue::Bytes(b.as_slice().to_vec()),
         other => HeaderValue::Other(format!("{other:?}")),
     }
 }

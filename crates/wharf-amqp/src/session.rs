@@ -60,8 +60,8 @@ pub struct Session {
     pub(crate) sink: DeliverySink,
     /// The vhost opened (until connection.open, `/`, which nothing uses before then).
     pub(crate) vhost: Arc<VHost>,
-    /// The authenticated user.
-    user: String,
+    /// The authenticated user (a publish's `user_id` property must name it).
+    pub(crate) user: String,
     /// Durability waits gathered while handling the frames read so far, started together by
     /// [`Session::start_sync`].
     pending_sync: PendingSync,
@@ -408,7 +408,10 @@ impl Session {
     /// The broker is stopping: returns true when a connection.close was sent (wait for close-ok).
     pub fn shutdown(&mut self) -> bool {
         if self.phase == Phase::Open && self.closing_since.is_none() {
-            self.close_connection(Fault::connection(CONNECTION_FORCED, "broker shutting down"));
+            self.close_connection(Fault::connection(
+                CONNECTION_FORCED,
+                "broker forced connection closure with reason 'shutdown'",
+            ));
             return true;
         }
         false
@@ -472,6 +475,9 @@ impl Session {
             return self.handshake(frame);
         }
         match frame {
+            Frame::NotImplemented(_, class_id, method_id, text) => {
+                self.fault(Fault::connection(NOT_IMPLEMENTED, text).at(class_id, method_id))
+            }
             Frame::Heartbeat(0) => Step::Continue,
             Frame::Heartbeat(_) => self.fault(Fault::connection(
                 FRAME_ERROR,
@@ -622,12 +628,14 @@ impl Session {
                         self.send(0, AMQPClass::Connection(connection::AMQPMethod::Tune(tune)));
                         Step::Continue
                     }
-                    Err(fault) => {
-                        if self.capabilities.authentication_failure_close {
-                            self.close_connection(fault.at(class_id, method_id));
-                        }
-                        Step::End("authentication failed".into())
+                    // A client that declared `authentication_failure_close` gets a 403 connection.close
+                    // (naming no method, as RabbitMQ's does) and its close-ok is awaited, so the client
+                    // reads the reason before the socket goes; any other client just loses the socket.
+                    Err(fault) if self.capabilities.authentication_failure_close => {
+                        tracing::info!(reason = %fault.reply_text(), "AMQP authentication failed");
+                        self.fault(fault.at(0, 0))
                     }
+                    Err(_) => Step::End("authentication failed".into()),
                 }
             }
             (Phase::AwaitTuneOk, connection::AMQPMethod::TuneOk(tune_ok)) => {

@@ -25,6 +25,15 @@ impl Overflow {
             _ => None,
         }
     }
+
+    /// The argument's value as clients write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DropHead => "drop-head",
+            Self::RejectPublish => "reject-publish",
+            Self::RejectPublishDlx => "reject-publish-dlx",
+        }
+    }
 }
 
 /// Why a message was dead-lettered (the `reason` of its `x-death` entry).

@@ -56,7 +56,11 @@ pub enum QueueError {
     #[error("{0}")]
     PreconditionFailed(String),
     /// 405: the queue is exclusive to another connection.
-    #[error("cannot obtain exclusive access to locked queue '{name}' in vhost '{vhost}'")]
+    #[error(
+        "cannot obtain exclusive access to locked queue '{name}' in vhost '{vhost}'. It could be originally \
+         declared on another connection or the exclusive property value does not match that of the original \
+         declaration."
+    )]
     ResourceLocked { name: String, vhost: String },
     /// 403: e.g. a consumer wants exclusive use of a queue that already has consumers.
     #[error("{0}")]
@@ -980,10 +984,9 @@ impl VHost {
         let mut queues = self.queues.write();
         if let Some(existing) = queues.get(&name) {
             existing.check_access(connection)?;
-            if let Some(reason) = inequivalent(&spec, &existing.spec) {
+            if let Some(reason) = inequivalent(&spec, &existing.spec, &name, &self.name) {
                 return Err(QueueError::PreconditionFailed(format!(
-                    "inequivalent arg {reason} (queue '{name}' in vhost '{}')",
-                    self.name
+                    "inequivalent arg {reason}"
                 )));
             }
             let queue = Arc::clone(existing);
@@ -1065,7 +1068,7 @@ impl VHost {
             }
             if if_empty && s.backlog.ready_count() > 0 {
                 return Err(QueueError::PreconditionFailed(format!(
-                    "queue '{name}' in vhost '{}' is not empty",
+                    "queue '{name}' in vhost '{}' not empty",
                     self.name
                 )));
             }
@@ -1215,7 +1218,12 @@ impl VHost {
             let rewritten = match codec {
                 Some(codec) => {
                     match codec.dead_letter(&message, reason, queue.name(), routing_key, now) {
-                        Some(m) => m,
+                        // Republished through the dead-letter exchange: deliveries name it, as in RabbitMQ
+                        // (`x-death` keeps the exchange it was first published to).
+                        Some(m) => Message {
+                            exchange: exchange.to_string(),
+                            ..m
+                        },
                         None => continue,
                     }
                 }
@@ -1355,7 +1363,13 @@ impl VHost {
             )
             .into());
         }
-        self.lookup(connection, queue)?;
+        match self.lookup(connection, queue) {
+            Ok(_) => {}
+            // Unbinding a queue that is not there succeeds, as in RabbitMQ (another connection's exclusive
+            // queue is still 405).
+            Err(QueueError::NotFound { .. }) if !bind => return Ok(()),
+            Err(e) => return Err(e),
+        }
         self.change_binding(exchanges, bind, binding, durable)
     }
 
@@ -1523,25 +1537,19 @@ impl VHost {
     }
 }
 
-/// The first property in which a redeclare differs from the queue, as RabbitMQ names it:
-/// `'x-message-ttl': received '2000' but current is 'none'`.
-fn inequivalent(new: &QueueSpec, old: &QueueSpec) -> Option<String> {
-    fn show<T: std::fmt::Debug>(v: &Option<T>) -> String {
-        v.as_ref().map_or("none".to_string(), |v| format!("{v:?}"))
+/// The first property in which a redeclare differs from the queue, worded as RabbitMQ words it:
+/// `'x-message-ttl' for queue 'q' in vhost '/': received '2000' but current is '1000'` (an argument given
+/// on one side only is `none` on the other).
+fn inequivalent(new: &QueueSpec, old: &QueueSpec, queue: &str, vhost: &str) -> Option<String> {
+    fn show<T: ToString>(v: &Option<T>) -> Option<String> {
+        v.as_ref().map(T::to_string)
     }
+    let flag = |b: bool| Some(b.to_string());
     let (a, b) = (&new.arguments, &old.arguments);
-    let diffs: [(&str, String, String); 12] = [
-        ("durable", new.durable.to_string(), old.durable.to_string()),
-        (
-            "exclusive",
-            new.exclusive.to_string(),
-            old.exclusive.to_string(),
-        ),
-        (
-            "auto_delete",
-            new.auto_delete.to_string(),
-            old.auto_delete.to_string(),
-        ),
+    let diffs: [(&str, Option<String>, Option<String>); 12] = [
+        ("durable", flag(new.durable), flag(old.durable)),
+        ("exclusive", flag(new.exclusive), flag(old.exclusive)),
+        ("auto_delete", flag(new.auto_delete), flag(old.auto_delete)),
         (
             "x-message-ttl",
             show(&a.message_ttl_ms),
@@ -1556,8 +1564,8 @@ fn inequivalent(new: &QueueSpec, old: &QueueSpec) -> Option<String> {
         ),
         (
             "x-overflow",
-            format!("{:?}", a.overflow),
-            format!("{:?}", b.overflow),
+            Some(a.overflow.as_str().to_string()),
+            Some(b.overflow.as_str().to_string()),
         ),
         (
             "x-dead-letter-exchange",
@@ -1576,14 +1584,23 @@ fn inequivalent(new: &QueueSpec, old: &QueueSpec) -> Option<String> {
         ),
         (
             "x-single-active-consumer",
-            a.single_active_consumer.to_string(),
-            b.single_active_consumer.to_string(),
+            flag(a.single_active_consumer),
+            flag(b.single_active_consumer),
         ),
     ];
-    diffs
-        .into_iter()
-        .find(|(_, n, o)| n != o)
-        .map(|(name, n, o)| format!("'{name}': received '{n}' but current is '{o}'"))
+    let (name, received, current) = diffs.into_iter().find(|(_, n, o)| n != o)?;
+    let value = |v: Option<String>, quoted_alone: bool| match v {
+        None => "none".to_string(),
+        Some(v) if quoted_alone => format!("'{v}'"),
+        Some(v) => format!("the value '{v}'"),
+    };
+    // Both given: the two values; one missing: RabbitMQ says "none" and "the value '…'".
+    let both = received.is_some() && current.is_some();
+    Some(format!(
+        "'{name}' for queue '{queue}' in vhost '{vhost}': received {} but current is {}",
+        value(received, both),
+        value(current, both)
+    ))
 }
 
 /// The pseudo-queue a client consumes from for direct reply-to, and the `reply_to` it puts on requests.

@@ -1,26 +1,95 @@
-//! Other AMQP clients than `lapin` against the real `wharf` process: pika 1.3.2 (installed by
-//! scripts/test.sh), the client of RabbitMQ's own Python tutorials — confirms, mandatory returns, durable
-//! topology, acks and requeue, dead-lettering with x-death, a 406 redeclare and direct reply-to; see
-//! tests/clients/pika_smoke.py.
+//! Other AMQP clients than `lapin` against the real `wharf` process, each installed by scripts/test.sh:
+//! - pika 1.3.2, the client of RabbitMQ's own Python tutorials — confirms, mandatory returns, durable
+//!   topology, acks and requeue, dead-lettering with x-death, a 406 redeclare and direct reply-to
+//!   (tests/clients/pika_smoke.py);
+//! - the RabbitMQ Java client 5.0.0 (Debian's librabbitmq-client-java) and Node's amqplib 2.3.1 and 0.10.5 (the
+//!   older one asks for frame_max 4096): capabilities, routing of every exchange type including headers
+//!   matched across numeric types, properties and nested headers, confirms and returns, prefetch, acks and
+//!   requeue, basic.get, dead-lettering, `user_id` checks, `amq.*` rules, unbind, 404, server-side cancel,
+//!   1 MiB and empty bodies, transactions, direct reply-to and the 540 for a `prefetch_size`
+//!   (tests/clients/JavaSmoke.java, tests/clients/amqplib_smoke.js). Each script was checked against
+//!   RabbitMQ 3.10.8, where every check passes.
 
 mod support;
 
-use std::process::Command;
+use std::path::PathBuf;
+use std::process::{Command, Output};
 
-#[test]
-fn pika_client_works() {
-    let broker = support::start_amqp();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/pika_smoke.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(broker.addr("amqp"))
-        .output()
-        .expect("python3 runs");
+/// Where scripts/test.sh installs the clients that do not come from the system's package manager
+/// (`WHARF_TEST_CLIENTS`, default `target/test-clients` of the workspace).
+fn clients_dir() -> PathBuf {
+    std::env::var_os("WHARF_TEST_CLIENTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../target/test-clients"
+            ))
+        })
+}
+
+fn script(name: &str) -> String {
+    format!("{}/tests/clients/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn assert_passed(what: &str, out: std::io::Result<Output>, broker: &support::BrokerProcess) {
+    let out = out.unwrap_or_else(|e| {
+        panic!("{what} did not start ({e}); scripts/test.sh installs what it needs")
+    });
     assert!(
         out.status.success(),
-        "pika smoke test failed:\n{}\n{}\nbroker stderr:\n{}",
+        "{what} failed:\n{}\n{}\nbroker stderr:\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
         broker.stderr()
     );
+}
+
+#[test]
+fn java_client_works() {
+    let broker = support::start_amqp();
+    let classpath = [
+        "/usr/share/java/amqp-client.jar",
+        "/usr/share/java/slf4j-api.jar",
+        "/usr/share/java/slf4j-nop.jar",
+    ]
+    .join(":");
+    let out = Command::new("java")
+        .args([
+            "-cp",
+            &classpath,
+            &script("JavaSmoke.java"),
+            &broker.addr("amqp"),
+        ])
+        .output();
+    assert_passed("the Java client's smoke test", out, &broker);
+}
+
+#[test]
+fn amqplib_works_current_and_with_the_old_default_frame_max() {
+    let broker = support::start_amqp();
+    for version in ["2.3.1", "0.10.5"] {
+        let modules = clients_dir().join(format!("amqplib-{version}/node_modules"));
+        assert!(
+            modules.join("amqplib").is_dir(),
+            "amqplib {version} is not in {}; scripts/test.sh installs it",
+            modules.display()
+        );
+        let out = Command::new("node")
+            .arg(script("amqplib_smoke.js"))
+            .arg(broker.addr("amqp"))
+            .env("NODE_PATH", &modules)
+            .output();
+        assert_passed(&format!("amqplib {version}'s smoke test"), out, &broker);
+    }
+}
+
+#[test]
+fn pika_client_works() {
+    let broker = support::start_amqp();
+    let out = Command::new("python3")
+        .arg(script("pika_smoke.py"))
+        .arg(broker.addr("amqp"))
+        .output();
+    assert_passed("pika's smoke test", out, &broker);
 }

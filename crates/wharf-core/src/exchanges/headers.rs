@@ -3,8 +3,8 @@
 //! A binding's arguments are the pattern; `x-match` says how it must match the message's headers:
 //! `all` (the default) or `any`, ignoring every pattern key that starts with `x-`, or `all-with-x` /
 //! `any-with-x`, which include them. A pattern value of type void only asks that the header be present;
-//! otherwise the header must have the same type and value. With no keys left, `all` matches every
-//! message and `any` none.
+//! otherwise the header must be equal by [`HeaderValue::matches`] (numbers by value whatever their type, as
+//! in RabbitMQ). With no keys left, `all` matches every message and `any` none.
 
 use std::collections::BTreeMap;
 
@@ -42,8 +42,8 @@ impl HeadersPattern {
             Some((_, HeaderValue::Str(s))) if s == "any-with-x" => XMatch::AnyWithX,
             Some((_, other)) => {
                 return Err(ExchangeError::PreconditionFailed(format!(
-                    "Invalid x-match field value {other:?}; expected all, any, all-with-x, or any-with-x"
-                )))
+                "Invalid x-match field value {other}; expected all, any, all-with-x, or any-with-x"
+            )))
             }
         };
         let with_x = matches!(mode, XMatch::AllWithX | XMatch::AnyWithX);
@@ -60,7 +60,7 @@ impl HeadersPattern {
     pub fn matches(&self, headers: Option<&Headers>) -> bool {
         let one = |(key, want): &(String, HeaderValue)| match headers.and_then(|h| h.get(key)) {
             None => false,
-            Some(have) => matches!(want, HeaderValue::Void) || want == have,
+            Some(have) => want.matches(have),
         };
         match self.mode {
             XMatch::All | XMatch::AllWithX => self.pattern.iter().all(one),
@@ -115,9 +115,49 @@ mod tests {
         assert!(!any.matches(Some(&headers(&[("format", s("zip"))]))));
         assert!(!any.matches(None));
         // Same text, different type: no match.
-        let int = headers(&[("format", HeaderValue::Other("LongInt(1)".into()))]);
+        let int = headers(&[("format", HeaderValue::Int { ty: b'I', value: 1 })]);
         let want_int = HeadersPattern::new(&args(&[("format", s("1"))])).unwrap();
         assert!(!want_int.matches(Some(&int)));
+    }
+
+    #[test]
+    fn numbers_match_by_value_whatever_their_type() {
+        let int = |ty, value| HeaderValue::Int { ty, value };
+        let float = |ty, v: f64| HeaderValue::Float {
+            ty,
+            bits: v.to_bits(),
+        };
+        let five = HeadersPattern::new(&args(&[("n", int(b'I', 5))])).unwrap();
+        for have in [int(b'b', 5), int(b'l', 5), int(b'T', 5), float(b'd', 5.0)] {
+            assert!(
+                five.matches(Some(&headers(&[("n", have.clone())]))),
+                "{have:?}"
+            );
+        }
+        for have in [
+            int(b'l', 6),
+            float(b'd', 5.5),
+            s("5"),
+            HeaderValue::Other("Boolean(true)".into()),
+        ] {
+            assert!(
+                !five.matches(Some(&headers(&[("n", have.clone())]))),
+                "{have:?}"
+            );
+        }
+        let half = HeadersPattern::new(&args(&[("n", float(b'f', 0.5))])).unwrap();
+        assert!(half.matches(Some(&headers(&[("n", float(b'd', 0.5))]))));
+        // No rounding: 2^53 + 1 is not the float 2^53.
+        let big = HeadersPattern::new(&args(&[("n", int(b'l', (1 << 53) + 1))])).unwrap();
+        assert!(!big.matches(Some(&headers(&[("n", float(b'd', (1u64 << 53) as f64))]))));
+        // A byte array equals the string of its bytes.
+        let text = HeadersPattern::new(&args(&[("k", s("pdf"))])).unwrap();
+        assert!(text.matches(Some(&headers(&[(
+            "k",
+            HeaderValue::Bytes(b"pdf".to_vec())
+        )]))));
+        // Bindings whose arguments differ only in a type stay two bindings.
+        assert_ne!(args(&[("n", int(b'I', 5))]), args(&[("n", int(b'l', 5))]));
     }
 
     #[test]

@@ -19,13 +19,16 @@ use router::Router;
 /// The default exchange: every queue is bound to it by its name; it cannot be declared, deleted or bound.
 pub const DEFAULT_EXCHANGE: &str = "";
 
-/// The exchanges every vhost has, as in RabbitMQ (`amq.match` is a second headers exchange).
-pub const PREDECLARED: [(&str, ExchangeKind); 5] = [
-    ("amq.direct", ExchangeKind::Direct),
-    ("amq.fanout", ExchangeKind::Fanout),
-    ("amq.topic", ExchangeKind::Topic),
-    ("amq.headers", ExchangeKind::Headers),
-    ("amq.match", ExchangeKind::Headers),
+/// The exchanges every vhost has, as in RabbitMQ (`amq.match` is a second headers exchange), each with
+/// whether it is internal: `amq.rabbitmq.trace` is where RabbitMQ's firehose tracer publishes; clients may bind
+/// to it (Wharf publishes nothing there yet) but not publish to it.
+pub const PREDECLARED: [(&str, ExchangeKind, bool); 6] = [
+    ("amq.direct", ExchangeKind::Direct, false),
+    ("amq.fanout", ExchangeKind::Fanout, false),
+    ("amq.topic", ExchangeKind::Topic, false),
+    ("amq.headers", ExchangeKind::Headers, false),
+    ("amq.match", ExchangeKind::Headers, false),
+    ("amq.rabbitmq.trace", ExchangeKind::Topic, true),
 ];
 
 /// Errors of the exchange model; the AMQP front end maps each to its reply code (403, 404, 406).
@@ -107,9 +110,16 @@ pub enum Destination {
     Exchange(String),
 }
 
-/// A field-table value as the router compares it. Strings are kept readable (`x-match` is one); other
-/// values are rendered by the protocol crate *with their type*, so equal renderings mean same type and
-/// same value — RabbitMQ's rule for headers matching.
+/// A field-table value as the router compares it: strings readable (`x-match` is one), numbers and byte arrays
+/// as values, anything else (booleans, decimals, nested tables and arrays) rendered by the protocol crate *with
+/// its type*.
+///
+/// Equality (`==`) is exact, type included: it tells apart two bindings whose arguments differ only in a type,
+/// as AMQP does. Matching a message's header against a binding uses [`HeaderValue::matches`] instead, which is
+/// RabbitMQ's rule (Erlang's `==` on the decoded values): a number equals the same number of any width or
+/// kind (an int 5 matches a long 5, a byte 5 and a double 5.0) and a byte array equals a string of the same
+/// bytes; a boolean never equals a number. Clients disagree on the type they give a number (amqplib sends a
+/// small one as a byte, Bunny as a long, Java as an int), so a type-exact rule drops messages between them.
 #[derive(
     Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
@@ -118,6 +128,58 @@ pub enum HeaderValue {
     Void,
     Str(String),
     Other(String),
+    /// An integer of any width, or a timestamp, with the AMQP type octet it came as.
+    Int {
+        ty: u8,
+        value: i64,
+    },
+    /// A float or double, as the bits of its `f64` value, with the AMQP type octet it came as.
+    Float {
+        ty: u8,
+        bits: u64,
+    },
+    /// A byte array.
+    Bytes(Vec<u8>),
+}
+
+impl HeaderValue {
+    /// Whether a message header of value `have` satisfies this binding value (see the type's documentation).
+    pub fn matches(&self, have: &HeaderValue) -> bool {
+        use HeaderValue::*;
+        match (self, have) {
+            (Void, _) => true,
+            (Int { value: a, .. }, Int { value: b, .. }) => a == b,
+            (Float { bits: a, .. }, Float { bits: b, .. }) => {
+                f64::from_bits(*a) == f64::from_bits(*b)
+            }
+            (Int { value, .. }, Float { bits, .. }) | (Float { bits, .. }, Int { value, .. }) => {
+                int_equals_float(*value, f64::from_bits(*bits))
+            }
+            (Str(a), Bytes(b)) | (Bytes(b), Str(a)) => a.as_bytes() == b.as_slice(),
+            (a, b) => a == b,
+        }
+    }
+}
+
+/// Exact comparison of an integer with a float (`5 == 5.0`; no rounding of large integers).
+fn int_equals_float(value: i64, float: f64) -> bool {
+    // 2^63 as f64: every float in [-2^63, 2^63) without a fraction converts to i64 exactly.
+    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+    float.fract() == 0.0 && (-TWO_63..TWO_63).contains(&float) && float as i64 == value
+}
+
+impl std::fmt::Display for HeaderValue {
+    /// As RabbitMQ prints a value in an error text: a string as an Erlang binary (`<<"some">>`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeaderValue::Void => f.write_str("undefined"),
+            HeaderValue::Str(s) => write!(f, "<<{s:?}>>"),
+            HeaderValue::Bytes(b) => write!(f, "<<{:?}>>", String::from_utf8_lossy(b)),
+            HeaderValue::Int { value, .. } => write!(f, "{value}"),
+            HeaderValue::Float { bits, .. } => write!(f, "{}", f64::from_bits(*bits)),
+            HeaderValue::Other(s) => f.write_str(s),
+        }
+    }
 }
 
 /// A binding's arguments: the entries (sorted by key) and a canonical rendering that makes two
@@ -199,6 +261,16 @@ fn default_refused() -> ExchangeError {
     ExchangeError::AccessRefused("operation not permitted on the default exchange".into())
 }
 
+/// A binding from or to the default exchange: 403.
+fn refuse_default(binding: &Binding) -> Result<(), ExchangeError> {
+    if binding.source == DEFAULT_EXCHANGE
+        || binding.destination == Destination::Exchange(DEFAULT_EXCHANGE.to_string())
+    {
+        return Err(default_refused());
+    }
+    Ok(())
+}
+
 impl Exchanges {
     /// The default vhost's (`/`) exchanges: the predeclared `amq.*` ones (durable, as in RabbitMQ).
     pub fn new() -> Self {
@@ -209,9 +281,10 @@ impl Exchanges {
     pub fn in_vhost(vhost: &str) -> Self {
         let exchanges = PREDECLARED
             .iter()
-            .map(|&(name, kind)| {
+            .map(|&(name, kind, internal)| {
                 let spec = ExchangeSpec {
                     durable: true,
+                    internal,
                     ..ExchangeSpec::new(kind)
                 };
                 (name.to_string(), Exchange::new(spec))
@@ -241,6 +314,10 @@ impl Exchanges {
         spec: ExchangeSpec,
         passive: bool,
     ) -> Result<(), ExchangeError> {
+        // Even a passive declare of the default exchange is refused, as in RabbitMQ.
+        if name == DEFAULT_EXCHANGE {
+            return Err(default_refused());
+        }
         if passive {
             return if self.exists(name) {
                 Ok(())
@@ -248,33 +325,52 @@ impl Exchanges {
                 Err(self.not_found(name))
             };
         }
-        if name == DEFAULT_EXCHANGE {
-            return Err(default_refused());
+        // An existing exchange (a predeclared `amq.*` one too) is redeclared when the declaration is
+        // equivalent; only a new name may not take the reserved prefix (RabbitMQ's order of checks).
+        if let Some(existing) = self.exchanges.get(name) {
+            let e = &existing.spec;
+            let inequivalent = |arg: &str, received: &str, current: &str| {
+                ExchangeError::PreconditionFailed(format!(
+                    "inequivalent arg '{arg}' for exchange '{name}' in vhost '{}': received '{received}' \
+                     but current is '{current}'",
+                    self.vhost
+                ))
+            };
+            if e.kind != spec.kind {
+                return Err(inequivalent("type", spec.kind.as_str(), e.kind.as_str()));
+            }
+            for (arg, received, current) in [
+                ("durable", spec.durable, e.durable),
+                ("auto_delete", spec.auto_delete, e.auto_delete),
+                ("internal", spec.internal, e.internal),
+            ] {
+                if received != current {
+                    return Err(inequivalent(
+                        arg,
+                        &received.to_string(),
+                        &current.to_string(),
+                    ));
+                }
+            }
+            if e.alternate_exchange != spec.alternate_exchange {
+                let value = |ae: &Option<String>| match ae {
+                    Some(ae) => format!("the value '{ae}' of type 'longstr'"),
+                    None => "none".to_string(),
+                };
+                return Err(ExchangeError::PreconditionFailed(format!(
+                    "inequivalent arg 'alternate-exchange' for exchange '{name}' in vhost '{}': \
+                     received {} but current is {}",
+                    self.vhost,
+                    value(&spec.alternate_exchange),
+                    value(&e.alternate_exchange)
+                )));
+            }
+            return Ok(());
         }
         if reserved(name) {
             return Err(ExchangeError::AccessRefused(format!(
                 "exchange name '{name}' contains reserved prefix 'amq.*'"
             )));
-        }
-        if let Some(existing) = self.exchanges.get(name) {
-            let e = &existing.spec;
-            if (e.kind, e.durable, e.auto_delete, e.internal)
-                != (spec.kind, spec.durable, spec.auto_delete, spec.internal)
-            {
-                return Err(ExchangeError::PreconditionFailed(format!(
-                    "cannot redeclare exchange '{name}' in vhost '{}' with different type, durable, \
-                     internal or autodelete value",
-                    self.vhost
-                )));
-            }
-            if e.alternate_exchange != spec.alternate_exchange {
-                return Err(ExchangeError::PreconditionFailed(format!(
-                    "inequivalent arg 'alternate-exchange' for exchange '{name}' in vhost '{}': \
-                     received {:?} but current is {:?}",
-                    self.vhost, spec.alternate_exchange, e.alternate_exchange
-                )));
-            }
-            return Ok(());
         }
         self.exchanges.insert(name.to_string(), Exchange::new(spec));
         Ok(())
@@ -288,7 +384,7 @@ impl Exchanges {
         }
         if reserved(name) {
             return Err(ExchangeError::AccessRefused(format!(
-                "deletion of system exchange '{name}' in vhost '{}' is not allowed",
+                "deletion of system exchange '{name}' in vhost '{}' not allowed",
                 self.vhost
             )));
         }
@@ -347,10 +443,9 @@ impl Exchanges {
     /// queue.unbind / exchange.unbind. Removing a binding that does not exist succeeds. Returns the
     /// exchanges auto-deleted because they lost their last binding.
     pub fn unbind(&mut self, binding: &Binding) -> Result<Vec<String>, ExchangeError> {
-        self.check_ends(binding)?;
-        if !self.exchanges.contains_key(&binding.source) {
-            return Err(self.not_found(&binding.source));
-        }
+        // Unbinding is idempotent in RabbitMQ: a binding, source or destination that is not there is
+        // unbound already. Only the default exchange is refused (403).
+        refuse_default(binding)?;
         let mut deleted = Vec::new();
         self.remove_binding(binding, &mut deleted);
         Ok(deleted)
@@ -442,11 +537,7 @@ impl Exchanges {
     /// Bindings to or from the default exchange are refused (403) before anything else, and a destination
     /// exchange must exist (404), as RabbitMQ checks them.
     fn check_ends(&self, binding: &Binding) -> Result<(), ExchangeError> {
-        if binding.source == DEFAULT_EXCHANGE
-            || binding.destination == Destination::Exchange(DEFAULT_EXCHANGE.to_string())
-        {
-            return Err(default_refused());
-        }
+        refuse_default(binding)?;
         if let Destination::Exchange(name) = &binding.destination {
             if !self.exchanges.contains_key(name) {
                 return Err(self.not_found(name));

@@ -31,20 +31,43 @@ fn route(ex: &Exchanges, exchange: &str, keys: &[&str]) -> Vec<String> {
 fn default_and_reserved_names_are_refused() {
     let mut ex = Exchanges::new();
     let fanout = ExchangeSpec::new(ExchangeKind::Fanout);
-    for name in ["", "amq.direct", "amq.mine"] {
+    // The default exchange, even passively, and a new `amq.*` name: 403. Deleting a predeclared one: 403.
+    for (name, passive) in [("", false), ("", true), ("amq.mine", false)] {
         assert!(matches!(
-            ex.declare(name, fanout.clone(), false),
+            ex.declare(name, fanout.clone(), passive),
             Err(ExchangeError::AccessRefused(_))
         ));
+    }
+    for name in ["", "amq.direct"] {
         assert!(matches!(
             ex.delete(name, false),
             Err(ExchangeError::AccessRefused(_))
         ));
     }
-    for (name, _) in PREDECLARED {
+    // A predeclared exchange exists: an equivalent redeclare is fine, another type or flag is 406 (RabbitMQ).
+    for (name, kind, internal) in PREDECLARED {
         ex.declare(name, fanout.clone(), true).unwrap();
+        let same = ExchangeSpec {
+            durable: true,
+            internal,
+            ..ExchangeSpec::new(kind)
+        };
+        ex.declare(name, same.clone(), false).unwrap();
+        let transient = ExchangeSpec {
+            durable: false,
+            ..same
+        };
+        match ex.declare(name, transient, false) {
+            Err(ExchangeError::PreconditionFailed(text)) => {
+                assert!(text.contains("inequivalent arg 'durable'"), "{text}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
-    ex.declare("", fanout.clone(), true).unwrap();
+    assert!(matches!(
+        ex.declare("amq.direct", fanout.clone(), false),
+        Err(ExchangeError::PreconditionFailed(_))
+    ));
     assert!(matches!(
         ex.bind(binding("", q("a"), "a")),
         Err(ExchangeError::AccessRefused(_))
@@ -260,5 +283,33 @@ fn topic_and_headers_through_the_table() {
     assert!(matches!(
         ex.bind(bad),
         Err(ExchangeError::PreconditionFailed(_))
+    ));
+}
+
+#[test]
+fn unbinding_what_is_not_there_succeeds_as_in_rabbitmq() {
+    let mut ex = Exchanges::new();
+    declare(&mut ex, "src", ExchangeKind::Direct);
+    // No such binding, no such source, no such destination exchange: all already unbound.
+    assert_eq!(
+        ex.unbind(&binding("src", q("q"), "k")).unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        ex.unbind(&binding("missing", q("q"), "k")).unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        ex.unbind(&binding("src", x("missing"), "k")).unwrap(),
+        Vec::<String>::new()
+    );
+    // Binding still needs both ends; the default exchange is refused either way.
+    assert!(matches!(
+        ex.bind(binding("missing", q("q"), "k")),
+        Err(ExchangeError::NotFound { .. })
+    ));
+    assert!(matches!(
+        ex.unbind(&binding("", q("q"), "k")),
+        Err(ExchangeError::AccessRefused(_))
     ));
 }

@@ -213,9 +213,8 @@ impl RawClient {
         self.s.write_all(&out).unwrap();
     }
 
-    /// Connects, sends the protocol header and start-ok (PLAIN guest/guest), and returns the client
-    /// with the server's connection.tune.
-    pub fn until_tune(s: TcpStream) -> (RawClient, conn_methods::Tune) {
+    /// Sends the protocol header and returns the client once the server's connection.start has arrived.
+    pub fn connect(s: TcpStream) -> RawClient {
         let mut client = RawClient {
             s,
             buf: bytes::BytesMut::new(),
@@ -225,6 +224,13 @@ impl RawClient {
             client.method(),
             Some(AMQPClass::Connection(conn_methods::AMQPMethod::Start(_)))
         ));
+        client
+    }
+
+    /// Connects, sends the protocol header and start-ok (PLAIN guest/guest), and returns the client
+    /// with the server's connection.tune.
+    pub fn until_tune(s: TcpStream) -> (RawClient, conn_methods::Tune) {
+        let mut client = RawClient::connect(s);
         client.send(AMQPClass::Connection(conn_methods::AMQPMethod::StartOk(
             conn_methods::StartOk {
                 client_properties: FieldTable::default(),
@@ -247,11 +253,16 @@ impl RawClient {
 
     /// Finishes the handshake (server's tune values, no heartbeats) and opens channel 1.
     pub fn open(s: TcpStream) -> RawClient {
+        RawClient::open_with_frame_max(s, None)
+    }
+
+    /// As [`RawClient::open`], asking for `frame_max` instead of the server's value.
+    pub fn open_with_frame_max(s: TcpStream, frame_max: Option<u32>) -> RawClient {
         let (mut client, tune) = RawClient::until_tune(s);
         client.send(AMQPClass::Connection(conn_methods::AMQPMethod::TuneOk(
             conn_methods::TuneOk {
                 channel_max: tune.channel_max,
-                frame_max: tune.frame_max,
+                frame_max: frame_max.unwrap_or(tune.frame_max),
                 heartbeat: 0,
             },
         )));

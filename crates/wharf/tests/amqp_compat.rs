@@ -1,0 +1,553 @@
+//! RabbitMQ behaviours that other clients rely on, found by running the Java client, amqplib, py-amqp,
+//! aio-pika, php-amqplib and Bunny against Wharf and RabbitMQ 3.10 side by side (each test names what the
+//! reference broker did): `user_id` must be the login, headers-exchange numbers match by value whatever their
+//! type, the predeclared exchanges can be redeclared, unbinding is idempotent, a dead-lettered message names
+//! its dead-letter exchange, what RabbitMQ does not implement is a 540, a failed login waits for close-ok,
+//! and the texts of the common errors.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use amq_protocol::protocol::{connection as conn_methods, AMQPClass};
+use lapin::options::{
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicRecoverOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
+use support::{field_table, RawClient};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn open() -> (support::BrokerProcess, Connection, Channel) {
+    let broker = support::start_amqp();
+    let (conn, channel) = support::amqp_connect(&broker).await;
+    (broker, conn, channel)
+}
+
+fn long(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+/// The reply code and text of the error that closed a channel or connection.
+fn refusal(err: lapin::Error) -> (u16, String) {
+    let text = err.to_string();
+    for (code, name) in [
+        (403u16, "ACCESS_REFUSED"),
+        (404, "NOT_FOUND"),
+        (405, "RESOURCE_LOCKED"),
+        (406, "PRECONDITION_FAILED"),
+        (530, "NOT_ALLOWED"),
+        (540, "NOT_IMPLEMENTED"),
+    ] {
+        if text.contains(&code.to_string()) || text.contains(name) {
+            return (code, text);
+        }
+    }
+    (0, text)
+}
+
+async fn declare(channel: &Channel, name: &str, arguments: FieldTable) {
+    channel
+        .queue_declare(name.into(), QueueDeclareOptions::default(), arguments)
+        .await
+        .expect("queue.declare");
+}
+
+async fn get_body(channel: &Channel, queue: &str) -> Option<lapin::message::BasicGetMessage> {
+    tokio::time::timeout(
+        WAIT,
+        channel.basic_get(queue.into(), BasicGetOptions { no_ack: true }),
+    )
+    .await
+    .expect("basic.get in time")
+    .expect("basic.get")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_id_other_than_the_login_is_refused() {
+    // RabbitMQ: 406 "user_id property set to 'mallory' but authenticated user was 'guest'"; the login's own
+    // name is accepted.
+    let (_broker, conn, channel) = open().await;
+    declare(&channel, "uid", FieldTable::default()).await;
+    let publish = |channel: Channel, user: &'static str| async move {
+        channel
+            .basic_publish(
+                "".into(),
+                "uid".into(),
+                BasicPublishOptions::default(),
+                user.as_bytes(),
+                BasicProperties::default().with_user_id(ShortString::from(user)),
+            )
+            .await?
+            .await?;
+        // A round trip, so a channel error caused by the publish has arrived.
+        channel
+            .queue_declare(
+                "uid".into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+    };
+    let (code, text) = refusal(publish(channel, "mallory").await.expect_err("406"));
+    assert_eq!(code, 406, "{text}");
+    assert!(
+        text.contains("user_id property set to 'mallory' but authenticated user was 'guest'"),
+        "{text}"
+    );
+    let channel = conn
+        .create_channel()
+        .await
+        .expect("the connection survives");
+    let ok = publish(channel.clone(), "guest").await.expect("own name");
+    assert_eq!(ok.message_count(), 1, "only guest's message is queued");
+    let got = get_body(&channel, "uid").await.expect("a message");
+    assert_eq!(got.delivery.data, b"guest");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_exchange_numbers_match_by_value_whatever_their_type() {
+    // RabbitMQ compares header values with Erlang's `==`: a binding on int 5 takes a byte 5, a long 5 and a
+    // double 5.0, not a string "5" nor a boolean.
+    let (_broker, _conn, channel) = open().await;
+    declare(&channel, "numbers", FieldTable::default()).await;
+    channel
+        .queue_bind(
+            "numbers".into(),
+            "amq.headers".into(),
+            "".into(),
+            QueueBindOptions::default(),
+            field_table(&[("x-match", long("all")), ("n", AMQPValue::LongInt(5))]),
+        )
+        .await
+        .expect("queue.bind");
+    let values = [
+        ("byte", AMQPValue::ShortShortUInt(5), true),
+        ("long", AMQPValue::LongLongInt(5), true),
+        ("double", AMQPValue::Double(5.0), true),
+        ("timestamp", AMQPValue::Timestamp(5), true),
+        ("string", long("5"), false),
+        ("bool", AMQPValue::Boolean(true), false),
+        ("other", AMQPValue::LongLongInt(6), false),
+    ];
+    for (name, value, _) in &values {
+        channel
+            .basic_publish(
+                "amq.headers".into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                name.as_bytes(),
+                BasicProperties::default().with_headers(field_table(&[("n", value.clone())])),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("written");
+    }
+    let mut routed = Vec::new();
+    while let Some(got) = get_body(&channel, "numbers").await {
+        routed.push(String::from_utf8(got.delivery.data).unwrap());
+    }
+    let expected: Vec<&str> = values
+        .iter()
+        .filter(|(_, _, matches)| *matches)
+        .map(|(name, _, _)| *name)
+        .collect();
+    assert_eq!(routed, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predeclared_exchanges_redeclare_and_the_default_exchange_is_refused() {
+    let (_broker, conn, channel) = open().await;
+    let declare = |channel: Channel, name: &'static str, kind: ExchangeKind, durable: bool| async move {
+        channel
+            .exchange_declare(
+                name.into(),
+                kind,
+                ExchangeDeclareOptions {
+                    durable,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+    };
+    // RabbitMQ: amq.topic as a durable topic exchange is declare-ok (it exists, and is equivalent) ...
+    declare(channel.clone(), "amq.topic", ExchangeKind::Topic, true)
+        .await
+        .expect("equivalent redeclare of amq.topic");
+    declare(channel.clone(), "amq.direct", ExchangeKind::Direct, true)
+        .await
+        .expect("equivalent redeclare of amq.direct");
+    // ... as a transient one, 406 naming the flag; a new amq.* name, 403.
+    let (code, text) = refusal(
+        declare(channel, "amq.topic", ExchangeKind::Topic, false)
+            .await
+            .expect_err("406"),
+    );
+    assert_eq!(code, 406, "{text}");
+    assert!(
+        text.contains(
+            "inequivalent arg 'durable' for exchange 'amq.topic' in vhost '/': received 'false' but current is 'true'"
+        ),
+        "{text}"
+    );
+    let channel = conn.create_channel().await.unwrap();
+    let (code, text) = refusal(
+        declare(channel, "amq.mine", ExchangeKind::Direct, false)
+            .await
+            .expect_err("403"),
+    );
+    assert_eq!(code, 403, "{text}");
+    // A passive declare of the default exchange: 403, as RabbitMQ.
+    let channel = conn.create_channel().await.unwrap();
+    let (code, text) = refusal(
+        channel
+            .exchange_declare(
+                "".into(),
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect_err("403"),
+    );
+    assert_eq!(code, 403, "{text}");
+    // amq.rabbitmq.trace exists (RabbitMQ's tracing exchange): a passive declare finds it.
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .exchange_declare(
+            "amq.rabbitmq.trace".into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("amq.rabbitmq.trace exists");
+    // The direct reply-to pseudo-queue reports one consumer to a passive declare, as in RabbitMQ.
+    let ok = channel
+        .queue_declare(
+            "amq.rabbitmq.reply-to".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("passive declare of the pseudo-queue");
+    assert_eq!((ok.message_count(), ok.consumer_count()), (0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbinding_what_is_not_there_succeeds() {
+    // RabbitMQ: queue.unbind and exchange.unbind naming a missing exchange, a missing queue or a binding that
+    // does not exist are unbind-ok; the channel stays open.
+    let (_broker, _conn, channel) = open().await;
+    declare(&channel, "unbound", FieldTable::default()).await;
+    for (queue, exchange) in [
+        ("unbound", "no-such-exchange"),
+        ("no-such-queue", "amq.direct"),
+        ("unbound", "amq.direct"),
+    ] {
+        channel
+            .queue_unbind(
+                queue.into(),
+                exchange.into(),
+                "k".into(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("unbind {queue} from {exchange}: {e}"));
+    }
+    channel
+        .exchange_unbind(
+            "no-such-destination".into(),
+            "no-such-source".into(),
+            "k".into(),
+            lapin::options::ExchangeUnbindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("exchange.unbind of nothing");
+    assert!(channel.status().connected());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_message_names_its_dead_letter_exchange() {
+    // RabbitMQ republishes a dead letter through the dead-letter exchange: deliveries name that exchange,
+    // and x-death keeps the exchange of the original publish.
+    let (_broker, _conn, channel) = open().await;
+    channel
+        .exchange_declare(
+            "dlx".into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    declare(&channel, "dead", FieldTable::default()).await;
+    channel
+        .queue_bind(
+            "dead".into(),
+            "dlx".into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    declare(
+        &channel,
+        "short-lived",
+        field_table(&[
+            ("x-message-ttl", AMQPValue::LongInt(0)),
+            ("x-dead-letter-exchange", long("dlx")),
+        ]),
+    )
+    .await;
+    channel
+        .queue_bind(
+            "short-lived".into(),
+            "amq.direct".into(),
+            "short-lived".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .basic_publish(
+            "amq.direct".into(),
+            "short-lived".into(),
+            BasicPublishOptions::default(),
+            b"expired",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let got = loop {
+        if let Some(got) = get_body(&channel, "dead").await {
+            break got;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(got.delivery.exchange.as_str(), "dlx");
+    assert_eq!(got.delivery.routing_key.as_str(), "short-lived");
+    let headers = got.delivery.properties.headers().clone().expect("headers");
+    let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {
+        panic!("no x-death in {headers:?}");
+    };
+    let Some(AMQPValue::FieldTable(death)) = deaths.as_slice().first() else {
+        panic!("empty x-death");
+    };
+    assert_eq!(death.inner().get("exchange"), Some(&long("amq.direct")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_rabbitmq_does_not_implement_is_refused_as_it_refuses_it() {
+    // basic.recover with requeue=false: 540 NOT_IMPLEMENTED, closing the connection.
+    let (broker, conn, channel) = open().await;
+    let (code, text) = refusal(
+        channel
+            .basic_recover(BasicRecoverOptions { requeue: false })
+            .await
+            .expect_err("540"),
+    );
+    assert_eq!(code, 540, "{text}");
+    assert!(text.contains("requeue=false"), "{text}");
+    drop(conn);
+    // basic.consume with a non-integer x-priority: 406 naming the argument.
+    let (conn, channel) = support::amqp_connect(&broker).await;
+    declare(&channel, "prio", FieldTable::default()).await;
+    let (code, text) = refusal(
+        channel
+            .basic_consume(
+                "prio".into(),
+                "c".into(),
+                BasicConsumeOptions::default(),
+                field_table(&[("x-priority", long("high"))]),
+            )
+            .await
+            .expect_err("406"),
+    );
+    assert_eq!(code, 406, "{text}");
+    assert!(
+        text.contains("invalid arg 'x-priority' for queue 'prio' in vhost '/'"),
+        "{text}"
+    );
+    assert!(conn.status().connected(), "a channel error only");
+    // basic.qos with a prefetch_size (which lapin cannot send): 540 "prefetch_size!=0 (1000)".
+    let mut client = RawClient::open(broker_stream(&broker));
+    let mut qos = vec![1u8, 0, 1, 0, 0, 0, 11];
+    qos.extend_from_slice(&60u16.to_be_bytes());
+    qos.extend_from_slice(&10u16.to_be_bytes());
+    qos.extend_from_slice(&1000u32.to_be_bytes());
+    qos.extend_from_slice(&10u16.to_be_bytes());
+    qos.push(0);
+    qos.push(0xCE);
+    client.s.write_all(&qos).unwrap();
+    match client.method() {
+        Some(AMQPClass::Connection(conn_methods::AMQPMethod::Close(close))) => {
+            assert_eq!(close.reply_code, 540, "{close:?}");
+            assert!(
+                close
+                    .reply_text
+                    .as_str()
+                    .contains("prefetch_size!=0 (1000)"),
+                "{close:?}"
+            );
+            assert_eq!((close.class_id, close.method_id), (60, 10));
+        }
+        other => panic!("expected connection.close 540, got {other:?}"),
+    }
+}
+
+fn broker_stream(broker: &support::BrokerProcess) -> std::net::TcpStream {
+    let s = std::net::TcpStream::connect(broker.addr("amqp")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+#[test]
+fn a_failed_login_gets_its_403_and_the_server_waits_for_close_ok() {
+    // A client that declared authentication_failure_close gets connection.close 403 and the socket stays
+    // open for its close-ok (php-amqplib read a broken pipe instead of the reason before this was so).
+    let broker = support::start_amqp();
+    let mut client = RawClient::connect(broker_stream(&broker));
+    let mut capabilities = FieldTable::default();
+    capabilities.insert(
+        "authentication_failure_close".into(),
+        AMQPValue::Boolean(true),
+    );
+    let mut properties = FieldTable::default();
+    properties.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
+    client.send(AMQPClass::Connection(conn_methods::AMQPMethod::StartOk(
+        conn_methods::StartOk {
+            client_properties: properties,
+            mechanism: "PLAIN".into(),
+            response: "\0guest\0wrong".into(),
+            locale: "en_US".into(),
+        },
+    )));
+    match client.method() {
+        Some(AMQPClass::Connection(conn_methods::AMQPMethod::Close(close))) => {
+            assert_eq!(close.reply_code, 403, "{close:?}");
+            assert!(
+                close.reply_text.as_str().starts_with("ACCESS_REFUSED"),
+                "{close:?}"
+            );
+        }
+        other => panic!("expected connection.close 403, got {other:?}"),
+    }
+    // Still open: a read times out rather than seeing the end of the stream.
+    client
+        .s
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    match client.s.read(&mut byte) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("the server should wait for close-ok, got {other:?}"),
+    }
+    client.send(AMQPClass::Connection(conn_methods::AMQPMethod::CloseOk(
+        conn_methods::CloseOk {},
+    )));
+    client.s.set_read_timeout(Some(WAIT)).unwrap();
+    assert!(client.frame().is_none(), "closed after close-ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn common_errors_are_worded_as_rabbitmq_words_them() {
+    let (broker, conn, channel) = open().await;
+    let ttl = |ms: i32| field_table(&[("x-message-ttl", AMQPValue::LongInt(ms))]);
+    declare(&channel, "worded", ttl(100)).await;
+    let redeclare = |channel: Channel, arguments: FieldTable| async move {
+        channel
+            .queue_declare("worded".into(), QueueDeclareOptions::default(), arguments)
+            .await
+    };
+    let (_, text) = refusal(redeclare(channel, ttl(200)).await.expect_err("406"));
+    assert!(
+        text.contains(
+            "inequivalent arg 'x-message-ttl' for queue 'worded' in vhost '/': received '200' but current is '100'"
+        ),
+        "{text}"
+    );
+    let channel = conn.create_channel().await.unwrap();
+    let (_, text) = refusal(
+        redeclare(channel, FieldTable::default())
+            .await
+            .expect_err("406"),
+    );
+    assert!(
+        text.contains("received none but current is the value '100'"),
+        "{text}"
+    );
+    let channel = conn.create_channel().await.unwrap();
+    let (code, text) = refusal(
+        channel
+            .queue_declare(
+                "bad-overflow".into(),
+                QueueDeclareOptions::default(),
+                field_table(&[("x-overflow", long("sideways"))]),
+            )
+            .await
+            .expect_err("406"),
+    );
+    assert_eq!(code, 406);
+    assert!(text.ends_with("in vhost '/': invalid_overflow"), "{text}");
+    // Another connection's exclusive queue: 405 with RabbitMQ's explanation.
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .queue_declare(
+            "mine".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let (_other, other) = support::amqp_connect(&broker).await;
+    let (code, text) = refusal(
+        other
+            .queue_declare(
+                "mine".into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect_err("405"),
+    );
+    assert_eq!(code, 405, "{text}");
+    assert!(
+        text.contains("It could be originally declared on another connection"),
+        "{text}"
+    );
+}
