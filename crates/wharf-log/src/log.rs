@@ -764,7 +764,21 @@ impl Log {
         if pause.is_zero() {
             std::thread::yield_now();
         } else {
-            std::thread::sleep(pause);
+            // In steps, going on while appenders pour in (see `group_commit`).
+            let may_go_on = self.commit.may_extend_pause();
+            let (mut gathering, first) = crate::group_commit::Gathering::start(pause, may_go_on);
+            let mut sleep = Some(first);
+            while let Some(duration) = sleep {
+                let before = self.state.lock().next_offset;
+                if !duration.is_zero() {
+                    std::thread::sleep(duration);
+                }
+                let arrived = self.state.lock().next_offset.saturating_sub(before);
+                sleep = gathering.next(arrived);
+            }
+            if gathering.stalled() {
+                self.commit.note_stall();
+            }
         }
         // Seal rolled segments first, and capture the end only when none is pending: syncing the active segment
         // proves nothing about an older one that was rolled without a sync.
