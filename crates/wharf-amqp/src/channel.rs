@@ -359,6 +359,10 @@ pub fn handle(session: &mut Session, frame: Frame) -> ChannelResult {
             let (class_id, method_id) = (class.get_amqp_class_id(), class.get_amqp_method_id());
             method(session, id, class).map_err(|fault| (id, fault.at(class_id, method_id)))
         }
+        // Checked like any method first (unknown or closing channel, content expected), as RabbitMQ does.
+        Frame::NotImplemented(_, class_id, method_id, text) => {
+            hard(Fault::connection(NOT_IMPLEMENTED, text).at(class_id, method_id))
+        }
         _ => hard(Fault::connection(
             UNEXPECTED_FRAME,
             format!("content frame on channel {id} without basic.publish"),
@@ -780,6 +784,12 @@ fn basic_method(session: &mut Session, id: u16, method: basic::AMQPMethod) -> Re
             let outbound = Arc::clone(&session.outbound);
             let channel = channel_mut(session, id)?;
             let mut queue_name = channel.queue_name(consume.queue.as_str())?;
+            // Checked before anything is set up for the consumer (a direct reply-to queue, say).
+            let priority = crate::queue_args::consumer_priority(
+                vhost.name(),
+                &queue_name,
+                &consume.arguments,
+            )?;
             if queue_name == REPLY_TO {
                 if !consume.no_ack {
                     return Err(Fault::channel(
@@ -815,11 +825,7 @@ fn basic_method(session: &mut Session, id: u16, method: basic::AMQPMethod) -> Re
                 no_ack: consume.no_ack,
                 exclusive: consume.exclusive,
                 prefetch: channel.prefetch,
-                priority: crate::queue_args::consumer_priority(
-                    vhost.name(),
-                    &queue_name,
-                    &consume.arguments,
-                )?,
+                priority,
                 gate: ConsumerGate {
                     outbound,
                     channel: Arc::clone(&channel.gate),

@@ -198,11 +198,10 @@ pub fn next_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, F
                 },
                 method_tables,
             )?;
-            if let (
-                Some(AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Qos(_))),
-                Some(size),
-            ) = (&parsed, qos_prefetch_size(&payload))
+            if let Some(AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Qos(_))) =
+                &parsed
             {
+                let size = qos_prefetch_size(&payload).unwrap_or(0);
                 if size != 0 {
                     return Ok(Some(Frame::NotImplemented(
                         channel,

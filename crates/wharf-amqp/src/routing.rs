@@ -190,4 +190,25 @@ mod tests {
         );
         assert_eq!(header_value(&AMQPValue::Void), HeaderValue::Void);
     }
+
+    #[test]
+    fn the_renderings_version_1_definitions_hold_are_what_the_codec_prints() {
+        // wharf-core upgrades version-1 definitions files by parsing these renderings (the previous build stored
+        // every non-string argument as `format!("{value:?}")`): they must stay what amq-protocol prints.
+        use amq_protocol::types::ByteArray;
+        for (value, rendered) in [
+            (AMQPValue::LongInt(5), "LongInt(5)"),
+            (AMQPValue::ShortShortUInt(5), "ShortShortUInt(5)"),
+            (AMQPValue::LongLongInt(-7), "LongLongInt(-7)"),
+            (AMQPValue::Timestamp(9), "Timestamp(9)"),
+            (AMQPValue::Double(0.5), "Double(0.5)"),
+            (AMQPValue::Float(2.0), "Float(2.0)"),
+            (
+                AMQPValue::ByteArray(ByteArray::from(vec![104u8, 105])),
+                "ByteArray(ByteArray([104, 105]))",
+            ),
+        ] {
+            assert_eq!(format!("{value:?}"), rendered);
+        }
+    }
 }

@@ -475,9 +475,6 @@ impl Session {
             return self.handshake(frame);
         }
         match frame {
-            Frame::NotImplemented(_, class_id, method_id, text) => {
-                self.fault(Fault::connection(NOT_IMPLEMENTED, text).at(class_id, method_id))
-            }
             Frame::Heartbeat(0) => Step::Continue,
             Frame::Heartbeat(_) => self.fault(Fault::connection(
                 FRAME_ERROR,

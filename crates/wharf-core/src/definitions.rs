@@ -18,7 +18,10 @@ use crate::persist::write_atomic;
 use crate::queue_args::QueueArgs;
 
 /// Version of the definitions file format.
-const DEFINITIONS_VERSION: u32 = 1;
+/// 2: binding arguments keep numbers and byte arrays as values ([`HeaderValue::Int`], [`HeaderValue::Float`],
+/// [`HeaderValue::Bytes`]); version 1 stored them as the protocol crate's rendering (`Other("LongInt(5)")`) and is
+/// read by upgrading those values.
+const DEFINITIONS_VERSION: u32 = 2;
 /// File name inside the vhost's directory.
 const FILE_NAME: &str = "definitions.json";
 
@@ -132,11 +135,21 @@ impl DefinitionsFile {
                 })
             }
         };
-        let defs: Definitions =
+        let mut defs: Definitions =
             serde_json::from_slice(&bytes).map_err(|e| CoreError::CorruptMeta {
                 path: self.path.clone(),
                 reason: e.to_string(),
             })?;
+        if defs.version == 1 {
+            for binding in &mut defs.bindings {
+                for (_, value) in &mut binding.arguments {
+                    if let Some(upgraded) = upgrade_v1_value(value) {
+                        *value = upgraded;
+                    }
+                }
+            }
+            defs.version = DEFINITIONS_VERSION;
+        }
         if defs.version != DEFINITIONS_VERSION {
             return Err(CoreError::CorruptMeta {
                 path: self.path.clone(),
@@ -164,6 +177,53 @@ impl DefinitionsFile {
             reason: e.to_string(),
         })?;
         write_atomic(&self.path, &bytes)
+    }
+}
+
+/// A version-1 binding argument that is a number, a timestamp or a byte array, rendered by `amq-protocol`'s
+/// `Debug` (`LongInt(5)`, `Double(5.0)`, `Timestamp(5)`, `ByteArray(ByteArray([104, 105]))`), as the value it
+/// stands for; `None` for anything else (strings, booleans, tables… keep their version-1 form, which is still
+/// how they are stored).
+fn upgrade_v1_value(value: &HeaderValue) -> Option<HeaderValue> {
+    let HeaderValue::Other(rendered) = value else {
+        return None;
+    };
+    let (name, rest) = rendered.split_once('(')?;
+    let inner = rest.strip_suffix(')')?;
+    let int = |ty: u8| {
+        inner
+            .parse::<i64>()
+            .ok()
+            .map(|value| HeaderValue::Int { ty, value })
+    };
+    let float = |ty: u8| {
+        inner.parse::<f64>().ok().map(|v| HeaderValue::Float {
+            ty,
+            bits: v.to_bits(),
+        })
+    };
+    match name {
+        "ShortShortInt" => int(b'b'),
+        "ShortShortUInt" => int(b'B'),
+        "ShortInt" => int(b's'),
+        "ShortUInt" => int(b'u'),
+        "LongInt" => int(b'I'),
+        "LongUInt" => int(b'i'),
+        "LongLongInt" => int(b'l'),
+        "Timestamp" => int(b'T'),
+        "Float" => float(b'f'),
+        "Double" => float(b'd'),
+        "ByteArray" => {
+            let list = inner.strip_prefix("ByteArray([")?.strip_suffix("])")?;
+            let bytes: Option<Vec<u8>> = list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|b| b.parse::<u8>().ok())
+                .collect();
+            bytes.map(HeaderValue::Bytes)
+        }
+        _ => None,
     }
 }
 
@@ -206,9 +266,62 @@ mod tests {
         let path = dir.path().join("vhosts/default/definitions.json");
         let text = std::fs::read_to_string(&path)
             .unwrap()
-            .replace("\"version\": 1", "\"version\": 99");
+            .replace("\"version\": 2", "\"version\": 99");
         std::fs::write(&path, text).unwrap();
         let err = file.load().unwrap_err().to_string();
         assert!(err.contains("version 99"), "{err}");
+    }
+
+    #[test]
+    fn version_1_binding_arguments_are_upgraded_to_values() {
+        // What the previous build wrote for a headers binding on int 5, double 0.5, bytes "hi", bool and string.
+        let v1 = r#"{
+  "version": 1,
+  "next_queue_id": 2,
+  "exchanges": [],
+  "queues": [],
+  "bindings": [{
+    "source": "h", "destination": "q", "destination_type": "queue", "routing_key": "",
+    "arguments": [
+      ["n", {"Other": "LongInt(5)"}],
+      ["f", {"Other": "Double(0.5)"}],
+      ["t", {"Other": "Timestamp(1700000000)"}],
+      ["b", {"Other": "ByteArray(ByteArray([104, 105]))"}],
+      ["e", {"Other": "ByteArray(ByteArray([]))"}],
+      ["flag", {"Other": "Boolean(true)"}],
+      ["s", {"Str": "x"}],
+      ["x-match", {"Str": "all"}]
+    ]
+  }]
+}"#;
+        let dir = tempfile::tempdir().unwrap();
+        let file = DefinitionsFile::new(dir.path());
+        std::fs::write(dir.path().join(FILE_NAME), v1).unwrap();
+        let defs = file.load().unwrap();
+        assert_eq!(defs.version, DEFINITIONS_VERSION);
+        let args = &defs.bindings[0].arguments;
+        let get = |k: &str| args.iter().find(|(key, _)| key == k).unwrap().1.clone();
+        assert_eq!(get("n"), HeaderValue::Int { ty: b'I', value: 5 });
+        assert_eq!(
+            get("f"),
+            HeaderValue::Float {
+                ty: b'd',
+                bits: 0.5f64.to_bits()
+            }
+        );
+        assert_eq!(
+            get("t"),
+            HeaderValue::Int {
+                ty: b'T',
+                value: 1_700_000_000
+            }
+        );
+        assert_eq!(get("b"), HeaderValue::Bytes(b"hi".to_vec()));
+        assert_eq!(get("e"), HeaderValue::Bytes(Vec::new()));
+        assert_eq!(get("flag"), HeaderValue::Other("Boolean(true)".into()));
+        assert_eq!(get("s"), HeaderValue::Str("x".into()));
+        // Saved again, it is version 2 and reads back the same.
+        file.save(&defs).unwrap();
+        assert_eq!(file.load().unwrap(), defs);
     }
 }

@@ -67,9 +67,11 @@ pub(crate) const GATHER_PAUSE_SYNCS: u32 = 3;
 pub(crate) const GATHER_BUSY_RECORDS: u64 = 4;
 /// Longest pause of a leader gathering appends before its round: bounds the latency added on a slow disk.
 pub(crate) const GATHER_PAUSE_MAX: Duration = Duration::from_millis(2);
-/// Shortest step of a pause that goes on (each step is a sleep and a wake-up of the leader).
+/// Shortest step of a pause that goes on (each step is a sleep and a wake-up of the leader): a pause shorter than
+/// two is slept in one go.
 pub(crate) const GATHER_STEP_MIN: Duration = Duration::from_micros(200);
-/// Appends during the last step of a pause that show appenders still pouring in (see [`Gathering`]).
+/// Appends (calls, not records: a Kafka batch is one) during the last step of a pause that show appenders still
+/// pouring in (see [`Gathering`]).
 pub(crate) const GATHER_EXTEND_RECORDS: u64 = 16;
 /// Longest pause, extensions included: bounds the confirm latency added under the heaviest load (RabbitMQ's
 /// persistent confirms take tens of milliseconds there).
@@ -78,12 +80,12 @@ pub(crate) const GATHER_EXTENDED_MAX: Duration = Duration::from_millis(8);
 pub(crate) const GATHER_QUIET_ROUNDS: u32 = 8;
 
 /// One leader's pause before its round, in steps: [`Gathering::start`] gives the first sleep, and after each
-/// sleep [`Gathering::next`] is told how many appends arrived during it and says how long to sleep next, if at
-/// all (see the module documentation). The plain pause is the first sleep and one step.
+/// sleep [`Gathering::next`] is told how many appends arrived during it and how long the pause has lasted, and
+/// says how long to sleep next, if at all (see the module documentation). The plain pause is the first sleep and
+/// one step; a pause shorter than two [`GATHER_STEP_MIN`] is slept in one go and never goes on.
 #[derive(Debug)]
 pub(crate) struct Gathering {
     step: Duration,
-    slept: Duration,
     steps: u32,
     may_go_on: bool,
     /// Appends seen during the previous sleep.
@@ -94,21 +96,21 @@ pub(crate) struct Gathering {
 impl Gathering {
     /// For a plain pause of `pause` (not zero); `may_go_on`: whether it may go on past it.
     pub fn start(pause: Duration, may_go_on: bool) -> (Gathering, Duration) {
-        let step = (pause / 2).max(GATHER_STEP_MIN);
-        let first = pause.saturating_sub(step);
+        let short = pause < GATHER_STEP_MIN.saturating_mul(2);
+        let step = if short { pause } else { pause / 2 };
         let gathering = Gathering {
             step,
-            slept: first,
             steps: 0,
-            may_go_on,
+            may_go_on: may_go_on && !short,
             previous: None,
             stalled: false,
         };
-        (gathering, first)
+        (gathering, pause.saturating_sub(step))
     }
 
-    /// `arrived` appends came during the sleep just ended: the next sleep, or `None` for the round to start.
-    pub fn next(&mut self, arrived: u64) -> Option<Duration> {
+    /// `arrived` appends came during the sleep just ended, and the pause has lasted `elapsed` (measured, since
+    /// sleeps overshoot on a busy machine): the next sleep, or `None` for the round to start.
+    pub fn next(&mut self, arrived: u64, elapsed: Duration) -> Option<Duration> {
         let pouring = arrived >= GATHER_EXTEND_RECORDS;
         if !pouring && self.previous.is_some_and(|p| p >= GATHER_EXTEND_RECORDS) {
             self.stalled = true;
@@ -117,12 +119,11 @@ impl Gathering {
         let go_on = self.steps == 0
             || (self.may_go_on
                 && pouring
-                && self.slept.saturating_add(self.step) <= GATHER_EXTENDED_MAX);
+                && elapsed.saturating_add(self.step) <= GATHER_EXTENDED_MAX);
         if !go_on {
             return None;
         }
         self.steps += 1;
-        self.slept += self.step;
         Some(self.step)
     }
 
@@ -215,9 +216,10 @@ impl GroupCommit {
         self.state.lock().quiet_rounds == 0
     }
 
-    /// The leader's pause saw the flow stop ([`Gathering::stalled`]): keep the next pauses plain.
+    /// The leader's pause saw the flow stop ([`Gathering::stalled`]): keep the next pauses plain. (Called
+    /// before the same round's [`GroupCommit::finish`], which counts that round off.)
     pub fn note_stall(&self) {
-        self.state.lock().quiet_rounds = GATHER_QUIET_ROUNDS;
+        self.state.lock().quiet_rounds = GATHER_QUIET_ROUNDS + 1;
     }
 
     /// Ends the leader's round: `Ok(offset)` makes everything below `offset` durable; `sync_took` is how long
@@ -301,41 +303,50 @@ mod tests {
     #[test]
     fn a_pause_goes_on_only_while_appends_pour_in_and_never_past_its_bound() {
         let pause = Duration::from_millis(2);
+        let ms = Duration::from_millis;
         // The plain pause: a first sleep and one step, whatever arrives.
         let (mut g, first) = Gathering::start(pause, true);
-        assert_eq!(first, Duration::from_millis(1));
-        assert_eq!(g.next(0), Some(Duration::from_millis(1)));
-        assert_eq!(g.next(0), None, "nothing arriving: the round starts");
+        assert_eq!(first, ms(1));
+        assert_eq!(g.next(0, ms(1)), Some(ms(1)));
+        assert_eq!(g.next(0, ms(2)), None, "nothing arriving: the round starts");
         assert!(!g.stalled());
         // Appends pouring in: steps go on up to the bound, never past it.
         let (mut g, first) = Gathering::start(pause, true);
-        let mut slept = first;
-        while let Some(step) = g.next(GATHER_EXTEND_RECORDS) {
-            slept += step;
+        let mut elapsed = first;
+        while let Some(step) = g.next(GATHER_EXTEND_RECORDS, elapsed) {
+            elapsed += step;
         }
-        assert!(slept <= GATHER_EXTENDED_MAX && slept > GATHER_EXTENDED_MAX / 2);
+        assert!(elapsed <= GATHER_EXTENDED_MAX && elapsed > GATHER_EXTENDED_MAX / 2);
         assert!(!g.stalled());
+        // Sleeps that overshoot end the pause sooner: the bound is on the time measured.
+        let (mut g, _) = Gathering::start(pause, true);
+        assert!(g.next(50, ms(1)).is_some());
+        assert_eq!(g.next(50, ms(7) + ms(1) / 2), None);
         // A window fills: the flow stops, the round starts, and the stall is reported.
         let (mut g, _) = Gathering::start(pause, true);
-        assert!(g.next(50).is_some());
-        assert!(g.next(50).is_some());
-        assert_eq!(g.next(0), None);
+        assert!(g.next(50, ms(1)).is_some());
+        assert!(g.next(50, ms(2)).is_some());
+        assert_eq!(g.next(0, ms(3)), None);
         assert!(g.stalled());
         // After a stall (may_go_on false) the pause stays plain, however busy.
         let (mut g, _) = Gathering::start(pause, false);
-        assert!(g.next(u64::MAX).is_some());
-        assert_eq!(g.next(u64::MAX), None);
-        // A tiny pause still sleeps in steps of at least the minimum.
-        let (mut g, first) = Gathering::start(Duration::from_micros(10), true);
+        assert!(g.next(u64::MAX, ms(1)).is_some());
+        assert_eq!(g.next(u64::MAX, ms(2)), None);
+        // A short pause is slept in one go and never goes on.
+        let short = Duration::from_micros(90);
+        let (mut g, first) = Gathering::start(short, true);
         assert_eq!(first, Duration::ZERO);
-        assert_eq!(g.next(0), Some(GATHER_STEP_MIN));
+        assert_eq!(g.next(u64::MAX, Duration::ZERO), Some(short));
+        assert_eq!(g.next(u64::MAX, short), None);
     }
 
     #[test]
     fn a_stall_keeps_the_next_pauses_plain() {
         let commit = GroupCommit::new(0);
         assert!(commit.may_extend_pause());
+        // The stalled round itself, then the quiet ones.
         commit.note_stall();
+        commit.finish(&Ok(1), Duration::from_micros(500), true);
         for _ in 0..GATHER_QUIET_ROUNDS {
             assert!(!commit.may_extend_pause());
             commit.finish(&Ok(1), Duration::from_micros(500), true);

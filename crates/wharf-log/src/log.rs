@@ -767,14 +767,15 @@ impl Log {
             // In steps, going on while appenders pour in (see `group_commit`).
             let may_go_on = self.commit.may_extend_pause();
             let (mut gathering, first) = crate::group_commit::Gathering::start(pause, may_go_on);
+            let started = Instant::now();
             let mut sleep = Some(first);
             while let Some(duration) = sleep {
-                let before = self.state.lock().next_offset;
+                let before = self.appends.load(Ordering::Relaxed);
                 if !duration.is_zero() {
                     std::thread::sleep(duration);
                 }
-                let arrived = self.state.lock().next_offset.saturating_sub(before);
-                sleep = gathering.next(arrived);
+                let arrived = self.appends.load(Ordering::Relaxed).saturating_sub(before);
+                sleep = gathering.next(arrived, started.elapsed());
             }
             if gathering.stalled() {
                 self.commit.note_stall();

@@ -353,7 +353,10 @@ impl Exchanges {
                 }
             }
             if e.alternate_exchange != spec.alternate_exchange {
+                // RabbitMQ's wording: two values are quoted; one missing is "none" against "the value …".
+                let both = e.alternate_exchange.is_some() && spec.alternate_exchange.is_some();
                 let value = |ae: &Option<String>| match ae {
+                    Some(ae) if both => format!("'{ae}'"),
                     Some(ae) => format!("the value '{ae}' of type 'longstr'"),
                     None => "none".to_string(),
                 };
