@@ -45,6 +45,14 @@ if ! command -v java >/dev/null 2>&1; then
   }
 fi
 
+# Go and amqp091-go (Debian's packaged sources, built offline) for crates/wharf/tests/amqp_clients.rs.
+if ! command -v go >/dev/null 2>&1 || [ ! -d /usr/share/gocode/src/github.com/rabbitmq/amqp091-go ]; then
+  echo "installing golang-go and golang-github-rabbitmq-amqp091-go-dev"
+  apt-get install -y -q golang-go golang-github-rabbitmq-amqp091-go-dev >/dev/null || {
+    apt-get update -q >/dev/null && apt-get install -y -q golang-go golang-github-rabbitmq-amqp091-go-dev >/dev/null
+  }
+fi
+
 # Node's amqplib, current and 0.10.5 (whose default frame_max is 4096), from the npm registry, each in its
 # own directory under target/ (WHARF_TEST_CLIENTS), for crates/wharf/tests/amqp_clients.rs.
 export WHARF_TEST_CLIENTS="${WHARF_TEST_CLIENTS:-$PWD/target/test-clients}"

@@ -24,6 +24,10 @@ pub const FRAME_END: u8 = amq_protocol::protocol::constants::FRAME_END;
 pub const FRAME_OVERHEAD_BYTES: usize = FRAME_HEADER_BYTES + 1;
 /// The protocol header a 0-9-1 client sends first, and what the server answers to any other.
 pub const PROTOCOL_HEADER: [u8; 8] = *b"AMQP\x00\x00\x09\x01";
+/// The header of AMQP 0-9 (the older numbering: class 1, instance 1, version 0-9), which 0-9-1 is wire-compatible
+/// with for everything a client of it sends; RabbitMQ serves it as 0-9-1, and Perl's Net::AMQP / AnyEvent::RabbitMQ
+/// send it.
+pub const PROTOCOL_HEADER_0_9: [u8; 8] = *b"AMQP\x01\x01\x00\x09";
 
 /// A frame read off the wire.
 ///

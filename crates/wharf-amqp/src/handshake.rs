@@ -49,7 +49,8 @@ pub fn start() -> AMQPClass {
         version_major: 0,
         version_minor: 9,
         server_properties: props,
-        mechanisms: LongString::from(b"AMQPLAIN PLAIN".to_vec()),
+        // RabbitMQ's order.
+        mechanisms: LongString::from(b"PLAIN AMQPLAIN".to_vec()),
         locales: LongString::from(b"en_US".to_vec()),
     }))
 }

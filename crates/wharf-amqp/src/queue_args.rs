@@ -68,8 +68,12 @@ pub fn queue_args(vhost: &str, queue: &str, table: &FieldTable) -> Result<QueueA
         )
     };
     let int = |name: &str, value: &AMQPValue| -> Result<i128, Fault> {
-        integer(value)
-            .ok_or_else(|| invalid(name, format!("{{unacceptable_type,{}}}", type_name(value))))
+        integer(value).ok_or_else(|| {
+            invalid(
+                name,
+                format!("\"expected integer, got {}\"", type_name(value)),
+            )
+        })
     };
     let non_negative = |name: &str, value: &AMQPValue| -> Result<u64, Fault> {
         let v = int(name, value)?;
@@ -138,7 +142,10 @@ pub fn queue_args(vhost: &str, queue: &str, table: &FieldTable) -> Result<QueueA
                     ))
                 }
                 other => {
-                    return Err(invalid(key.as_str(), format!("unknown queue type '{other}'")))
+                    return Err(invalid(
+                        key.as_str(),
+                        format!("\"unsupported queue type '{other}'\""),
+                    ))
                 }
             },
             // Other arguments (x-queue-mode, x-queue-master-locator, …) are accepted and ignored, as
@@ -165,16 +172,23 @@ pub fn expiration_ms(properties: &AMQPProperties) -> Result<Option<u64>, Fault> 
         return Ok(None);
     };
     let s = raw.as_str();
+    let invalid = |why: String| {
+        Fault::channel(
+            PRECONDITION_FAILED,
+            format!("invalid expiration '{s}': {why}"),
+        )
+    };
+    // RabbitMQ reads an integer (optionally signed) and refuses a negative one separately.
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid("no_integer".to_string()));
+    }
+    if s.starts_with('-') {
+        return Err(invalid(format!("{{value_negative,{s}}}")));
+    }
     s.parse::<u64>()
-        .ok()
-        .filter(|_| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
         .map(Some)
-        .ok_or_else(|| {
-            Fault::channel(
-                PRECONDITION_FAILED,
-                format!("invalid expiration '{s}': no_integer"),
-            )
-        })
+        .map_err(|_| invalid(format!("{{value_too_large,{s}}}")))
 }
 
 /// The `x-priority` argument of basic.consume on `queue` (0 when absent); not an integer is 406, as in
@@ -293,8 +307,11 @@ mod tests {
         let with = |s: &str| AMQPProperties::default().with_expiration(ShortString::from(s));
         assert_eq!(expiration_ms(&with("1500")).unwrap(), Some(1500));
         assert_eq!(expiration_ms(&AMQPProperties::default()).unwrap(), None);
-        assert!(expiration_ms(&with("-1")).is_err());
-        assert!(expiration_ms(&with("1.5")).is_err());
-        assert!(expiration_ms(&with("")).is_err());
+        let text = |s: &str| expiration_ms(&with(s)).unwrap_err().text;
+        assert_eq!(text("-1"), "invalid expiration '-1': {value_negative,-1}");
+        assert_eq!(text("1.5"), "invalid expiration '1.5': no_integer");
+        assert_eq!(text("abc"), "invalid expiration 'abc': no_integer");
+        assert_eq!(text(""), "invalid expiration '': no_integer");
+        assert_eq!(text("-"), "invalid expiration '-': no_integer");
     }
 }

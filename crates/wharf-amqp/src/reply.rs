@@ -74,12 +74,14 @@ impl Fault {
             _ => "ERROR",
         };
         let mut text = format!("{name} - {}", self.text);
+        // A short string holds 255 bytes: RabbitMQ cuts a longer text to 252 and marks the cut with "...".
         if text.len() > 255 {
-            let mut cut = 255;
+            let mut cut = 252;
             while !text.is_char_boundary(cut) {
                 cut -= 1;
             }
             text.truncate(cut);
+            text.push_str("...");
         }
         text
     }
@@ -102,5 +104,19 @@ impl From<QueueError> for Fault {
             QueueError::Internal(_) => INTERNAL_ERROR,
         };
         Fault::channel(code, err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_reply_text_is_cut_as_rabbitmq_cuts_it() {
+        let text = Fault::channel(NOT_FOUND, "q".repeat(400)).reply_text();
+        assert_eq!(text.len(), 255);
+        assert!(text.starts_with("NOT_FOUND - qqq") && text.ends_with("q..."));
+        let short = Fault::channel(NOT_FOUND, "no queue 'x'").reply_text();
+        assert_eq!(short, "NOT_FOUND - no queue 'x'");
     }
 }

@@ -28,6 +28,10 @@ pub enum Step {
     Continue,
     /// Flush and close the socket; an empty reason is an orderly close.
     End(String),
+    /// connection.close-ok was sent for the client's connection.close: flush, release everything, and leave
+    /// the socket for the client to close (as RabbitMQ does: a client that finds the socket closed under it
+    /// before its close returns reports an error — amqp091-go did, for ~3 closes in 4).
+    CloseOkSent,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -464,7 +468,7 @@ impl Session {
                     }
                     AMQPClass::Connection(connection::AMQPMethod::Close(_)) => {
                         self.send_close_ok();
-                        Step::End(String::new())
+                        Step::CloseOkSent
                     }
                     _ => Step::Continue,
                 },
@@ -585,7 +589,7 @@ impl Session {
             AMQPClass::Connection(connection::AMQPMethod::Close(_)) => {
                 self.release_all();
                 self.send_close_ok();
-                Step::End(String::new())
+                Step::CloseOkSent
             }
             AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => Step::End(String::new()),
             _ => self.fault(
@@ -671,7 +675,7 @@ impl Session {
             }
             (_, connection::AMQPMethod::Close(_)) => {
                 self.send_close_ok();
-                Step::End(String::new())
+                Step::CloseOkSent
             }
             (phase, method) => {
                 Step::End(format!("unexpected {method:?} while waiting in {phase:?}"))

@@ -984,6 +984,14 @@ impl VHost {
         let mut queues = self.queues.write();
         if let Some(existing) = queues.get(&name) {
             existing.check_access(connection)?;
+            // RabbitMQ checks the exclusive flag as it checks ownership: a redeclare that disagrees on it is
+            // 405, not an inequivalent argument.
+            if spec.exclusive != existing.spec.exclusive {
+                return Err(QueueError::ResourceLocked {
+                    name: name.clone(),
+                    vhost: self.name.clone(),
+                });
+            }
             if let Some(reason) = inequivalent(&spec, &existing.spec, &name, &self.name) {
                 return Err(QueueError::PreconditionFailed(format!(
                     "inequivalent arg {reason}"
@@ -1546,9 +1554,9 @@ fn inequivalent(new: &QueueSpec, old: &QueueSpec, queue: &str, vhost: &str) -> O
     }
     let flag = |b: bool| Some(b.to_string());
     let (a, b) = (&new.arguments, &old.arguments);
-    let diffs: [(&str, Option<String>, Option<String>); 12] = [
+    // (`exclusive` is not here: a mismatch there is 405, checked before.)
+    let diffs: [(&str, Option<String>, Option<String>); 11] = [
         ("durable", flag(new.durable), flag(old.durable)),
-        ("exclusive", flag(new.exclusive), flag(old.exclusive)),
         ("auto_delete", flag(new.auto_delete), flag(old.auto_delete)),
         (
             "x-message-ttl",

@@ -61,6 +61,8 @@ pub async fn accept_loop<F, Fut>(
         while connections.try_join_next().is_some() {}
     }
     drop(listener);
+    // Connections that ended since the last accept are still in the set until reaped: count only live ones.
+    while connections.try_join_next().is_some() {}
     info!(
         connections = connections.len(),
         "{protocol} listener stopped; waiting for its connections to finish"

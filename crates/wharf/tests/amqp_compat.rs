@@ -597,3 +597,116 @@ async fn common_errors_are_worded_as_rabbitmq_words_them() {
         "{text}"
     );
 }
+
+#[test]
+fn the_amqp_0_9_header_is_served_as_0_9_1() {
+    // Perl's Net::AMQP (AnyEvent::RabbitMQ) sends `AMQP 1 1 0 9`; RabbitMQ serves it as 0-9-1. The 0-8 headers stay
+    // refused with the header the broker speaks.
+    let broker = support::start_amqp();
+    let mut s = broker_stream(&broker);
+    s.write_all(b"AMQP\x01\x01\x00\x09").unwrap();
+    let mut client = RawClient::attach(s);
+    match client.method() {
+        Some(AMQPClass::Connection(conn_methods::AMQPMethod::Start(start))) => {
+            assert_eq!((start.version_major, start.version_minor), (0, 9));
+            assert_eq!(start.mechanisms.to_string(), "PLAIN AMQPLAIN");
+        }
+        other => panic!("expected connection.start, got {other:?}"),
+    }
+    let mut s = broker_stream(&broker);
+    s.write_all(b"AMQP\x01\x01\x08\x00").unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert_eq!(answer, b"AMQP\x00\x00\x09\x01");
+}
+
+#[test]
+fn after_its_close_ok_the_server_leaves_the_socket_for_the_client_to_close() {
+    // RabbitMQ does not close the socket under a client that is reading its close-ok (amqp091-go reported
+    // "EOF" errors on ~3 graceful closes in 4 when Wharf did).
+    let broker = support::start_amqp();
+    let mut client = RawClient::open(broker_stream(&broker));
+    client.send(AMQPClass::Connection(conn_methods::AMQPMethod::Close(
+        conn_methods::Close {
+            reply_code: 200,
+            reply_text: "bye".into(),
+            class_id: 0,
+            method_id: 0,
+        },
+    )));
+    assert!(matches!(
+        client.method(),
+        Some(AMQPClass::Connection(conn_methods::AMQPMethod::CloseOk(_)))
+    ));
+    client
+        .s
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    match client.s.read(&mut byte) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("the server closed the socket first: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exclusive_flag_mismatch_is_405_and_argument_errors_read_as_rabbitmq_s() {
+    let (_broker, conn, channel) = open().await;
+    let declare_with =
+        |channel: Channel, name: &'static str, exclusive: bool, arguments: FieldTable| async move {
+            channel
+                .queue_declare(
+                    name.into(),
+                    QueueDeclareOptions {
+                        exclusive,
+                        ..Default::default()
+                    },
+                    arguments,
+                )
+                .await
+        };
+    declare_with(
+        channel.clone(),
+        "own-exclusive",
+        true,
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    declare_with(channel.clone(), "own-plain", false, FieldTable::default())
+        .await
+        .unwrap();
+    // The same connection redeclaring with the other exclusive flag, either way: 405, as RabbitMQ.
+    for (name, exclusive) in [("own-exclusive", false), ("own-plain", true)] {
+        let channel = conn.create_channel().await.unwrap();
+        let (code, text) = refusal(
+            declare_with(channel, name, exclusive, FieldTable::default())
+                .await
+                .expect_err("405"),
+        );
+        assert_eq!(code, 405, "{name}: {text}");
+    }
+    for (arguments, expected) in [
+        (
+            field_table(&[("x-message-ttl", long("1000"))]),
+            "invalid arg 'x-message-ttl' for queue 'args' in vhost '/': \"expected integer, got longstr\"",
+        ),
+        (
+            field_table(&[("x-queue-type", long("bogus"))]),
+            "invalid arg 'x-queue-type' for queue 'args' in vhost '/': \"unsupported queue type 'bogus'\"",
+        ),
+    ] {
+        let channel = conn.create_channel().await.unwrap();
+        let (code, text) = refusal(
+            declare_with(channel, "args", false, arguments)
+                .await
+                .expect_err("406"),
+        );
+        assert_eq!(code, 406, "{text}");
+        assert!(text.contains(expected), "{text}");
+    }
+}

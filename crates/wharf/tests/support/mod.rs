@@ -213,12 +213,17 @@ impl RawClient {
         self.s.write_all(&out).unwrap();
     }
 
-    /// Sends the protocol header and returns the client once the server's connection.start has arrived.
-    pub fn connect(s: TcpStream) -> RawClient {
-        let mut client = RawClient {
+    /// A client on `s`, which has sent nothing yet (or only what the caller wrote).
+    pub fn attach(s: TcpStream) -> RawClient {
+        RawClient {
             s,
             buf: bytes::BytesMut::new(),
-        };
+        }
+    }
+
+    /// Sends the protocol header and returns the client once the server's connection.start has arrived.
+    pub fn connect(s: TcpStream) -> RawClient {
+        let mut client = RawClient::attach(s);
         client.s.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
         assert!(matches!(
             client.method(),
