@@ -98,6 +98,10 @@ pub fn queue_args(vhost: &str, queue: &str, table: &FieldTable) -> Result<QueueA
     };
     let mut args = QueueArgs::default();
     for (key, value) in table.inner() {
+        if key.as_str().starts_with("x-") {
+            args.wire_types
+                .insert(key.as_str().to_string(), type_name(value).to_string());
+        }
         match key.as_str() {
             "x-message-ttl" => args.message_ttl_ms = Some(expiry(key.as_str(), value, true)?),
             "x-expires" => args.expires_ms = Some(expiry(key.as_str(), value, false)?),

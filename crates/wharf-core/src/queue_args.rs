@@ -87,4 +87,8 @@ pub struct QueueArgs {
     /// `x-single-active-consumer`: one consumer gets everything; the next takes over when it goes.
     #[serde(default)]
     pub single_active_consumer: bool,
+    /// The wire type each argument above came as (`signedint`, `long`, `longstr`, …): only for error texts, which
+    /// name it as RabbitMQ's do (`current is the value '100' of type 'signedint'`).
+    #[serde(default)]
+    pub wire_types: std::collections::BTreeMap<String, String>,
 }

@@ -1597,17 +1597,19 @@ fn inequivalent(new: &QueueSpec, old: &QueueSpec, queue: &str, vhost: &str) -> O
         ),
     ];
     let (name, received, current) = diffs.into_iter().find(|(_, n, o)| n != o)?;
-    let value = |v: Option<String>, quoted_alone: bool| match v {
-        None => "none".to_string(),
-        Some(v) if quoted_alone => format!("'{v}'"),
-        Some(v) => format!("the value '{v}'"),
-    };
-    // Both given: the two values; one missing: RabbitMQ says "none" and "the value '…'".
+    // Both given: the two values; one missing: RabbitMQ says "none" and "the value '…' of type '…'" (the type
+    // the client sent it as, when known).
     let both = received.is_some() && current.is_some();
+    let value = |v: Option<String>, args: &QueueArgs| match (v, args.wire_types.get(name)) {
+        (None, _) => "none".to_string(),
+        (Some(v), _) if both => format!("'{v}'"),
+        (Some(v), Some(ty)) => format!("the value '{v}' of type '{ty}'"),
+        (Some(v), None) => format!("the value '{v}'"),
+    };
     Some(format!(
         "'{name}' for queue '{queue}' in vhost '{vhost}': received {} but current is {}",
-        value(received, both),
-        value(current, both)
+        value(received, a),
+        value(current, b)
     ))
 }
 

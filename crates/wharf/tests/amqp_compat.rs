@@ -548,7 +548,7 @@ async fn common_errors_are_worded_as_rabbitmq_words_them() {
             .expect_err("406"),
     );
     assert!(
-        text.contains("received none but current is the value '100'"),
+        text.contains("received none but current is the value '100' of type 'signedint'"),
         "{text}"
     );
     let channel = conn.create_channel().await.unwrap();
