@@ -24,6 +24,8 @@ const EVENT_BATCH_BYTES: usize = 256 * 1024;
 pub(crate) const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the server leaves the socket open, after its close-ok, for the client to close it.
 const CLIENT_CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// The same wait once the broker is shutting down.
+const CLIENT_CLOSE_WAIT_IN_SHUTDOWN: Duration = Duration::from_millis(500);
 
 /// Serves one connection until it closes, misbehaves, times out or the broker shuts down; then releases
 /// everything it held (consumers cancelled, unacknowledged messages requeued, exclusive queues deleted).
@@ -39,7 +41,7 @@ pub async fn serve(mut stream: TcpStream, broker: Arc<Broker>, shutdown: watch::
         &mut session,
         &mut events_rx,
         &mut synced_rx,
-        shutdown,
+        shutdown.clone(),
     )
     .await;
     session.release_all();
@@ -48,12 +50,42 @@ pub async fn serve(mut stream: TcpStream, broker: Arc<Broker>, shutdown: watch::
     while let Ok((_, event)) = events_rx.try_recv() {
         session.requeue_event(event);
     }
+    if matches!(end, End::CloseOkSent) {
+        // Everything the connection held is released; only the socket is left, for the client to close.
+        await_client_close(&mut stream, shutdown).await;
+    }
     let _ = stream.shutdown().await;
     match end {
-        End::ClientClosed | End::Closed | End::Shutdown => {
+        End::ClientClosed | End::Closed | End::CloseOkSent | End::Shutdown => {
             debug!(?peer, %end, "AMQP connection ended")
         }
         _ => info!(?peer, %end, "AMQP connection closed"),
+    }
+}
+
+/// After close-ok to a client's connection.close, the client closes the socket once it has read close-ok
+/// (closing first made amqp091-go report EOF errors on graceful closes): wait for that, discarding anything
+/// else it sends, for at most [`CLIENT_CLOSE_WAIT`], and at most [`CLIENT_CLOSE_WAIT_IN_SHUTDOWN`] once the
+/// broker is shutting down (so the wait never eats the shutdown's own time limit).
+async fn await_client_close(stream: &mut TcpStream, mut shutdown: watch::Receiver<bool>) {
+    let start = Instant::now();
+    let short = start + CLIENT_CLOSE_WAIT_IN_SHUTDOWN;
+    let mut deadline = if *shutdown.borrow() {
+        short
+    } else {
+        start + CLIENT_CLOSE_WAIT
+    };
+    let mut scrap = [0u8; 512];
+    loop {
+        let in_shutdown = deadline == short;
+        tokio::select! {
+            read = stream.read(&mut scrap) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+            _ = tokio::time::sleep_until(deadline) => return,
+            _ = stopped(&mut shutdown), if !in_shutdown => deadline = deadline.min(short),
+        }
     }
 }
 
@@ -64,6 +96,8 @@ enum End {
     ClientClosed,
     /// An orderly close in either direction.
     Closed,
+    /// close-ok sent in answer to the client's connection.close; the socket is left for the client to close.
+    CloseOkSent,
     Shutdown,
     BadHeader,
     Timeout(&'static str),
@@ -75,7 +109,7 @@ impl std::fmt::Display for End {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             End::ClientClosed => f.write_str("client closed the socket"),
-            End::Closed => f.write_str("closed"),
+            End::Closed | End::CloseOkSent => f.write_str("closed"),
             End::Shutdown => f.write_str("broker shutdown"),
             End::BadHeader => f.write_str("wrong protocol header"),
             End::Timeout(what) => write!(f, "timed out waiting for {what}"),
@@ -120,6 +154,7 @@ async fn run(
     let mut last_read = Instant::now();
     let mut last_write = Instant::now();
     let mut shutting_down = false;
+    let mut was_blocked = false;
     // Two timers for the life of the connection, moved only when a deadline comes *earlier* than where
     // they stand; when one fires early it is re-armed at the real deadline. Re-arming them on every pass
     // of this loop (that is, every read and every delivery) cost a few percent of a busy broker's CPU.
@@ -137,22 +172,7 @@ async fn run(
                         if flush(stream, session, &mut last_write).await.is_err() {
                             return End::Closed;
                         }
-                        session.release_all();
-                        // The client closes the socket once it has read close-ok; wait for that (bounded,
-                        // and not past a shutdown), discarding anything else it sends.
-                        let deadline = Instant::now() + CLIENT_CLOSE_WAIT;
-                        let mut scrap = [0u8; 512];
-                        loop {
-                            tokio::select! {
-                                read = stream.read(&mut scrap) => match read {
-                                    Ok(0) | Err(_) => break,
-                                    Ok(_) => {}
-                                },
-                                _ = tokio::time::sleep_until(deadline) => break,
-                                _ = &mut stop, if !shutting_down => break,
-                            }
-                        }
-                        return End::Closed;
+                        return End::CloseOkSent;
                     }
                     Step::End(reason) => {
                         let _ = flush(stream, session, &mut last_write).await;
@@ -176,6 +196,12 @@ async fn run(
         // The memory alarm: a publishing connection is told and not read from until it clears (its
         // consumers keep receiving, which is what clears it).
         let blocked = session.blocked(*alarm.borrow());
+        if was_blocked && !blocked {
+            // Not read from while blocked: a fresh heartbeat interval from now, whichever branch woke the loop
+            // first after the alarm cleared (a delivery often does, as deliveries are what clear it).
+            last_read = Instant::now();
+        }
+        was_blocked = blocked;
         session.notify_blocked(blocked);
         if let Err(e) = flush(stream, session, &mut last_write).await {
             return End::Io(e);

@@ -55,6 +55,21 @@ fn type_name(value: &AMQPValue) -> &'static str {
     }
 }
 
+/// The arguments Wharf acts on (and compares on redeclare); only these are kept, with the wire type each
+/// came as (a 406 names it). Others are accepted and dropped.
+const RECOGNISED: &[&str] = &[
+    "x-message-ttl",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-overflow",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-priority",
+    "x-single-active-consumer",
+    "x-queue-type",
+];
+
 /// Largest TTL or expiry RabbitMQ accepts (its `MAX_EXPIRY_TIMER`, ms).
 const EXPIRY_MS_MAX: i128 = 4_294_967_295;
 
@@ -98,7 +113,7 @@ pub fn queue_args(vhost: &str, queue: &str, table: &FieldTable) -> Result<QueueA
     };
     let mut args = QueueArgs::default();
     for (key, value) in table.inner() {
-        if key.as_str().starts_with("x-") {
+        if RECOGNISED.contains(&key.as_str()) {
             args.wire_types
                 .insert(key.as_str().to_string(), type_name(value).to_string());
         }
@@ -169,8 +184,8 @@ pub fn queue_args(vhost: &str, queue: &str, table: &FieldTable) -> Result<QueueA
     Ok(args)
 }
 
-/// The `expiration` property in ms: a string of decimal digits, as RabbitMQ requires (anything else is
-/// 406 on publish).
+/// The `expiration` property in ms: an integer from 0 to 2^32 - 1 written in decimal, as RabbitMQ requires
+/// (anything else is 406 on publish, with RabbitMQ's reason).
 pub fn expiration_ms(properties: &AMQPProperties) -> Result<Option<u64>, Fault> {
     let Some(raw) = properties.expiration().as_ref() else {
         return Ok(None);
@@ -182,17 +197,38 @@ pub fn expiration_ms(properties: &AMQPProperties) -> Result<Option<u64>, Fault> 
             format!("invalid expiration '{s}': {why}"),
         )
     };
-    // RabbitMQ reads an integer (optionally signed) and refuses a negative one separately.
-    let digits = s.strip_prefix('-').unwrap_or(s);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    // RabbitMQ reads it with Erlang's `string:to_integer`: an optional sign, then digits; text after them is
+    // refused as a leftover, a negative value or one past 2^32 - 1 ms separately.
+    let (negative, unsigned) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let digit_count = unsigned.bytes().take_while(u8::is_ascii_digit).count();
+    if digit_count == 0 {
         return Err(invalid("no_integer".to_string()));
     }
-    if s.starts_with('-') {
-        return Err(invalid(format!("{{value_negative,{s}}}")));
+    let (digits, leftover) = unsigned.split_at(digit_count);
+    if !leftover.is_empty() {
+        return Err(invalid(format!("{{leftover_string,\"{leftover}\"}}")));
     }
-    s.parse::<u64>()
-        .map(Some)
-        .map_err(|_| invalid(format!("{{value_too_large,{s}}}")))
+    // The value as Erlang prints an integer: no leading zeros, no plus sign, "-" only when not zero.
+    let magnitude = match digits.trim_start_matches('0') {
+        "" => "0",
+        m => m,
+    };
+    let value = if negative && magnitude != "0" {
+        format!("-{magnitude}")
+    } else {
+        magnitude.to_string()
+    };
+    if value.starts_with('-') {
+        return Err(invalid(format!("{{value_negative,{value}}}")));
+    }
+    match magnitude.parse::<u64>() {
+        Ok(ms) if i128::from(ms) <= EXPIRY_MS_MAX => Ok(Some(ms)),
+        _ => Err(invalid(format!("{{value_too_large,{value}}}"))),
+    }
 }
 
 /// The `x-priority` argument of basic.consume on `queue` (0 when absent); not an integer is 406, as in
@@ -260,6 +296,12 @@ mod tests {
         assert_eq!(args.dead_letter_exchange.as_deref(), Some("dlx"));
         assert_eq!(args.max_priority, Some(10));
         assert!(args.single_active_consumer);
+        // Wire types are kept for the arguments acted on, not for ignored ones (x-queue-mode).
+        assert_eq!(
+            args.wire_types.get("x-max-length").map(String::as_str),
+            Some("unsignedbyte")
+        );
+        assert!(!args.wire_types.contains_key("x-queue-mode"));
     }
 
     #[test]
@@ -313,7 +355,30 @@ mod tests {
         assert_eq!(expiration_ms(&AMQPProperties::default()).unwrap(), None);
         let text = |s: &str| expiration_ms(&with(s)).unwrap_err().text;
         assert_eq!(text("-1"), "invalid expiration '-1': {value_negative,-1}");
-        assert_eq!(text("1.5"), "invalid expiration '1.5': no_integer");
+        assert_eq!(
+            text("1.5"),
+            "invalid expiration '1.5': {leftover_string,\".5\"}"
+        );
+        assert_eq!(text(" 5"), "invalid expiration ' 5': no_integer");
+        assert_eq!(expiration_ms(&with("+5")).unwrap(), Some(5));
+        assert_eq!(expiration_ms(&with("-0")).unwrap(), Some(0));
+        assert_eq!(expiration_ms(&with("007")).unwrap(), Some(7));
+        assert_eq!(
+            expiration_ms(&with("4294967295")).unwrap(),
+            Some(4294967295)
+        );
+        assert_eq!(
+            text("4294967296"),
+            "invalid expiration '4294967296': {value_too_large,4294967296}"
+        );
+        assert_eq!(
+            text("0099999999999999999999999"),
+            "invalid expiration '0099999999999999999999999': {value_too_large,99999999999999999999999}"
+        );
+        assert_eq!(
+            text("-007"),
+            "invalid expiration '-007': {value_negative,-7}"
+        );
         assert_eq!(text("abc"), "invalid expiration 'abc': no_integer");
         assert_eq!(text(""), "invalid expiration '': no_integer");
         assert_eq!(text("-"), "invalid expiration '-': no_integer");

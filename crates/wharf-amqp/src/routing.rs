@@ -203,6 +203,7 @@ mod tests {
             (AMQPValue::Timestamp(9), "Timestamp(9)"),
             (AMQPValue::Double(0.5), "Double(0.5)"),
             (AMQPValue::Float(2.0), "Float(2.0)"),
+            (AMQPValue::Float(0.1), "Float(0.1)"),
             (
                 AMQPValue::ByteArray(ByteArray::from(vec![104u8, 105])),
                 "ByteArray(ByteArray([104, 105]))",

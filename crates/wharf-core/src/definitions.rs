@@ -211,7 +211,12 @@ fn upgrade_v1_value(value: &HeaderValue) -> Option<HeaderValue> {
         "LongUInt" => int(b'i'),
         "LongLongInt" => int(b'l'),
         "Timestamp" => int(b'T'),
-        "Float" => float(b'f'),
+        // A float32 was printed as the shortest text giving back the f32; the live path widens the f32
+        // itself (0.1f32 is 0.10000000149… as an f64), so parse it as an f32 and widen the same way.
+        "Float" => inner.parse::<f32>().ok().map(|v| HeaderValue::Float {
+            ty: b'f',
+            bits: f64::from(v).to_bits(),
+        }),
         "Double" => float(b'd'),
         "ByteArray" => {
             let list = inner.strip_prefix("ByteArray([")?.strip_suffix("])")?;
@@ -285,6 +290,7 @@ mod tests {
     "arguments": [
       ["n", {"Other": "LongInt(5)"}],
       ["f", {"Other": "Double(0.5)"}],
+      ["f32", {"Other": "Float(0.1)"}],
       ["t", {"Other": "Timestamp(1700000000)"}],
       ["b", {"Other": "ByteArray(ByteArray([104, 105]))"}],
       ["e", {"Other": "ByteArray(ByteArray([]))"}],
@@ -309,6 +315,15 @@ mod tests {
                 bits: 0.5f64.to_bits()
             }
         );
+        // A float32 widens as the live path widens it (0.1f32 is not 0.1f64).
+        assert_eq!(
+            get("f32"),
+            HeaderValue::Float {
+                ty: b'f',
+                bits: f64::from(0.1f32).to_bits()
+            }
+        );
+        assert_ne!(f64::from(0.1f32), 0.1f64);
         assert_eq!(
             get("t"),
             HeaderValue::Int {

@@ -654,6 +654,121 @@ fn after_its_close_ok_the_server_leaves_the_socket_for_the_client_to_close() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_in_flight_go_back_before_the_wait_for_the_client_to_close() {
+    // A consumer that closes its connection but leaves the socket open after close-ok must not hold its
+    // messages for the length of that wait: everything it had, delivered or still on its way to its
+    // connection (here: more than the socket buffers take, as it does not read), is back in the queue at once.
+    use amq_protocol::protocol::basic as b;
+    const MESSAGES: u32 = 5_000;
+    let (broker, _conn, channel) = open().await;
+    declare(&channel, "held", FieldTable::default()).await;
+    let stream = broker_stream(&broker);
+    let mut client = tokio::task::spawn_blocking(move || {
+        let mut client = RawClient::open(stream);
+        // No prefetch limit: every message published is pushed to this connection.
+        client.send_on(
+            1,
+            AMQPClass::Basic(b::AMQPMethod::Consume(b::Consume {
+                queue: "held".into(),
+                consumer_tag: "c".into(),
+                no_local: false,
+                no_ack: false,
+                exclusive: false,
+                nowait: false,
+                arguments: FieldTable::default(),
+            })),
+        );
+        assert!(matches!(
+            client.method(),
+            Some(AMQPClass::Basic(b::AMQPMethod::ConsumeOk(_)))
+        ));
+        client
+    })
+    .await
+    .unwrap();
+    for i in 0..MESSAGES {
+        channel
+            .basic_publish(
+                "".into(),
+                "held".into(),
+                BasicPublishOptions::default(),
+                &[i as u8; 1024],
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+    }
+    // Let the broker push them (the client reads nothing, so most wait in the broker).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut client = tokio::task::spawn_blocking(move || {
+        client.send(AMQPClass::Connection(conn_methods::AMQPMethod::Close(
+            conn_methods::Close {
+                reply_code: 200,
+                reply_text: "bye".into(),
+                class_id: 0,
+                method_id: 0,
+            },
+        )));
+        // Read through the deliveries to close-ok; the socket stays open.
+        loop {
+            match client.frame() {
+                Some(wharf_amqp::frame::Frame::Method(
+                    0,
+                    AMQPClass::Connection(conn_methods::AMQPMethod::CloseOk(_)),
+                )) => return client,
+                Some(_) => {}
+                None => panic!("closed before close-ok"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let ready = |channel: Channel| async move {
+        channel
+            .queue_declare(
+                "held".into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count()
+    };
+    let back = tokio::time::timeout(Duration::from_secs(2), async {
+        while ready(channel.clone()).await < MESSAGES {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        back.is_ok(),
+        "only {} of {MESSAGES} messages back 2 s after close-ok",
+        ready(channel.clone()).await
+    );
+    // …while the socket is still the client's to close.
+    client
+        .s
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    match client.s.read(&mut byte) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!(
+            "expected the socket still open {:?} after close-ok, got {other:?}",
+            started.elapsed()
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exclusive_flag_mismatch_is_405_and_argument_errors_read_as_rabbitmq_s() {
     let (_broker, conn, channel) = open().await;
     let declare_with =
