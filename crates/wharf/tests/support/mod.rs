@@ -299,6 +299,21 @@ impl RawClient {
         client
     }
 
+    /// Asserts that the server sends nothing and keeps the socket open for `wait`; `what` says what the
+    /// caller expected, for the panic message. Leaves the read timeout at `wait`.
+    pub fn assert_silent_for(&mut self, wait: Duration, what: &str) {
+        self.s.set_read_timeout(Some(wait)).unwrap();
+        let mut byte = [0u8; 1];
+        match self.s.read(&mut byte) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            other => panic!("{what}: got {other:?} within {wait:?}"),
+        }
+    }
+
     /// The next frame, or None once the server closed the socket.
     pub fn frame(&mut self) -> Option<Frame> {
         loop {
