@@ -315,10 +315,12 @@ async fn flush(
     session: &mut Session,
     last_write: &mut Instant,
 ) -> std::io::Result<()> {
-    let out = session.take_output();
-    if out.is_empty() {
+    if session.pending_output() == 0 {
+        // Not taken: taking an empty buffer and dropping it would throw its capacity away, and the next
+        // burst of deliveries would grow a new one from nothing (a realloc and copy per doubling).
         return Ok(());
     }
+    let out = session.take_output();
     stream.write_all(&out).await?;
     *last_write = Instant::now();
     session.return_output(out);

@@ -87,6 +87,12 @@ pub struct ServeArgs {
     )]
     pub log_level: Option<LogLevel>,
 
+    /// Threads that run connections and requests; 0 means one per CPU core. On a machine shared with
+    /// the clients (a benchmark on one box), fewer than the cores can cost less CPU per message
+    /// [default: 0]
+    #[arg(long, env = "WHARF_WORKER_THREADS", value_name = "N")]
+    pub worker_threads: Option<usize>,
+
     /// Once every enabled listener accepts connections, write a JSON object of their bound addresses
     /// here (e.g. {"http":"127.0.0.1:41236"}), atomically; removed on clean shutdown [default: none]
     #[arg(long, env = "WHARF_READY_FILE", value_name = "PATH")]
@@ -111,7 +117,7 @@ pub fn parse() -> ServeArgs {
 }
 
 /// The environment variables `wharf serve` reads.
-pub const ENV_VARS: [&str; 7] = [
+pub const ENV_VARS: [&str; 8] = [
     "WHARF_DATA_DIR",
     "WHARF_AMQP_LISTEN",
     "WHARF_KAFKA_LISTEN",
@@ -119,6 +125,7 @@ pub const ENV_VARS: [&str; 7] = [
     "WHARF_CONFIG",
     "WHARF_LOG_LEVEL",
     "WHARF_READY_FILE",
+    "WHARF_WORKER_THREADS",
 ];
 
 /// Prints a clap error and exits. Clap names the flag even when the bad value came from its environment

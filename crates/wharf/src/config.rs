@@ -508,6 +508,10 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Most async worker threads `worker_threads` may ask for (a typo of a few zeros should not start a
+/// hundred thousand threads).
+pub const WORKER_THREADS_MAX: usize = 1024;
+
 /// The whole resolved configuration; also the schema of the config file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -516,6 +520,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Log verbosity when `RUST_LOG` is not set.
     pub log_level: LogLevel,
+    /// Async worker threads running connections and requests; 0 is one per CPU core.
+    pub worker_threads: usize,
     pub listen: ListenConfig,
     pub storage: StorageConfig,
     pub kafka: KafkaSection,
@@ -528,6 +534,7 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("./wharf-data"),
             log_level: LogLevel::Info,
+            worker_threads: 0,
             listen: ListenConfig::default(),
             storage: StorageConfig::default(),
             kafka: KafkaSection::default(),
@@ -565,6 +572,9 @@ impl Config {
         if let Some(level) = args.log_level {
             config.log_level = level;
         }
+        if let Some(threads) = args.worker_threads {
+            config.worker_threads = threads;
+        }
         if let Some(addr) = args.amqp_listen {
             config.listen.amqp = addr;
         }
@@ -583,6 +593,12 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.data_dir.as_os_str().is_empty() {
             bail!("data_dir must not be empty");
+        }
+        if self.worker_threads > WORKER_THREADS_MAX {
+            bail!(
+                "worker_threads must be at most {WORKER_THREADS_MAX} (0: one per CPU core), not {}",
+                self.worker_threads
+            );
         }
         let storage = &self.storage;
         let positive = [

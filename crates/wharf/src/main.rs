@@ -49,16 +49,22 @@ fn main() -> ExitCode {
     };
     logging::init(config.log_level);
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if config.worker_threads > 0 {
+        builder.worker_threads(config.worker_threads);
+    }
+    let runtime = match builder.build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    tracing::info!(
+        worker_threads = runtime.metrics().num_workers(),
+        "async runtime started"
+    );
     let result = runtime.block_on(serve::run(config, args.ready_file));
     // Do not wait for tasks still running: after a shutdown timeout one of them may be stuck (an fsync on a
     // dying disk), and waiting would defeat the timeout.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-const ENV_VARS: [&str; 7] = [
+const ENV_VARS: [&str; 8] = [
     "WHARF_DATA_DIR",
     "WHARF_AMQP_LISTEN",
     "WHARF_KAFKA_LISTEN",
@@ -21,6 +21,7 @@ const ENV_VARS: [&str; 7] = [
     "WHARF_CONFIG",
     "WHARF_LOG_LEVEL",
     "WHARF_READY_FILE",
+    "WHARF_WORKER_THREADS",
 ];
 
 /// How long a broker may take to become ready, or to fail at start-up.
@@ -423,6 +424,50 @@ fn flag_beats_env_beats_file_beats_default() {
 }
 
 #[test]
+fn worker_threads_come_from_the_flag_the_environment_or_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("wharf.toml");
+    std::fs::write(&config, "worker_threads = 3\n").unwrap();
+    let cores = std::thread::available_parallelism().unwrap().get();
+    for (args, env, want) in [
+        (vec![], None, cores),
+        (vec!["--worker-threads", "1"], Some("2"), 1),
+        (vec![], Some("2"), 2),
+        (vec!["--config", config.to_str().unwrap()], None, 3),
+    ] {
+        let (mut cmd, ready_file) = serve_cmd(tmp.path());
+        cmd.args(&args);
+        if let Some(threads) = env {
+            cmd.env("WHARF_WORKER_THREADS", threads);
+        }
+        let mut broker = Broker::spawn(cmd, &tmp.path().join("stderr"));
+        let ready = broker.wait_ready(&ready_file);
+        assert_eq!(
+            http_get(&http_addr(&ready), "/healthz"),
+            (200, "ok".to_string())
+        );
+        broker.stop_cleanly(libc::SIGTERM);
+        // The start-up log says how many the runtime has.
+        let stderr = broker.stderr();
+        assert!(
+            stderr.contains(&format!("worker_threads={want}")),
+            "{args:?} env {env:?}: {stderr}"
+        );
+    }
+    // Out of bounds is refused at start-up, naming the key.
+    let (status, stderr) = run_to_exit(
+        {
+            let mut cmd = wharf(tmp.path());
+            cmd.args(["serve", "--worker-threads", "100000"]);
+            cmd
+        },
+        tmp.path(),
+    );
+    assert!(!status.success());
+    assert!(stderr.contains("worker_threads"), "{stderr}");
+}
+
+#[test]
 fn plain_wharf_serves_with_environment_settings() {
     let tmp = tempfile::tempdir().unwrap();
     let ready_file = tmp.path().join("ready.json");
@@ -475,6 +520,7 @@ fn serve_help_mentions_every_option_and_env_var() {
         "--config",
         "--log-level",
         "--ready-file",
+        "--worker-threads",
     ] {
         assert!(help.contains(option), "help lacks {option}:\n{help}");
     }
