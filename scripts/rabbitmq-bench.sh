@@ -13,6 +13,7 @@
 # transient messages as fast as possible; --confirm --persistent as fast as possible; --rate 1000 for latency,
 # transient and then with --confirm --persistent (the cost of a confirm that waits for the disk, unbatched).
 #
+# WHARF_ARGS adds flags to `wharf serve` (e.g. WHARF_ARGS="--worker-threads 1").
 # RabbitMQ's Erlang schedulers busy-wait by default, which on a small machine takes CPU from the client and
 # inflates its CPU per message; RMQ_ERL_ARGS turns that off (set it to "" to keep RabbitMQ's default).
 set -euo pipefail
@@ -122,7 +123,7 @@ echo "RabbitMQ $(rmqctl version 2>/dev/null || echo '?') running, pid $rmq_pid"
 
 echo "starting Wharf ($WHARF)"
 "$WHARF" serve --data-dir "$tmp/wharf-data" --amqp-listen 127.0.0.1:0 --kafka-listen off \
-  --http-listen 127.0.0.1:0 --ready-file "$tmp/wharf-ready.json" --log-level warn \
+  --http-listen 127.0.0.1:0 --ready-file "$tmp/wharf-ready.json" --log-level warn ${WHARF_ARGS:-} \
   >"$tmp/wharf.out" 2>&1 &
 wharf_pid=$!
 for _ in $(seq 1 200); do

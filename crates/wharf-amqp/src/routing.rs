@@ -20,9 +20,12 @@ pub fn header_value(value: &AMQPValue) -> HeaderValue {
     };
     match value {
         AMQPValue::Void => HeaderValue::Void,
-        AMQPValue::LongString(s) => {
-            HeaderValue::Str(String::from_utf8_lossy(s.as_bytes()).into_owned())
-        }
+        // A longstr is a binary to RabbitMQ: one that is not UTF-8 is kept as its bytes (a lossy string
+        // would make two different ones equal, and miss a byte array of the same bytes).
+        AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
+            Ok(text) => HeaderValue::Str(text.to_owned()),
+            Err(_) => HeaderValue::Bytes(s.as_bytes().to_vec()),
+        },
         AMQPValue::ShortString(s) => HeaderValue::Str(s.as_str().to_string()),
         AMQPValue::ShortShortInt(v) => int(b'b', i64::from(*v)),
         AMQPValue::ShortShortUInt(v) => int(b'B', i64::from(*v)),
@@ -189,6 +192,22 @@ mod tests {
             header_value(&AMQPValue::LongLongInt(1))
         );
         assert_eq!(header_value(&AMQPValue::Void), HeaderValue::Void);
+    }
+
+    #[test]
+    fn strings_that_are_not_utf8_compare_by_their_bytes() {
+        let raw = |b: &[u8]| AMQPValue::LongString(LongString::from(b.to_vec()));
+        let ff = header_value(&raw(b"\xff"));
+        let fe = header_value(&raw(b"\xfe"));
+        assert!(
+            !ff.matches(&fe),
+            "two different invalid strings are different"
+        );
+        assert!(ff.matches(&header_value(&raw(b"\xff"))));
+        let bytes = header_value(&AMQPValue::ByteArray(amq_protocol::types::ByteArray::from(
+            vec![0xffu8],
+        )));
+        assert!(bytes.matches(&ff) && ff.matches(&bytes));
     }
 
     #[test]
