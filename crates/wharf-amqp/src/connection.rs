@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use crate::frame::{next_frame, PROTOCOL_HEADER, PROTOCOL_HEADER_0_9};
+use crate::frame::{next_frame_with, MethodMemo, PROTOCOL_HEADER, PROTOCOL_HEADER_0_9};
 use crate::server::{stopped, Broker};
 use crate::session::{Session, Step, SyncedStream};
 
@@ -142,6 +142,7 @@ async fn run(
     }
     session.start();
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut methods = MethodMemo::default();
     // The memory alarm and the shutdown signal are waited on by futures that live across passes of the loop:
     // building a fresh watch wait in every `select!` (every read and every delivery) cost ~1 000 instructions
     // each per pass.
@@ -165,7 +166,7 @@ async fn run(
     loop {
         // Serve every whole frame already buffered before reading more.
         loop {
-            match next_frame(&mut buf, session.frame_limit()) {
+            match next_frame_with(&mut buf, session.frame_limit(), &mut methods) {
                 Ok(Some(frame)) => match session.handle(frame) {
                     Step::Continue => {}
                     Step::CloseOkSent => {
