@@ -30,6 +30,13 @@ if ! python3 -c "import pika" 2>/dev/null; then
   python3 -m pip install -q "pika==1.3.2"
 fi
 
+# Celery (with kombu and py-amqp), the most common way Python applications use RabbitMQ, for
+# crates/wharf/tests/amqp_clients.rs.
+if ! python3 -c "import celery" 2>/dev/null; then
+  echo "installing celery"
+  python3 -m pip install -q "celery==5.7.0"
+fi
+
 # The RabbitMQ Java client (Debian's package; run as a single-file program by the JDK the machine has) for
 # crates/wharf/tests/amqp_clients.rs.
 if [ ! -f /usr/share/java/amqp-client.jar ] || [ ! -f /usr/share/java/slf4j-nop.jar ]; then

@@ -11,7 +11,10 @@
 //! - amqp091-go 1.5.0, the Go client RabbitMQ maintains (Debian's golang-github-rabbitmq-amqp091-go-dev, built
 //!   offline in GOPATH mode): 186 checks, from the default Dial's negotiation through every exchange kind and
 //!   queue argument, the Go types of headers, confirms, transactions, the channel and connection errors Go apps
-//!   see through NotifyClose, to 20 graceful closes reported without an error (tests/clients/go_smoke/main.go).
+//!   see through NotifyClose, to 20 graceful closes reported without an error (tests/clients/go_smoke/main.go);
+//! - Celery 5.7.0 over kombu and py-amqp (tests/clients/celery_smoke.py): a worker process and a client, results
+//!   through the `rpc://` backend, groups, chains, retries, exceptions, countdown tasks, remote control through
+//!   the pidbox fanout exchange, late acks across a worker killed with SIGKILL mid-task, purge, warm shutdown.
 //!
 //! Each script was checked against RabbitMQ 3.10.8, where every check passes.
 
@@ -109,12 +112,22 @@ fn amqplib_works_current_and_with_the_old_default_frame_max() {
     }
 }
 
-#[test]
-fn pika_client_works() {
+/// Runs a Python smoke script (tests/clients/NAME) against a fresh broker.
+fn python_smoke_test_passes(name: &str, what: &str) {
     let broker = support::start_amqp();
     let out = Command::new("python3")
-        .arg(script("pika_smoke.py"))
+        .arg(script(name))
         .arg(broker.addr("amqp"))
         .output();
-    assert_passed("pika's smoke test", out, &broker);
+    assert_passed(what, out, &broker);
+}
+
+#[test]
+fn pika_client_works() {
+    python_smoke_test_passes("pika_smoke.py", "pika's smoke test");
+}
+
+#[test]
+fn celery_works() {
+    python_smoke_test_passes("celery_smoke.py", "Celery's smoke test");
 }
