@@ -137,6 +137,10 @@ def run_checks(worker):
         worker2.send_signal(signal.SIGTERM)
         code = worker2.wait(timeout=30)
         check(code == 0, f"warm shutdown exit code {code}")
+        with app.connection_for_write() as conn:
+            # Every task was acknowledged before the worker closed its connection: nothing went back.
+            left = conn.default_channel.queue_declare(QUEUE, passive=True).message_count
+            check(left == 0, f"{left} tasks back in the queue after a warm shutdown")
         for i in range(7):
             add.delay(i, i)
         with app.connection_for_write() as conn:
