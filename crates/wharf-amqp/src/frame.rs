@@ -38,8 +38,9 @@ pub const PROTOCOL_HEADER_0_9: [u8; 8] = *b"AMQP\x01\x01\x00\x09";
 #[allow(clippy::large_enum_variant)]
 pub enum Frame {
     Method(u16, AMQPClass),
-    /// A content header with its properties as received (kept opaque for the queue model).
-    Header(u16, AMQPContentHeader, Bytes),
+    /// A content header with its properties as received (kept opaque for the queue model). Boxed: parsed
+    /// properties are ~300 bytes, and unboxed they made every frame that size, copied on each move.
+    Header(u16, Box<AMQPContentHeader>, Bytes),
     Body(u16, Bytes),
     Heartbeat(u16),
     /// A well-formed method asking for what the broker does not implement, in a field the codec does not
@@ -319,11 +320,12 @@ pub fn next_frame_with(
             let parsed = parse_guarded(
                 &payload,
                 channel,
+                // Boxed where it is parsed, so the ~300 bytes are copied once, not on every move.
                 |p| match amq_protocol::frame::parsing::parse_content_header(p) {
-                    Ok(([], header)) => Some(header),
+                    Ok(([], header)) => Some(Box::new(header)),
                     _ => None,
                 },
-                |h: &AMQPContentHeader| h.properties.headers().iter().collect(),
+                |h| h.properties.headers().iter().collect(),
             )?;
             match parsed {
                 Some(header) => {
