@@ -23,6 +23,7 @@ use crate::reply::*;
 use crate::routing::{message_headers, sender_routes, without_bcc};
 use crate::session::{AfterSync, Session};
 use crate::topology;
+use crate::unacked::Unsettled;
 
 /// Class id of `basic`, the only content class.
 const BASIC_CLASS_ID: u16 = 60;
@@ -31,14 +32,14 @@ const BASIC_CLASS_ID: u16 = 60;
 /// all up to a tag (`multiple`).
 enum Taken {
     One(u64, Unacked),
-    Many(BTreeMap<u64, Unacked>),
+    Many(Vec<(u64, Unacked)>),
 }
 
 impl Taken {
     fn deliveries(&self) -> impl Iterator<Item = &Unacked> {
         let (one, many) = match self {
             Taken::One(_, u) => (Some(u), None),
-            Taken::Many(m) => (None, Some(m.values())),
+            Taken::Many(m) => (None, Some(m.iter().map(|(_, u)| u))),
         };
         one.into_iter().chain(many.into_iter().flatten())
     }
@@ -151,7 +152,7 @@ pub struct Channel {
     /// basic.qos prefetch for consumers created from now on (0 = unlimited).
     prefetch: u16,
     next_delivery_tag: u64,
-    unacked: BTreeMap<u64, Unacked>,
+    unacked: Unsettled<Unacked>,
     consumers: BTreeMap<String, ConsumerRef>,
     publish: Option<Publish>,
     /// The queue last declared on this channel: an empty queue name in later methods means it.
@@ -171,7 +172,7 @@ impl Channel {
         for (_, consumer) in std::mem::take(&mut self.consumers) {
             vhost.cancel(&consumer.queue, consumer.id);
         }
-        for (_, unacked) in std::mem::take(&mut self.unacked) {
+        for (_, unacked) in self.unacked.take_all() {
             unacked.requeue();
         }
         if let Mode::Tx(tx) = &mut self.mode {
@@ -243,18 +244,17 @@ impl Channel {
     fn take(&mut self, tag: u64, multiple: bool) -> Result<Taken, Fault> {
         let unknown = || Fault::channel(PRECONDITION_FAILED, format!("unknown delivery tag {tag}"));
         if multiple {
-            if tag != 0 && !self.unacked.contains_key(&tag) {
+            if tag != 0 && !self.unacked.contains(tag) {
                 return Err(unknown());
             }
-            let rest = if tag == 0 {
-                BTreeMap::new()
+            return Ok(Taken::Many(if tag == 0 {
+                self.unacked.take_all()
             } else {
-                self.unacked.split_off(&(tag + 1))
-            };
-            return Ok(Taken::Many(std::mem::replace(&mut self.unacked, rest)));
+                self.unacked.take_through(tag)
+            }));
         }
         self.unacked
-            .remove(&tag)
+            .remove(tag)
             .map(|u| Taken::One(tag, u))
             .ok_or_else(unknown)
     }
@@ -934,8 +934,7 @@ fn basic_method(session: &mut Session, id: u16, method: basic::AMQPMethod) -> Re
         basic::AMQPMethod::Recover(_) | basic::AMQPMethod::RecoverAsync(_) => {
             let reply = matches!(method, basic::AMQPMethod::Recover(_));
             let channel = channel_mut(session, id)?;
-            let all: Vec<(u64, Unacked)> =
-                std::mem::take(&mut channel.unacked).into_iter().collect();
+            let all = channel.unacked.take_all();
             channel.released(all.iter().map(|(_, u)| u));
             for (_, u) in all {
                 u.requeue();

@@ -18,6 +18,7 @@ mod routing;
 pub mod server;
 mod session;
 mod topology;
+mod unacked;
 
 pub use config::AmqpConfig;
 pub use server::{serve, Broker};
