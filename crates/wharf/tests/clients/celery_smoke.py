@@ -49,10 +49,11 @@ def boom():
     raise ValueError("boom")
 
 
-@app.task
-def slow(x):
-    time.sleep(1.5)
-    return x
+@app.task(bind=True)
+def slow(self, x):
+    # Long enough that the worker killed while running it cannot have finished it first.
+    time.sleep(4)
+    return [x, self.request.hostname]
 
 
 def check(cond, what):
@@ -131,7 +132,10 @@ def run_checks(worker):
     worker.wait(timeout=10)
     worker2 = start_worker("two")
     try:
-        check(sorted(r.get(timeout=30) for r in running) == [0, 1, 2, 3], "slow tasks after the kill")
+        results = sorted(r.get(timeout=30) for r in running)
+        check(results == [[i, "two@smoke"] for i in range(4)], f"slow tasks after the kill: {results}")
+        # Started in full (its signal handlers too) before it is asked to stop.
+        wait_for_worker("two")
 
         # Purge: tasks published while no worker listens are removed by `celery purge`'s queue.purge.
         worker2.send_signal(signal.SIGTERM)
