@@ -1,7 +1,8 @@
 //! Any bytes as a stream of AMQP frames: the frame reader (size checked before buffering, end octet,
-//! nesting guard, remembered methods) and amq-protocol's method and content-header parsers must return frames or an error, never
-//! panic, overflow the stack or abort. Property bytes of content headers are parsed again as the broker does
-//! when it routes by headers.
+//! nesting guard, remembered methods and content headers) and amq-protocol's method and content-header parsers
+//! must return frames or an error, never panic, overflow the stack or abort. Property bytes of content headers
+//! are parsed again as the broker does when it routes by headers. What the stream reads as through one memo (as
+//! a connection keeps it) must be what each frame reads as parsed afresh.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -15,9 +16,16 @@ fuzz_target!(|data: &[u8]| {
     // A small frame_max first (what a client negotiates down to), then the default.
     for frame_max in [4096u32, 131_072] {
         let mut b = buf.clone();
-        // One memo for the stream, as a connection keeps it (remembered publishes and acks).
+        let mut fresh = buf.clone();
+        // One memo for the stream, as a connection keeps it (remembered publishes, acks and headers).
         let mut memo = wharf_amqp::frame::MethodMemo::default();
-        while let Ok(Some(frame)) = wharf_amqp::frame::next_frame_with(&mut b, frame_max, &mut memo) {
+        loop {
+            let remembered = wharf_amqp::frame::next_frame_with(&mut b, frame_max, &mut memo);
+            let parsed = wharf_amqp::frame::next_frame(&mut fresh, frame_max);
+            assert_eq!(format!("{remembered:?}"), format!("{parsed:?}"));
+            let Ok(Some(frame)) = remembered else {
+                break;
+            };
             if let wharf_amqp::frame::Frame::Header(_, _, raw) = frame {
                 let _ = wharf_amqp::frame::parse_properties(&raw);
             }

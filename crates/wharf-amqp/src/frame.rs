@@ -11,7 +11,9 @@
 //! are the header, a slice of the stored body and the end octet. Decoding and re-encoding every delivered
 //! message's properties, and copying its body three times, was most of the cost of a delivery.
 
-use amq_protocol::frame::{gen_frame, AMQPContentHeader, AMQPFrame, WriteContext};
+use std::sync::Arc;
+
+use amq_protocol::frame::{gen_frame, AMQPFrame, WriteContext};
 use amq_protocol::protocol::{basic::AMQPProperties, parse_class, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::{Buf, Bytes, BytesMut};
@@ -38,14 +40,23 @@ pub const PROTOCOL_HEADER_0_9: [u8; 8] = *b"AMQP\x01\x01\x00\x09";
 #[allow(clippy::large_enum_variant)]
 pub enum Frame {
     Method(u16, AMQPClass),
-    /// A content header with its properties as received (kept opaque for the queue model). Boxed: parsed
-    /// properties are ~300 bytes, and unboxed they made every frame that size, copied on each move.
-    Header(u16, Box<AMQPContentHeader>, Bytes),
+    /// A content header, and its properties as received (kept opaque for the queue model).
+    Header(u16, ContentHeader, Bytes),
     Body(u16, Bytes),
     Heartbeat(u16),
     /// A well-formed method asking for what the broker does not implement, in a field the codec does not
     /// keep: basic.qos with a `prefetch_size` (RabbitMQ answers 540). `(channel, class, method, text)`.
     NotImplemented(u16, u16, u16, String),
+}
+
+/// A content header as the broker uses it. The parsed properties are shared: ~300 bytes, they made every
+/// `Frame` that size when held inline (copied on each move), and a header repeating the last one's properties
+/// gets the same `Arc` from the [`MethodMemo`] (no parse, no copy, no allocation).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContentHeader {
+    pub class_id: u16,
+    pub body_size: u64,
+    pub properties: Arc<AMQPProperties>,
 }
 
 /// Why a frame could not be read; each closes the connection (framing is lost).
@@ -200,7 +211,7 @@ pub struct MethodMemo {
     ack_bits: Option<u8>,
     /// The last content header parsed, without its body size (class id and weight, then the property
     /// octets; empty when its layout was not confirmed), and, once the same came twice in a row, its parse.
-    header: (Vec<u8>, Option<Box<AMQPContentHeader>>),
+    header: (Vec<u8>, Option<Arc<AMQPProperties>>),
 }
 
 impl MethodMemo {
@@ -251,21 +262,24 @@ impl MethodMemo {
     }
 
     /// The content header `payload` encodes, when it repeats what was learnt but for its body size.
-    fn recall_header(&self, payload: &[u8]) -> Option<Box<AMQPContentHeader>> {
-        let (known, Some(parsed)) = &self.header else {
+    fn recall_header(&self, payload: &[u8]) -> Option<ContentHeader> {
+        let (known, Some(properties)) = &self.header else {
             return None;
         };
         if !same_header(known, payload) {
             return None;
         }
+        let class_id = payload.get(..2)?.try_into().ok()?;
         let size = payload.get(HEADER_BODY_SIZE)?.try_into().ok()?;
-        let mut header = parsed.clone();
-        header.body_size = u64::from_be_bytes(size);
-        Some(header)
+        Some(ContentHeader {
+            class_id: u16::from_be_bytes(class_id),
+            body_size: u64::from_be_bytes(size),
+            properties: Arc::clone(properties),
+        })
     }
 
     /// Remembers the content header amq-protocol parsed `payload` as.
-    fn learn_header(&mut self, payload: &[u8], header: &AMQPContentHeader) {
+    fn learn_header(&mut self, payload: &[u8], header: &ContentHeader) {
         let laid_out_as_expected = payload.get(..2) == Some(&header.class_id.to_be_bytes()[..])
             && payload.get(HEADER_BODY_SIZE) == Some(&header.body_size.to_be_bytes()[..])
             && payload.len().saturating_sub(HEADER_PREFIX_BYTES) <= HEADER_MEMO_PROPERTIES_MAX;
@@ -276,7 +290,7 @@ impl MethodMemo {
             return;
         }
         if !known.is_empty() && same_header(known, payload) {
-            *parse = Some(Box::new(header.clone()));
+            *parse = Some(Arc::clone(&header.properties));
             return;
         }
         // The octets are kept in a buffer of the memo's own (reused), not as a slice of the read buffer, which
@@ -385,9 +399,13 @@ pub fn next_frame_with(
             let parsed = parse_guarded(
                 &payload,
                 channel,
-                // Boxed where it is parsed, so the ~300 bytes are copied once, not on every move.
+                // Into the `Arc` where they are parsed, so the ~300 bytes are copied once, not on every move.
                 |p| match amq_protocol::frame::parsing::parse_content_header(p) {
-                    Ok(([], header)) => Some(Box::new(header)),
+                    Ok(([], header)) => Some(ContentHeader {
+                        class_id: header.class_id,
+                        body_size: header.body_size,
+                        properties: Arc::new(header.properties),
+                    }),
                     _ => None,
                 },
                 |h| h.properties.headers().iter().collect(),
@@ -709,7 +727,7 @@ mod tests {
                 panic!("unexpected {frame:?}");
             };
             assert_eq!(raw, encode_properties(&header.properties).unwrap());
-            read.push((header.properties, header.body_size));
+            read.push(((*header.properties).clone(), header.body_size));
         }
         assert_eq!(read, sent);
         // The memo was used: it holds the last header's parse.
@@ -818,7 +836,7 @@ mod tests {
             panic!("a content header first");
         };
         assert_eq!(header.body_size, 20_000);
-        assert_eq!(header.properties, props);
+        assert_eq!(*header.properties, props);
         assert_eq!(&back[..], &raw[..]);
         let mut got = Vec::new();
         while let Some(frame) = next_frame(&mut buf, 8192).unwrap() {
