@@ -22,7 +22,14 @@ fuzz_target!(|data: &[u8]| {
         loop {
             let remembered = wharf_amqp::frame::next_frame_with(&mut b, frame_max, &mut memo);
             let parsed = wharf_amqp::frame::next_frame(&mut fresh, frame_max);
-            assert_eq!(format!("{remembered:?}"), format!("{parsed:?}"));
+            match (&remembered, &parsed) {
+                // Bodies are never remembered; comparing their debug text would only slow the fuzzer.
+                (
+                    Ok(Some(wharf_amqp::frame::Frame::Body(a, x))),
+                    Ok(Some(wharf_amqp::frame::Frame::Body(b, y))),
+                ) => assert!(a == b && x == y),
+                _ => assert_eq!(format!("{remembered:?}"), format!("{parsed:?}")),
+            }
             let Ok(Some(frame)) = remembered else {
                 break;
             };

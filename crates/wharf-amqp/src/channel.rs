@@ -1004,9 +1004,11 @@ fn tx_method(session: &mut Session, id: u16, method: tx::AMQPMethod) -> Result<(
                 tx::AMQPMethod::CommitOk(tx::CommitOk {})
             } else {
                 let channel = channel_mut(session, id)?;
-                for (tag, unacked, _) in settlements {
-                    channel.unacked.insert(tag, unacked);
-                }
+                channel.unacked.restore(
+                    settlements
+                        .into_iter()
+                        .map(|(tag, unacked, _)| (tag, unacked)),
+                );
                 tx::AMQPMethod::RollbackOk(tx::RollbackOk {})
             }
         }

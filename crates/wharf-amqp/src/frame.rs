@@ -316,8 +316,9 @@ pub fn next_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, F
     next_frame_with(buf, frame_max, &mut MethodMemo::default())
 }
 
-/// [`next_frame`] for a connection's stream of frames: the methods a publisher and a consumer send once per
-/// message (basic.publish, basic.ack) are taken from `memo` when they repeat the last one parsed.
+/// [`next_frame`] for a connection's stream of frames: the frames a publisher and a consumer send once per
+/// message (basic.publish, basic.ack, the content header) are taken from `memo` when they repeat the last one
+/// parsed.
 pub fn next_frame_with(
     buf: &mut BytesMut,
     frame_max: u32,

@@ -5,12 +5,15 @@
 //! was ~280 instructions per message (callgrind). A tag settled out of order leaves a hole (`None`) behind,
 //! found by binary search; holes at the front are dropped at once, and once holes outnumber the live entries
 //! (past [`HOLES_KEPT_MAX`]) they are swept, so memory stays proportional to what is unacknowledged however the
-//! client acks. Deliveries of no-ack consumers are never entered, so their tags leave no holes.
+//! client acks (the deque's capacity shrinks too once it is mostly unused). Deliveries of no-ack consumers are
+//! never entered, so their tags leave no holes.
 
 use std::collections::VecDeque;
 
 /// Holes tolerated before a sweep, on top of one per live entry (few in unit tests, so that they sweep often).
 const HOLES_KEPT_MAX: usize = if cfg!(test) { 4 } else { 1024 };
+/// Capacity kept however little is in use (below it, shrinking would only churn allocations).
+const CAPACITY_KEPT: usize = if cfg!(test) { 16 } else { 4096 };
 
 #[derive(Debug)]
 pub(crate) struct Unsettled<T> {
@@ -53,6 +56,37 @@ impl<T> Unsettled<T> {
                 self.live += 1;
             }
         }
+    }
+
+    /// Puts back deliveries taken earlier (a transaction rolled back), in any order: one merge, where inserting
+    /// them one by one into the middle would move the entries after each (quadratic in a large rollback). A tag
+    /// already present is replaced, as by [`insert`](Self::insert).
+    pub(crate) fn restore(&mut self, taken: impl IntoIterator<Item = (u64, T)>) {
+        let mut back: Vec<(u64, T)> = taken.into_iter().collect();
+        if back.is_empty() {
+            return;
+        }
+        back.sort_by_key(|(tag, _)| *tag);
+        let mut merged = VecDeque::with_capacity(self.live + back.len());
+        let mut old = std::mem::take(&mut self.entries)
+            .into_iter()
+            .filter(|(_, value)| value.is_some())
+            .peekable();
+        for (tag, value) in back {
+            while let Some(entry) = old.next_if(|(t, _)| *t < tag) {
+                merged.push_back(entry);
+            }
+            // One already unsettled under that tag is replaced.
+            let _ = old.next_if(|(t, _)| *t == tag);
+            match merged.back_mut() {
+                Some((last, slot)) if *last == tag => *slot = Some(value),
+                _ => merged.push_back((tag, Some(value))),
+            }
+        }
+        merged.extend(old);
+        // Holes were left out: every entry is live.
+        self.live = merged.len();
+        self.entries = merged;
     }
 
     pub(crate) fn contains(&self, tag: u64) -> bool {
@@ -105,16 +139,25 @@ impl<T> Unsettled<T> {
         self.entries.binary_search_by_key(&tag, |(t, _)| *t)
     }
 
-    /// Drops holes at the front, and sweeps all of them once they outnumber the live entries.
+    /// Drops holes at the front, sweeps all of them once they outnumber the live entries, and gives back
+    /// capacity once it is mostly unused.
     fn tidy(&mut self) {
         while self.entries.front().is_some_and(|(_, v)| v.is_none()) {
             self.entries.pop_front();
         }
-        let holes = self.entries.len() - self.live;
+        debug_assert!(self.live <= self.entries.len());
+        let holes = self.entries.len().saturating_sub(self.live);
         if holes > self.live.saturating_add(HOLES_KEPT_MAX) {
             self.entries.retain(|(_, v)| v.is_some());
         }
-        debug_assert_eq!(
+        let capacity = self.entries.capacity();
+        if capacity > CAPACITY_KEPT && self.entries.len() < capacity / 4 {
+            self.entries
+                .shrink_to(self.entries.len().saturating_mul(2).max(CAPACITY_KEPT));
+        }
+        // Counting is linear: only in unit tests (a debug broker acking one by one would go quadratic).
+        #[cfg(test)]
+        assert_eq!(
             self.entries.iter().filter(|(_, v)| v.is_some()).count(),
             self.live
         );
@@ -153,6 +196,37 @@ mod tests {
         assert!(set.contains(1) && !set.contains(2));
     }
 
+    #[test]
+    fn a_large_rollback_is_put_back_in_order_in_one_merge() {
+        let mut set = Unsettled::default();
+        for tag in 1..=20_000u64 {
+            set.insert(tag, tag);
+        }
+        // A transaction acks the older half one by one, then rolls back.
+        let taken: Vec<(u64, u64)> = (1..=10_000u64)
+            .filter_map(|t| set.remove(t).map(|v| (t, v)))
+            .collect();
+        assert_eq!(set.len(), 10_000);
+        set.restore(taken);
+        assert_eq!(set.len(), 20_000);
+        assert_eq!(
+            set.take_all(),
+            (1..=20_000u64).map(|t| (t, t)).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn capacity_is_given_back_once_mostly_unused() {
+        let mut set = Unsettled::default();
+        for tag in 1..=10_000u64 {
+            set.insert(tag, ());
+        }
+        for tag in 1..=9_990u64 {
+            set.remove(tag);
+        }
+        assert!(set.entries.capacity() <= 4 * CAPACITY_KEPT.max(set.len()));
+    }
+
     /// Random inserts (mostly increasing, sometimes older tags as a rollback does), removals, ranges and
     /// clears, checked step by step against a `BTreeMap`.
     #[test]
@@ -168,6 +242,7 @@ mod tests {
             let mut set = Unsettled::default();
             let mut model = BTreeMap::new();
             let mut tag = 0u64;
+            let mut taken: Vec<(u64, u64)> = Vec::new();
             for _ in 0..2_000 {
                 match next(10) {
                     0..=3 => {
@@ -176,9 +251,16 @@ mod tests {
                         model.insert(tag, tag);
                     }
                     4 => {
-                        let old = next(tag + 1);
-                        set.insert(old, old + 1);
-                        model.insert(old, old + 1);
+                        if next(2) == 0 {
+                            let old = next(tag + 1);
+                            set.insert(old, old + 1);
+                            model.insert(old, old + 1);
+                        } else {
+                            // A rollback puts back what earlier acks took, in the order they were taken.
+                            let back = std::mem::take(&mut taken);
+                            model.extend(back.iter().copied());
+                            set.restore(back);
+                        }
                     }
                     5..=7 => {
                         let t = if next(2) == 0 {
@@ -187,7 +269,9 @@ mod tests {
                             next(tag + 2)
                         };
                         assert_eq!(set.contains(t), model.contains_key(&t));
-                        assert_eq!(set.remove(t), model.remove(&t));
+                        let removed = set.remove(t);
+                        assert_eq!(removed, model.remove(&t));
+                        taken.extend(removed.map(|v| (t, v)));
                     }
                     8 => {
                         let t = next(tag + 2);
@@ -204,6 +288,12 @@ mod tests {
                     }
                 }
                 assert_eq!(set.len(), model.len());
+                assert!(
+                    set.entries.capacity() <= (4 * set.entries.len() + 4).max(4 * CAPACITY_KEPT),
+                    "capacity {} for {} entries",
+                    set.entries.capacity(),
+                    set.entries.len()
+                );
             }
         }
     }
