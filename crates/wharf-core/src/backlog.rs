@@ -868,9 +868,19 @@ impl LogBacklog {
         if position < self.low {
             return;
         }
-        self.settled.insert(position);
         self.pending.settled.insert(position);
         self.journal_dirty = true;
+        let next = position.saturating_add(1);
+        if position == self.low && self.settled.first().is_none_or(|(start, _)| start > next) {
+            // The usual ack, of the oldest message, with nothing settled right after it: `low` moves past it
+            // without the position entering `settled` and leaving it again (two map updates per message).
+            // What `raise_low` would do: no settled position lies in [cursor, next), so `settled_ahead` stays.
+            self.cursor = self.cursor.max(next);
+            self.low = next;
+            self.transient.remove_below(self.low);
+            return;
+        }
+        self.settled.insert(position);
         self.raise_low();
     }
 
