@@ -33,11 +33,10 @@ pub const PROTOCOL_HEADER_0_9: [u8; 8] = *b"AMQP\x01\x01\x00\x09";
 
 /// A frame read off the wire.
 ///
-/// Method and content header are held by value, not boxed: a publish is a method, a header and a body and an
-/// ack is a method, so a box per frame was two or three allocations per message, while the frame only moves
-/// from the reader to its handler.
+/// A method is held by value, not boxed: a publish is a method, a header and a body and an ack is a method, so
+/// a box per frame was two or three allocations per message, while the frame only moves from the reader to its
+/// handler. A content header's parsed properties are the exception (see [`ContentHeader`]).
 #[derive(Debug)]
-#[allow(clippy::large_enum_variant)]
 pub enum Frame {
     Method(u16, AMQPClass),
     /// A content header, and its properties as received (kept opaque for the queue model).
@@ -52,7 +51,7 @@ pub enum Frame {
 /// A content header as the broker uses it. The parsed properties are shared: ~300 bytes, they made every
 /// `Frame` that size when held inline (copied on each move), and a header repeating the last one's properties
 /// gets the same `Arc` from the [`MethodMemo`] (no parse, no copy, no allocation).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct ContentHeader {
     pub class_id: u16,
     pub body_size: u64,
@@ -180,6 +179,8 @@ const ACK_PAYLOAD_BYTES: usize = 4 + 8 + 1;
 const PUBLISH_MEMO_BYTES_MAX: usize = 520;
 /// A content header's octets before its property flags: class id (2), weight (2), body size (8).
 const HEADER_PREFIX_BYTES: usize = 12;
+/// Where the class id and weight sit in a content header.
+const HEADER_CLASS_AND_WEIGHT: std::ops::Range<usize> = 0..4;
 /// Where the body size sits in a content header.
 const HEADER_BODY_SIZE: std::ops::Range<usize> = 4..12;
 /// Longest property list remembered (content type, delivery mode and a few short headers fit).
@@ -296,7 +297,7 @@ impl MethodMemo {
         // The octets are kept in a buffer of the memo's own (reused), not as a slice of the read buffer, which
         // would keep that whole buffer from being reused.
         known.clear();
-        known.extend_from_slice(payload.get(..4).unwrap_or_default());
+        known.extend_from_slice(payload.get(HEADER_CLASS_AND_WEIGHT).unwrap_or_default());
         known.extend_from_slice(payload.get(HEADER_PREFIX_BYTES..).unwrap_or_default());
         *parse = None;
     }
@@ -304,10 +305,10 @@ impl MethodMemo {
 
 /// Whether a content header `payload` has the class, weight and property octets `known` holds.
 fn same_header(known: &[u8], payload: &[u8]) -> bool {
-    payload.len() >= HEADER_PREFIX_BYTES
-        && known.len() == payload.len() - (HEADER_PREFIX_BYTES - 4)
-        && known.get(..4) == payload.get(..4)
-        && known.get(4..) == payload.get(HEADER_PREFIX_BYTES..)
+    let (class_and_weight, properties) =
+        known.split_at(known.len().min(HEADER_CLASS_AND_WEIGHT.end));
+    payload.get(HEADER_CLASS_AND_WEIGHT) == Some(class_and_weight)
+        && payload.get(HEADER_PREFIX_BYTES..) == Some(properties)
 }
 
 /// Takes one whole frame off the front of `buf`, or returns `None` when more bytes are needed. Nothing

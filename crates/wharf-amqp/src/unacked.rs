@@ -37,24 +37,14 @@ impl<T> Unsettled<T> {
         self.live
     }
 
-    /// Adds delivery `tag`. Tags normally come in increasing order; an older one (a transaction rolled back
-    /// puts its acks back) takes its place in order. A tag already present is replaced.
+    /// Adds delivery `tag`. Tags are handed out in increasing order, so it normally goes at the back; anything
+    /// else takes its place through [`restore`](Self::restore).
     pub(crate) fn insert(&mut self, tag: u64, value: T) {
         if self.entries.back().is_none_or(|(last, _)| *last < tag) {
             self.entries.push_back((tag, Some(value)));
             self.live += 1;
-            return;
-        }
-        match self.position(tag) {
-            Ok(i) => {
-                if self.entries[i].1.replace(value).is_none() {
-                    self.live += 1;
-                }
-            }
-            Err(i) => {
-                self.entries.insert(i, (tag, Some(value)));
-                self.live += 1;
-            }
+        } else {
+            self.restore([(tag, value)]);
         }
     }
 

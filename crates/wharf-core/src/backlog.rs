@@ -874,14 +874,12 @@ impl LogBacklog {
         if position == self.low && self.settled.first().is_none_or(|(start, _)| start > next) {
             // The usual ack, of the oldest message, with nothing settled right after it: `low` moves past it
             // without the position entering `settled` and leaving it again (two map updates per message).
-            // What `raise_low` would do: no settled position lies in [cursor, next), so `settled_ahead` stays.
-            self.cursor = self.cursor.max(next);
-            self.low = next;
+            self.move_low_to(next);
             self.transient.remove_below(self.low);
-            return;
+        } else {
+            self.settled.insert(position);
+            self.raise_low();
         }
-        self.settled.insert(position);
-        self.raise_low();
     }
 
     fn raise_low(&mut self) {
@@ -889,19 +887,24 @@ impl LogBacklog {
             if s != self.low {
                 break;
             }
-            // Settled positions past the cursor (settled before a restart and not read since) leave `settled`
-            // here, so the cursor must move past them too, or `refill` would read and deliver them again.
-            // Keeps `cursor >= low` (in priority order the cursor is the log end, so this never fires).
-            if e > self.cursor {
-                self.settled_ahead = self
-                    .settled_ahead
-                    .saturating_sub(self.settled.count_in(self.cursor, e));
-                self.cursor = e;
-            }
-            self.low = e;
-            self.settled.remove_below(e);
+            self.move_low_to(e);
         }
         self.transient.remove_below(self.low);
+    }
+
+    /// Moves the low watermark up to `to`, everything below it being settled.
+    fn move_low_to(&mut self, to: u64) {
+        // Settled positions past the cursor (settled before a restart and not read since) leave `settled`
+        // here, so the cursor must move past them too, or `refill` would read and deliver them again.
+        // Keeps `cursor >= low` (in priority order the cursor is the log end, so this never fires).
+        if to > self.cursor {
+            self.settled_ahead = self
+                .settled_ahead
+                .saturating_sub(self.settled.count_in(self.cursor, to));
+            self.cursor = to;
+        }
+        self.low = to;
+        self.settled.remove_below(to);
     }
 
     fn ready_count(&self) -> u64 {
