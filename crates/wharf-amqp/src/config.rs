@@ -22,6 +22,11 @@ pub struct AmqpConfig {
     /// Bytes of deliveries a connection may have waiting to be written; past it, its consumers get nothing
     /// more until it drains (a slow consumer is throttled, not allowed to grow memory).
     pub connection_pending_bytes_max: u64,
+    /// How long the confirm of persistent messages that went straight to consumers (of a durable queue
+    /// without dead-lettering) waits for those consumers' acks before it asks for an fsync instead: a message
+    /// consumed and acknowledged on every queue it reached is confirmed without one, as RabbitMQ does. 0: every
+    /// confirm waits for the fsync.
+    pub confirm_ack_wait_ms: u64,
     /// Users besides `guest` (who logs in from loopback addresses only, as in RabbitMQ).
     pub users: Vec<User>,
 }
@@ -60,6 +65,7 @@ impl Default for AmqpConfig {
             max_message_bytes: 128 * 1024 * 1024,
             handshake_timeout_ms: 10_000,
             connection_pending_bytes_max: 16 * 1024 * 1024,
+            confirm_ack_wait_ms: 2,
             users: Vec::new(),
         }
     }

@@ -252,6 +252,7 @@ impl Session {
         }
         let queue = Arc::clone(&self.sync_queue);
         let report = self.synced.clone();
+        let ack_wait = Duration::from_millis(self.broker.config.confirm_ack_wait_ms);
         tokio::spawn(async move {
             // However the task ends (queue empty, connection gone, a panic, the runtime dropping it), the
             // next start_sync must start a new one.
@@ -268,7 +269,7 @@ impl Session {
                     running.armed = false;
                     return;
                 };
-                let durable = match sync.wait().await {
+                let durable = match sync.wait(ack_wait).await {
                     Ok(()) => true,
                     Err(e) => {
                         warn!("publishes could not be made durable: {e}");

@@ -19,7 +19,10 @@
 //! (at or past the cursor), in the window or index, requeued, out with a consumer, or settled.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use tokio::sync::Notify;
 
 use tracing::{info, warn};
 use wharf_log::{Appended, Log};
@@ -61,14 +64,28 @@ fn body_len(message: &Message) -> u64 {
 }
 
 /// What a publisher must wait for before its message counts as safe: the message log up to an offset,
-/// made durable as the log's policy says. Merged over all queues a message reached.
+/// made durable as the log's policy says — or, where the queue allows it, every message below that offset
+/// settled first (consumed and acknowledged: RabbitMQ's rule, "a persistent message is confirmed when it is on
+/// disk or consumed on every queue it reached"). Merged over all queues a message reached.
 ///
 /// The first log is held inline: nearly every persistent message reaches one durable queue, and a list per
 /// message was an allocation per publish.
 #[derive(Debug, Default, Clone)]
 pub struct PendingSync {
-    first: Option<(Arc<Log>, u64)>,
-    rest: Vec<(Arc<Log>, u64)>,
+    first: Option<SyncTarget>,
+    rest: Vec<SyncTarget>,
+}
+
+/// One queue log's part of a [`PendingSync`].
+#[derive(Debug, Clone)]
+struct SyncTarget {
+    log: Arc<Log>,
+    /// Every offset below must be durable (or settled, see `settled`).
+    next_offset: u64,
+    /// The queue's settled progress, when settling everything below `next_offset` also makes the messages
+    /// safe (a queue without dead-lettering whose messages all went straight to consumers): the wait first
+    /// gives the consumers' acks a chance to resolve it without an fsync.
+    settled: Option<Arc<SettledProgress>>,
 }
 
 impl PendingSync {
@@ -76,34 +93,122 @@ impl PendingSync {
         self.first.is_none()
     }
 
-    pub(crate) fn add(&mut self, log: &Arc<Log>, next_offset: u64) {
+    fn add_target(&mut self, target: SyncTarget) {
         let Some(first) = &mut self.first else {
-            self.first = Some((Arc::clone(log), next_offset));
+            self.first = Some(target);
             return;
         };
         match std::iter::once(first)
             .chain(self.rest.iter_mut())
-            .find(|(l, _)| Arc::ptr_eq(l, log))
+            .find(|t| Arc::ptr_eq(&t.log, &target.log))
         {
-            Some((_, target)) => *target = (*target).max(next_offset),
-            None => self.rest.push((Arc::clone(log), next_offset)),
+            Some(t) => {
+                t.next_offset = t.next_offset.max(target.next_offset);
+                // Settling can resolve the merged wait only if it could resolve both.
+                if target.settled.is_none() {
+                    t.settled = None;
+                }
+            }
+            None => self.rest.push(target),
         }
     }
 
     /// Folds `other` in (the furthest target per log).
     pub fn merge(&mut self, other: PendingSync) {
-        for (log, target) in other.first.into_iter().chain(other.rest) {
-            self.add(&log, target);
+        for target in other.first.into_iter().chain(other.rest) {
+            self.add_target(target);
+        }
+    }
+
+    /// From now on only durability resolves this wait (a message of it is still waiting in its queue, or the
+    /// queue dead-letters: a dead-lettered copy is not safe before the original is durable).
+    pub(crate) fn durable_only(&mut self) {
+        for target in self.first.iter_mut().chain(self.rest.iter_mut()) {
+            target.settled = None;
         }
     }
 
     /// Waits until every target is as durable as its log's policy requires (`always`: fdatasync'ed,
-    /// group-committed with every other waiter of the log).
-    pub async fn wait(self) -> crate::Result<()> {
-        for (log, target) in self.first.into_iter().chain(self.rest) {
-            log.wait_for_policy_async(target).await?;
+    /// group-committed with every other waiter of the log) — or, for a target whose messages all went
+    /// straight to consumers, until they are all settled, if that happens within `settle_wait` (then no fsync is
+    /// started for it: a consumer that keeps up acks a message well before a group-commit round would end).
+    /// A zero `settle_wait` waits for durability only.
+    pub async fn wait(self, settle_wait: std::time::Duration) -> crate::Result<()> {
+        let deadline = tokio::time::Instant::now() + settle_wait;
+        for target in self.first.into_iter().chain(self.rest) {
+            if let Some(settled) = &target.settled {
+                if !settle_wait.is_zero()
+                    && target.log.waits_for_sync(target.next_offset)
+                    && settled.wait_through(target.next_offset, deadline).await
+                {
+                    continue;
+                }
+            }
+            target.log.wait_for_policy_async(target.next_offset).await?;
         }
         Ok(())
+    }
+}
+
+/// A durable queue's low watermark (every position below it settled), readable without the queue's lock, and
+/// a wake-up for confirm waits watching it (see [`PendingSync::wait`]).
+#[derive(Debug, Default)]
+pub(crate) struct SettledProgress {
+    low: AtomicU64,
+    /// Waits watching `low`: `advance` wakes them only when there are some (one atomic read per ack otherwise).
+    watching: AtomicUsize,
+    moved: Notify,
+}
+
+impl SettledProgress {
+    fn new(low: u64) -> Self {
+        SettledProgress {
+            low: AtomicU64::new(low),
+            ..SettledProgress::default()
+        }
+    }
+
+    /// The low watermark moved up to `low` (called under the queue's lock).
+    fn advance(&self, low: u64) {
+        // SeqCst on both sides (here and in `wait_through`): the store of `low` and the read of `watching` must
+        // not pass each other, or a wait that registered just then would miss both the new value and the wake-up.
+        self.low.store(low, Ordering::SeqCst);
+        if self.watching.load(Ordering::SeqCst) > 0 {
+            self.moved.notify_waiters();
+        }
+    }
+
+    /// Waits until every position below `end` is settled (true) or `deadline` passes (false).
+    async fn wait_through(&self, end: u64, deadline: tokio::time::Instant) -> bool {
+        if self.low.load(Ordering::SeqCst) >= end {
+            return true;
+        }
+        self.watching.fetch_add(1, Ordering::SeqCst);
+        let _unwatch = Unwatch(&self.watching);
+        let sleep = tokio::time::sleep_until(deadline);
+        tokio::pin!(sleep);
+        loop {
+            let moved = self.moved.notified();
+            tokio::pin!(moved);
+            // Registered before the check: an advance between the check and the await still wakes this wait.
+            moved.as_mut().enable();
+            if self.low.load(Ordering::SeqCst) >= end {
+                return true;
+            }
+            tokio::select! {
+                _ = &mut moved => {}
+                _ = &mut sleep => return self.low.load(Ordering::SeqCst) >= end,
+            }
+        }
+    }
+}
+
+/// Takes a wait off [`SettledProgress::watching`] however it ends (done, timed out or dropped).
+struct Unwatch<'a>(&'a AtomicUsize);
+
+impl Drop for Unwatch<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -379,6 +484,8 @@ pub(crate) struct LogBacklog {
     /// Set when reading the log failed: the queue stops reading (and says so once) rather than spin.
     stalled: bool,
     scratch: Vec<u8>,
+    /// `low`, shared with confirm waits (see [`PendingSync::wait`]).
+    progress: Arc<SettledProgress>,
 }
 
 /// Work a durable queue's maintenance does outside the queue's lock (it fsyncs).
@@ -495,6 +602,7 @@ impl LogBacklog {
             journal_bytes_since_snapshot: 0,
             stalled: false,
             scratch: Vec::new(),
+            progress: Arc::new(SettledProgress::new(low)),
             messages,
             journal,
         };
@@ -626,7 +734,11 @@ impl LogBacklog {
         }
         Ok(persistent.then(|| {
             let mut sync = PendingSync::default();
-            sync.add(&self.messages, appended.next_offset);
+            sync.add_target(SyncTarget {
+                log: Arc::clone(&self.messages),
+                next_offset: appended.next_offset,
+                settled: Some(Arc::clone(&self.progress)),
+            });
             sync
         }))
     }
@@ -905,6 +1017,7 @@ impl LogBacklog {
         }
         self.low = to;
         self.settled.remove_below(to);
+        self.progress.advance(to);
     }
 
     fn ready_count(&self) -> u64 {

@@ -32,6 +32,9 @@ const NO_EXPIRY: i64 = i64::MAX;
 /// Segment size of message logs: small enough that a consumed backlog gives its space back soon, large
 /// enough that a queue of a few GiB has few files.
 pub const MESSAGE_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Longest a message log keeps appended messages unsynced when no confirm waits for them (they were acked
+/// first): 100 ms of traffic, so the next sync a confirm does wait for stays short.
+const UNSYNCED_AGE_MAX_MS: u64 = 100;
 /// Segment size of journals, which are compacted often.
 const JOURNAL_SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 
@@ -295,6 +298,9 @@ impl QueueLogs {
             // No roll by age: a slow queue would otherwise leave a file per week for nothing.
             segment_ms: u64::MAX / 2,
             durability: self.durability,
+            // Confirms of messages acked before their sync need none (see `PendingSync::wait`): keep what a
+            // later sync has to write small.
+            unsynced_age_max_ms: Some(UNSYNCED_AGE_MAX_MS),
             ..LogConfig::default()
         };
         let journal = LogConfig {

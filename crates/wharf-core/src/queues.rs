@@ -348,6 +348,15 @@ impl Queue {
                 });
             }
         }
+        let mut sync = sync;
+        if let Some(sync) = &mut sync {
+            // Consumers' acks can make the confirm safe before the fsync does only if the message went
+            // straight to a consumer (nothing is left waiting at or below it) and nothing it becomes is kept
+            // elsewhere (a dead-lettered copy is only as safe as the original's durability).
+            if s.backlog.ready_count() > 0 || args.dead_letter_exchange.is_some() {
+                sync.durable_only();
+            }
+        }
         journal_later(self, &mut s);
         Ok(Some(sync))
     }
@@ -1631,6 +1640,7 @@ fn server_name(prefix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn spec() -> QueueSpec {
         QueueSpec {
@@ -1956,6 +1966,121 @@ mod tests {
             logs.existing()
         );
         vhost.flush_journals();
+        logs.close().unwrap();
+    }
+
+    /// The message log of the durable queue `q`.
+    fn message_log(logs: &LogManager, vhost: &VHost) -> Arc<wharf_log::Log> {
+        let id = vhost
+            .lookup(1, "q")
+            .unwrap()
+            .durable_id
+            .expect("a durable queue");
+        let prefix = crate::queue_log::log_prefix("/");
+        logs.get(&crate::queue_log::message_log_name(&prefix, id))
+            .expect("its message log")
+    }
+
+    /// Runs `sync.wait(settle_wait)` on its own task, to be polled for completion.
+    fn start_wait(
+        sync: PendingSync,
+        settle_wait: Duration,
+    ) -> tokio::task::JoinHandle<crate::Result<()>> {
+        tokio::spawn(sync.wait(settle_wait))
+    }
+
+    #[tokio::test]
+    async fn a_confirm_wait_for_messages_consumers_took_ends_when_they_are_acked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (logs, vhost) = open_durable(dir.path());
+        vhost.declare_queue(1, "q", false, durable()).unwrap();
+        let (consumer, mut rx) = consume(&vhost, 10);
+        let mut sync = PendingSync::default();
+        for body in ["a", "b"] {
+            let published = vhost.publish(&["q"], &|| None, persistent(body)).unwrap();
+            sync.merge(published.sync);
+        }
+        let first = next(&mut rx).expect("delivered at once");
+        let second = next(&mut rx).expect("delivered at once");
+        // Waiting for acks, not for the log (a sync by anyone else does not end it either): the settle wait is
+        // long, so after a while it is still pending.
+        let wait = start_wait(sync, Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!wait.is_finished(), "ended before the messages were acked");
+        first.queue.settle(
+            Settle::Ack,
+            &[(Some(consumer), first.position, Arc::clone(&first.message))],
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!wait.is_finished(), "ended with one message still unacked");
+        second.queue.settle(
+            Settle::Ack,
+            &[(Some(consumer), second.position, Arc::clone(&second.message))],
+        );
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .expect("the acks end the wait")
+            .unwrap()
+            .unwrap();
+        drop(vhost);
+        logs.close().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_confirm_wait_falls_back_to_the_sync_when_acks_are_late_or_cannot_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let (logs, vhost) = open_durable(dir.path());
+        // Delivered and never acked: after the settle wait, the log's sync ends it, and then the message is
+        // durable.
+        vhost.declare_queue(1, "q", false, durable()).unwrap();
+        let (_consumer, mut rx) = consume(&vhost, 10);
+        let published = vhost.publish(&["q"], &|| None, persistent("held")).unwrap();
+        assert!(next(&mut rx).is_some());
+        let log = message_log(&logs, &vhost);
+        let end = log.offsets().log_end;
+        let started = std::time::Instant::now();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            start_wait(published.sync, Duration::from_millis(100)),
+        )
+        .await
+        .expect("the sync ends the wait")
+        .unwrap()
+        .unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert!(log.offsets().durable >= end);
+        vhost.delete_queue(1, "q", false, false).unwrap();
+
+        // No consumer, and a queue that dead-letters: only the sync counts, at once, however long the settle
+        // wait (a dead-lettered copy is only as safe as the original).
+        let dead_lettering = QueueSpec {
+            arguments: QueueArgs {
+                dead_letter_exchange: Some("dlx".into()),
+                ..QueueArgs::default()
+            },
+            ..durable()
+        };
+        for (spec, with_consumer) in [(durable(), false), (dead_lettering, true)] {
+            vhost.declare_queue(1, "q", false, spec).unwrap();
+            let mut rx = with_consumer.then(|| consume(&vhost, 10).1);
+            let published = vhost.publish(&["q"], &|| None, persistent("m")).unwrap();
+            if let Some(rx) = &mut rx {
+                assert!(next(rx).is_some());
+            }
+            let log = message_log(&logs, &vhost);
+            let end = log.offsets().log_end;
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                start_wait(published.sync, Duration::from_secs(3600)),
+            )
+            .await
+            .expect("the sync ends the wait, with no settle wait")
+            .unwrap()
+            .unwrap();
+            assert!(log.offsets().durable >= end);
+            vhost.delete_queue(1, "q", false, false).unwrap();
+        }
+        drop(vhost);
         logs.close().unwrap();
     }
 

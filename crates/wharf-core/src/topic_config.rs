@@ -225,6 +225,8 @@ impl TopicConfig {
             max_batch_bytes: u32::try_from(max_message.max(0))
                 .unwrap_or(u32::MAX)
                 .saturating_add(64 * 1024),
+            // Every acks=all produce waits for its sync; acks=0/1 data is left to the OS, as in Kafka.
+            unsynced_age_max_ms: None,
         }
         .clamped()
     }

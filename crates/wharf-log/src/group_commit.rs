@@ -269,6 +269,11 @@ impl GroupCommit {
     }
 
     /// The durable offset and the first failure.
+    /// Every offset below is durable.
+    pub fn durable(&self) -> u64 {
+        self.state.lock().durable
+    }
+
     pub fn snapshot(&self) -> (u64, Option<String>) {
         let st = self.state.lock();
         (st.durable, st.failed.clone())

@@ -76,7 +76,8 @@ pub struct Log {
     /// Serialises [`Log::finish_seals`]; taken before `state`, never while holding it.
     seal_lock: Mutex<()>,
     appends: AtomicU64,
-    /// Wall-clock ms of the last background flush (used by the manager for `Durability::Interval`).
+    /// Wall-clock ms of the last successful sync round, whoever led it (the manager's background syncs under
+    /// `Durability::Interval`, and under `Durability::Always` when nobody waited, go by it).
     pub(crate) last_flush_ms: AtomicI64,
     /// The manager's tail flusher; without one (a log opened on its own) appends hold nothing back.
     tail_hook: Option<TailHook>,
@@ -743,6 +744,13 @@ impl Log {
         }
     }
 
+    /// Whether [`Log::wait_for_policy_async`] for `next_offset` would wait for an fdatasync: the policy is
+    /// `always` and the offsets below are not durable yet.
+    pub fn waits_for_sync(&self, next_offset: u64) -> bool {
+        let always = matches!(self.state.lock().config.durability, Durability::Always);
+        always && self.commit.durable() < next_offset
+    }
+
     /// Makes everything appended so far durable.
     pub fn sync(&self) -> Result<()> {
         let end = self.state.lock().next_offset;
@@ -809,6 +817,9 @@ impl Log {
             .and_then(|f| f.sync_data().at(&path))
             .map(|()| end);
         let sync_took = sync_started.elapsed();
+        if result.is_ok() {
+            self.last_flush_ms.store(now_ms(), Ordering::Relaxed);
+        }
         let busy = self.state.lock().next_offset >= end + crate::group_commit::GATHER_BUSY_RECORDS;
         let shared = result
             .as_ref()

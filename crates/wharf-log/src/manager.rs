@@ -292,13 +292,19 @@ impl Inner {
             let logs: Vec<Arc<Log>> = self.logs.read().values().cloned().collect();
             let now = now_ms();
             for log in &logs {
-                if let Durability::Interval { ms } = log.config().durability {
-                    let last = log.last_flush_ms.load(Ordering::Relaxed);
-                    if now - last >= i64::try_from(ms).unwrap_or(i64::MAX) && log.has_unsynced() {
-                        log.last_flush_ms.store(now, Ordering::Relaxed);
-                        if let Err(e) = log.sync() {
-                            tracing::error!(log = log.name(), error = %e, "interval flush failed");
-                        }
+                let every = match log.config().durability {
+                    Durability::Interval { ms } => ms,
+                    Durability::Always => match log.config().unsynced_age_max_ms {
+                        Some(ms) => ms,
+                        None => continue,
+                    },
+                    Durability::Os => continue,
+                };
+                let last = log.last_flush_ms.load(Ordering::Relaxed);
+                if now - last >= i64::try_from(every).unwrap_or(i64::MAX) && log.has_unsynced() {
+                    log.last_flush_ms.store(now, Ordering::Relaxed);
+                    if let Err(e) = log.sync() {
+                        tracing::error!(log = log.name(), error = %e, "background flush failed");
                     }
                 }
             }
@@ -321,14 +327,16 @@ impl Inner {
         }
     }
 
-    /// How long to sleep: the shortest flush interval of any log, bounded to [5 ms, 1 s].
+    /// How long to sleep: the shortest flush interval of any log (for `always`, the unsynced age bound),
+    /// bounded to [5 ms, 1 s].
     fn tick(&self) -> Duration {
         let logs = self.logs.read();
         let shortest = logs
             .values()
             .filter_map(|l| match l.config().durability {
                 Durability::Interval { ms } => Some(ms),
-                _ => None,
+                Durability::Always => l.config().unsynced_age_max_ms,
+                Durability::Os => None,
             })
             .min()
             .unwrap_or(1000);

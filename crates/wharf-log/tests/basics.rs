@@ -353,6 +353,49 @@ fn interval_policy_flushes_in_the_background() {
 }
 
 #[test]
+fn always_policy_syncs_data_nobody_waits_for_within_its_age_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = LogManager::open(dir.path(), ManagerConfig::default()).unwrap();
+    let bounded = manager
+        .open_log(
+            "bounded",
+            LogConfig {
+                durability: Durability::Always,
+                unsynced_age_max_ms: Some(20),
+                ..small_config()
+            },
+        )
+        .unwrap();
+    let unbounded = manager
+        .open_log(
+            "unbounded",
+            LogConfig {
+                durability: Durability::Always,
+                ..small_config()
+            },
+        )
+        .unwrap();
+    let a = bounded.append(b"x", 1, 0).unwrap();
+    let b = unbounded.append(b"x", 1, 0).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while bounded.offsets().durable < a.next_offset {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "background sync never happened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // Without a bound, `always` data is synced only for a waiter (none here: the manager's passes since
+    // have left it alone).
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(unbounded.offsets().durable < b.next_offset);
+    assert_eq!(unbounded.stats().syncs, 0);
+    unbounded.wait_for_policy(b.next_offset).unwrap();
+    assert_eq!(unbounded.offsets().durable, b.next_offset);
+    manager.close().unwrap();
+}
+
+#[test]
 fn lazy_policies_seal_rolled_segments_off_the_append_path() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(

@@ -392,6 +392,10 @@ pub struct AmqpSection {
     pub handshake_timeout_ms: u64,
     /// Bytes of deliveries a connection may have waiting to be written before its consumers are paused.
     pub connection_pending_bytes_max: u64,
+    /// How long a confirm of persistent messages that went straight to consumers waits for their acks
+    /// before asking for an fsync (a message consumed and acked on every queue it reached needs none); 0:
+    /// every confirm waits for the fsync.
+    pub confirm_ack_wait_ms: u64,
     /// Bytes of messages that may wait in memory (non-durable queues) before publishers are blocked
     /// (connection.blocked); `0` means 40 % of the machine's memory, RabbitMQ's default watermark.
     pub memory_limit_bytes: u64,
@@ -435,6 +439,7 @@ impl Default for AmqpSection {
             max_message_bytes: d.max_message_bytes,
             handshake_timeout_ms: d.handshake_timeout_ms,
             connection_pending_bytes_max: d.connection_pending_bytes_max,
+            confirm_ack_wait_ms: d.confirm_ack_wait_ms,
             memory_limit_bytes: 0,
             vhosts: vec!["/".to_string()],
             users: Vec::new(),
@@ -467,6 +472,7 @@ impl AmqpSection {
             max_message_bytes: self.max_message_bytes,
             handshake_timeout_ms: self.handshake_timeout_ms,
             connection_pending_bytes_max: self.connection_pending_bytes_max,
+            confirm_ack_wait_ms: self.confirm_ack_wait_ms,
             users: self
                 .users
                 .iter()

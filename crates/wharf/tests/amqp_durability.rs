@@ -352,3 +352,110 @@ async fn messages_taken_without_ack_do_not_come_back() {
     assert_eq!(passive(&channel, "fire-and-forget").await.unwrap(), 0);
     assert!(drain(&channel, "fire-and-forget").await.is_empty());
 }
+
+/// A confirm of a persistent message that a consumer took at once waits for that consumer's ack (then no
+/// fsync is needed) or, failing that, for the log's sync: confirms arrive whether the consumer acks, holds the
+/// message, or there is none — and only what was not acked comes back after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirms_arrive_whatever_consumers_do_and_only_unacked_messages_come_back() {
+    let mut broker = start();
+    {
+        let (conn, channel) = connect(&broker).await;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        declare(&channel, "mixed", true).await.unwrap();
+        let consumer_channel = conn.create_channel().await.unwrap();
+        consumer_channel
+            .basic_qos(5, BasicQosOptions::default())
+            .await
+            .unwrap();
+        // A consumer that acks everything it gets, while each publish waits for its confirm.
+        let mut acking = consumer_channel
+            .basic_consume(
+                "mixed".into(),
+                "acking".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let acker = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(Ok(d)) = acking.next().await {
+                seen.push(String::from_utf8_lossy(&d.data).into_owned());
+                d.ack(BasicAckOptions::default()).await.unwrap();
+                if seen.len() == 50 {
+                    break;
+                }
+            }
+            seen
+        });
+        for i in 0..50 {
+            let body = format!("acked{i:02}");
+            tokio::time::timeout(
+                OP_TIMEOUT,
+                publish_confirmed(&channel, "", "mixed", body.as_bytes(), persistent()),
+            )
+            .await
+            .expect("confirm of a message its consumer acked");
+        }
+        let seen = tokio::time::timeout(OP_TIMEOUT, acker)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            seen,
+            (0..50).map(|i| format!("acked{i:02}")).collect::<Vec<_>>()
+        );
+        consumer_channel
+            .basic_cancel("acking".into(), Default::default())
+            .await
+            .unwrap();
+        // A consumer that takes five and never acks them: their confirms come from the sync.
+        let mut holding = consumer_channel
+            .basic_consume(
+                "mixed".into(),
+                "holding".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        for i in 0..5 {
+            let body = format!("held{i}");
+            tokio::time::timeout(
+                OP_TIMEOUT,
+                publish_confirmed(&channel, "", "mixed", body.as_bytes(), persistent()),
+            )
+            .await
+            .expect("confirm of a message delivered and not acked");
+            let d = tokio::time::timeout(OP_TIMEOUT, holding.next())
+                .await
+                .expect("delivery in time")
+                .expect("consumer open")
+                .expect("delivery");
+            assert_eq!(d.data, body.as_bytes());
+        }
+        // Its prefetch is used up: these wait in the queue, and their confirms come from the sync too.
+        for i in 0..5 {
+            let body = format!("ready{i}");
+            tokio::time::timeout(
+                OP_TIMEOUT,
+                publish_confirmed(&channel, "", "mixed", body.as_bytes(), persistent()),
+            )
+            .await
+            .expect("confirm of a message left waiting");
+        }
+        assert_eq!(passive(&channel, "mixed").await.unwrap(), 5);
+        assert!(broker.terminate().success());
+    }
+    broker.restart();
+    let (_conn, channel) = connect(&broker).await;
+    let want: Vec<(String, bool)> = (0..5)
+        .map(|i| (format!("held{i}"), true))
+        .chain((0..5).map(|i| (format!("ready{i}"), false)))
+        .collect();
+    assert_eq!(drain(&channel, "mixed").await, want, "{}", broker.stderr());
+}
