@@ -116,7 +116,7 @@ pub struct ManagerConfig {
     /// How long appended bytes may stay in a log's held tail before they are written to the page cache.
     ///
     /// A log under the manager keeps the bytes past the last aligned boundary of its active segment (under
-    /// 128 KiB; about four batches at most) in memory and sends them in front of the next batch, so that every
+    /// 128 KiB) in memory and sends them in front of the next batch, so that every
     /// write is a whole, aligned block (far cheaper for the kernel than a write per batch ending mid-page). A
     /// process crash loses held bytes, so under `interval` and `os` this bounds what a process crash can lose:
     /// the batches ending in the held tail, appended within this interval. `always` loses nothing acknowledged

@@ -31,7 +31,7 @@
 //! Memory per open log: a few hundred bytes of state, plus the active segment's index (8 bytes per
 //! `index_interval_bytes` of data, about 2 KiB per MiB at the default 4 KiB), plus the indexes of sealed
 //! segments that have been read since open (the same rate), plus, while it is busy, its held tail (under
-//! 128 KiB, about four batches at most; released once the log has been idle for `tail_flush_interval`). No data
+//! 128 KiB; released once the log has been idle for `tail_flush_interval`). No data
 //! is cached by the log itself: reads go to the page cache.
 
 pub mod config;

@@ -11,10 +11,12 @@
 //!
 //! So an append sends the held bytes, its header and its payload up to the last boundary in one `pwritev`
 //! (`[held bytes, header, payload prefix]`) and keeps the rest; a frame that passes no boundary is only copied.
-//! The boundary is the largest power of two not above four frames of the current size, between 4 KiB (a page)
-//! and 64 KiB ([`ALIGN_MAX_BYTES`]): 16 KiB frames go out as aligned 64 KiB writes, 1 MiB frames end on 64 KiB
-//! boundaries, 1 KiB frames are gathered a page at a time. A busy log therefore holds less than 128 KiB (about
-//! four frames at most), an idle one nothing.
+//! The boundary is the largest power of two not above 64 frames of the current size, between 4 KiB (a page)
+//! and 64 KiB ([`ALIGN_MAX_BYTES`]): frames of 1 KiB and more go out as aligned 64 KiB writes (1 MiB frames end
+//! on 64 KiB boundaries), 100-byte frames a page at a time. A busy log therefore holds less than 128 KiB, an
+//! idle one nothing. (Gathering four frames, as first built, wrote 1 KiB AMQP messages a page per `pwritev`,
+//! with 4 KiB folios: 64 KiB writes cost the broker 5–14 % less CPU per persistent confirmed message, measured
+//! with interleaved `wharf-bench amqp` runs at 8 000 msg/s and at the maximum rate.)
 //!
 //! The price is that held bytes are in this process's memory only, not in the page cache: a process crash loses
 //! them. They are therefore written out before anything is claimed durable (every sync round, seal, checkpoint,
@@ -43,8 +45,8 @@ pub(crate) const ALIGN_MAX_BYTES: u64 = 64 * 1024;
 /// Slices one frame is appended as (header and payload).
 const MAX_FRAME_PARTS: usize = 2;
 
-/// Frames of one size a write may gather (see [`alignment`]).
-const GATHER_FRAMES: u64 = 4;
+/// Frames of one size a write may gather (see [`alignment`] and the module docs).
+const GATHER_FRAMES: u64 = 64;
 
 /// The boundary writes of a frame of `len` bytes end on: the largest power of two not above
 /// [`GATHER_FRAMES`] frames, within [`PAGE_BYTES`]..=[`ALIGN_MAX_BYTES`].
@@ -298,9 +300,13 @@ mod tests {
     #[test]
     fn alignment_follows_the_frame_size() {
         assert_eq!(alignment(0), PAGE_BYTES);
-        assert_eq!(alignment(1056), PAGE_BYTES);
-        assert_eq!(alignment(4096 + 32), 16_384);
-        assert_eq!(alignment(16_384 + 32), 65_536);
+        assert_eq!(alignment(40), PAGE_BYTES);
+        assert_eq!(alignment(100), 4096);
+        assert_eq!(alignment(300), 16_384);
+        // An AMQP message of 1 KiB with its properties and frame header, and larger frames: 64 KiB.
+        assert_eq!(alignment(1056), ALIGN_MAX_BYTES);
+        assert_eq!(alignment(4096 + 32), ALIGN_MAX_BYTES);
+        assert_eq!(alignment(16_384 + 32), ALIGN_MAX_BYTES);
         assert_eq!(alignment(1 << 20), ALIGN_MAX_BYTES);
     }
 

@@ -75,17 +75,21 @@ fn reads_and_time_lookups_see_held_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let m = manager(dir.path(), NEVER);
     let log = m.open_log("q", config(Durability::Os)).unwrap();
-    // 10 frames of 1000 + 32 bytes: two whole pages written, 2128 bytes held.
-    let appended = append_n(&log, 0, 10, 1000);
-    assert_eq!(active_file_len(&log), 8192, "only whole pages are written");
+    // 70 frames of 1000 + 32 bytes: one aligned 64 KiB block written, 6704 bytes held (frame 63 straddles).
+    let appended = append_n(&log, 0, 70, 1000);
+    assert_eq!(
+        active_file_len(&log),
+        65_536,
+        "only whole aligned blocks are written"
+    );
     assert_eq!(log.stats().size_bytes, frames_len(&appended));
     assert_eq!(read_all(&log, 0), appended);
     // A read starting inside the held bytes, and one spanning file and held bytes with a small budget.
-    assert_eq!(log.read(9, 1, None).unwrap()[0].payload, appended[9].3);
-    let some = log.read(7, 2000, None).unwrap();
+    assert_eq!(log.read(69, 1, None).unwrap()[0].payload, appended[69].3);
+    let some = log.read(62, 2000, None).unwrap();
     assert_eq!(some.len(), 2);
-    assert_eq!(some[1].payload, appended[8].3);
-    assert_eq!(log.find_offset_by_timestamp(9).unwrap(), Some((9, 9)));
+    assert_eq!(some[1].payload, appended[63].3);
+    assert_eq!(log.find_offset_by_timestamp(69).unwrap(), Some((69, 69)));
     m.close().unwrap();
 }
 
@@ -109,7 +113,7 @@ fn sync_writes_the_held_tail_before_claiming_durability() {
         let (_copy, crashed) = crash_copy(&log);
         assert_eq!(read_all(&crashed, 0), appended);
         // Appends after the sync start again from the held (already written) page: still aligned, still correct.
-        let more = append_n(&log, 5, 20, 700);
+        let more = append_n(&log, 5, 60, 700);
         assert_eq!(active_file_len(&log) % 4096, 0);
         assert_eq!(read_all(&log, 0), [appended, more].concat());
         m.close().unwrap();
