@@ -66,6 +66,20 @@ impl RangeSet {
                 if e >= end {
                     return;
                 }
+                // The usual case, positions settled in order: nothing starts between that range and `end`, so it
+                // grows in place (lookups only; no removal and re-insertion in the map).
+                let next_start = self
+                    .ranges
+                    .range(s.saturating_add(1)..)
+                    .next()
+                    .map(|(&n, _)| n);
+                if next_start.is_none_or(|n| n > end) {
+                    if let Some(range_end) = self.ranges.get_mut(&s) {
+                        *range_end = end;
+                        self.len += end - e;
+                        return;
+                    }
+                }
                 start = s;
                 end = end.max(e);
                 self.ranges.remove(&s);
