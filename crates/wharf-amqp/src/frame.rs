@@ -480,6 +480,71 @@ pub fn write_method(out: &mut Vec<u8>, channel: u16, method: AMQPClass) -> Resul
     write_frame(out, &AMQPFrame::Method(channel, method))
 }
 
+/// Appends a basic.ack frame (a publisher confirm): amq-protocol's encoding of an ack, made once per process and
+/// patched with the channel, delivery-tag and `multiple` bit — encoding each in full cost ~1 700 instructions, a
+/// few percent of the broker's CPU per persistent confirmed message. The template is used only if patching it
+/// reproduces amq-protocol's own encoding of a probe ack whose every field differs from the template's, so a
+/// codec change falls back to full encoding rather than writing a wrong frame.
+pub fn write_basic_ack(out: &mut Vec<u8>, channel: u16, delivery_tag: u64, multiple: bool) {
+    static TEMPLATE: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+    let template = TEMPLATE.get_or_init(|| {
+        let mut template = Vec::new();
+        write_method(&mut template, 0, basic_ack(0, false)).ok()?;
+        let (channel, tag, multiple) = (0x0102, 0x0102_0304_0506_0708, true);
+        let mut probe = Vec::new();
+        write_method(&mut probe, channel, basic_ack(tag, multiple)).ok()?;
+        let mut patched = Vec::new();
+        patch_basic_ack(&mut patched, &template, channel, tag, multiple)?;
+        (patched == probe).then_some(template)
+    });
+    let written = template
+        .as_deref()
+        .and_then(|t| patch_basic_ack(out, t, channel, delivery_tag, multiple));
+    if written.is_none() {
+        // Not reached with the amq-protocol this was built against (the probe above would have matched).
+        let _ = write_method(out, channel, basic_ack(delivery_tag, multiple));
+    }
+}
+
+/// Where the 0-9-1 grammar puts an ack's fields in its frame: the channel after the frame type, then (after the
+/// frame size, class and method ids) the delivery-tag and one octet of bits with `multiple` as bit 0.
+const ACK_CHANNEL_AT: std::ops::Range<usize> = 1..3;
+const ACK_TAG_AT: std::ops::Range<usize> = FRAME_HEADER_BYTES + 4..FRAME_HEADER_BYTES + 12;
+const ACK_BITS_AT: usize = FRAME_HEADER_BYTES + 12;
+
+/// Appends `template` (an encoded ack) with the fields set; `None` (nothing appended) if it is too short.
+fn patch_basic_ack(
+    out: &mut Vec<u8>,
+    template: &[u8],
+    channel: u16,
+    delivery_tag: u64,
+    multiple: bool,
+) -> Option<()> {
+    if template.len() <= ACK_BITS_AT {
+        return None;
+    }
+    let start = out.len();
+    out.extend_from_slice(template);
+    let frame = out.get_mut(start..)?;
+    frame
+        .get_mut(ACK_CHANNEL_AT)?
+        .copy_from_slice(&channel.to_be_bytes());
+    frame
+        .get_mut(ACK_TAG_AT)?
+        .copy_from_slice(&delivery_tag.to_be_bytes());
+    *frame.get_mut(ACK_BITS_AT)? = u8::from(multiple);
+    Some(())
+}
+
+fn basic_ack(delivery_tag: u64, multiple: bool) -> AMQPClass {
+    AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Ack(
+        amq_protocol::protocol::basic::Ack {
+            delivery_tag,
+            multiple,
+        },
+    ))
+}
+
 /// A consumer's basic.deliver frame as amq-protocol encodes it, for the last exchange and routing key delivered:
 /// consecutive deliveries to one consumer usually differ only in delivery-tag and redelivered, so the frame is
 /// copied and those two fields patched instead of being encoded anew (encoding built three strings and a flag
@@ -752,6 +817,26 @@ mod tests {
             let frame = next_frame_with(&mut BytesMut::from(&wire[..]), 1 << 20, &mut memo);
             assert!(matches!(frame, Ok(Some(Frame::Method(1, c))) if c == class));
             assert!(memo.publish.as_ref().is_some_and(|(_, p)| p.is_none()));
+        }
+    }
+
+    #[test]
+    fn basic_ack_template_writes_what_amq_protocol_encodes() {
+        for (channel, tag, multiple) in [
+            (0u16, 0u64, false),
+            (1, 1, false),
+            (1, 2, true),
+            (2047, u64::MAX, true),
+            (u16::MAX, 1 << 40, false),
+        ] {
+            let mut expected = vec![9u8];
+            write_method(&mut expected, channel, basic_ack(tag, multiple)).unwrap();
+            let mut written = vec![9u8];
+            write_basic_ack(&mut written, channel, tag, multiple);
+            assert_eq!(
+                written, expected,
+                "channel {channel} tag {tag} multiple {multiple}"
+            );
         }
     }
 

@@ -523,18 +523,15 @@ impl Session {
             return;
         };
         for outcome in channel.drain_confirms() {
-            let method = if outcome.ok {
-                basic::AMQPMethod::Ack(basic::Ack {
-                    delivery_tag: outcome.delivery_tag,
-                    multiple: outcome.multiple,
-                })
-            } else {
-                basic::AMQPMethod::Nack(basic::Nack {
-                    delivery_tag: outcome.delivery_tag,
-                    multiple: outcome.multiple,
-                    requeue: false,
-                })
-            };
+            if outcome.ok {
+                frame::write_basic_ack(&mut self.out, id, outcome.delivery_tag, outcome.multiple);
+                continue;
+            }
+            let method = basic::AMQPMethod::Nack(basic::Nack {
+                delivery_tag: outcome.delivery_tag,
+                multiple: outcome.multiple,
+                requeue: false,
+            });
             self.send(id, AMQPClass::Basic(method));
         }
     }
