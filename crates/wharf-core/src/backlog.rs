@@ -141,6 +141,8 @@ impl PendingSync {
                     && target.log.waits_for_sync(target.next_offset)
                     && settled.wait_through(target.next_offset, deadline).await
                 {
+                    // Unsynced and confirmed: the log manager syncs it soon, so a later wait's sync stays short.
+                    target.log.owe_sync();
                     continue;
                 }
             }

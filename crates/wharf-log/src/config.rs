@@ -69,11 +69,13 @@ pub struct LogConfig {
     pub durability: Durability,
     /// Largest batch accepted, in bytes (at most [`BATCH_BYTES_MAX`]).
     pub max_batch_bytes: u32,
-    /// Under `always`, under a [`crate::LogManager`]: the longest appended data stays unsynced while nobody
-    /// waits for it, after which the manager's thread syncs it; `None` leaves it to the next waiter. A log whose
-    /// waits are often resolved another way (a durable AMQP queue confirms messages its consumers acked without
-    /// a sync) would otherwise have the next sync anyone waits for write everything since the last one at once
-    /// (seen: 147 ms for 40 MB on the project's VM); this bounds that sync to what arrives in this interval.
+    /// Under `always`, under a [`crate::LogManager`], once a caller said it let data go unsynced
+    /// ([`crate::Log::owe_sync`]): the longest that data stays unsynced, after which the manager's thread syncs
+    /// it; `None` leaves it to the next waiter. A log whose waits are often resolved another way (a durable AMQP
+    /// queue confirms messages its consumers acked without a sync) would otherwise have the next sync anyone
+    /// waits for write everything since the last one at once (seen: 147 ms for 40 MB on the project's VM); this
+    /// bounds that sync to what arrives in this interval. Logs with no such waits (publishers without confirms)
+    /// are not synced in the background, as before.
     pub unsynced_age_max_ms: Option<u64>,
 }
 

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -79,6 +79,9 @@ pub struct Log {
     /// Wall-clock ms of the last successful sync round, whoever led it (the manager's background syncs under
     /// `Durability::Interval`, and under `Durability::Always` when nobody waited, go by it).
     pub(crate) last_flush_ms: AtomicI64,
+    /// Set by [`Log::owe_sync`]: a wait was resolved without a sync, so the manager syncs the log within
+    /// [`LogConfig::unsynced_age_max_ms`].
+    pub(crate) sync_owed: AtomicBool,
     /// The manager's tail flusher; without one (a log opened on its own) appends hold nothing back.
     tail_hook: Option<TailHook>,
     /// The manager's CRC helper; without one (a log opened on its own) appends compute every CRC inline.
@@ -249,6 +252,7 @@ impl Log {
             seal_lock: Mutex::new(()),
             appends: AtomicU64::new(0),
             last_flush_ms: AtomicI64::new(now_ms()),
+            sync_owed: AtomicBool::new(false),
             tail_hook: None,
             crc_helper: None,
         })
@@ -742,6 +746,14 @@ impl Log {
             Durability::Always => self.wait_durable_async(next_offset).await,
             Durability::Interval { .. } | Durability::Os => Ok(()),
         }
+    }
+
+    /// A caller let data go unsynced that it would otherwise have waited for (an AMQP confirm resolved by the
+    /// consumer's ack): under `always` with [`LogConfig::unsynced_age_max_ms`], the manager now syncs it within
+    /// that age, so that a later wait's sync does not have to write all of it at once. Logs nobody calls this
+    /// for keep the plain `always` behaviour (synced only for waiters).
+    pub fn owe_sync(&self) {
+        self.sync_owed.store(true, Ordering::Relaxed);
     }
 
     /// Whether [`Log::wait_for_policy_async`] for `next_offset` would wait for an fdatasync: the policy is

@@ -295,14 +295,15 @@ impl Inner {
                 let every = match log.config().durability {
                     Durability::Interval { ms } => ms,
                     Durability::Always => match log.config().unsynced_age_max_ms {
-                        Some(ms) => ms,
-                        None => continue,
+                        Some(ms) if log.sync_owed.load(Ordering::Relaxed) => ms,
+                        _ => continue,
                     },
                     Durability::Os => continue,
                 };
                 let last = log.last_flush_ms.load(Ordering::Relaxed);
                 if now - last >= i64::try_from(every).unwrap_or(i64::MAX) && log.has_unsynced() {
                     log.last_flush_ms.store(now, Ordering::Relaxed);
+                    log.sync_owed.store(false, Ordering::Relaxed);
                     if let Err(e) = log.sync() {
                         tracing::error!(log = log.name(), error = %e, "background flush failed");
                     }

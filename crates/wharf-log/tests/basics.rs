@@ -353,7 +353,7 @@ fn interval_policy_flushes_in_the_background() {
 }
 
 #[test]
-fn always_policy_syncs_data_nobody_waits_for_within_its_age_bound() {
+fn always_policy_syncs_owed_data_within_its_age_bound() {
     let dir = tempfile::tempdir().unwrap();
     let manager = LogManager::open(dir.path(), ManagerConfig::default()).unwrap();
     let bounded = manager
@@ -377,6 +377,11 @@ fn always_policy_syncs_data_nobody_waits_for_within_its_age_bound() {
         .unwrap();
     let a = bounded.append(b"x", 1, 0).unwrap();
     let b = unbounded.append(b"x", 1, 0).unwrap();
+    // Nobody owes the bounded log a sync yet: it is left alone, as plain `always` logs are.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(bounded.offsets().durable < a.next_offset);
+    bounded.owe_sync();
+    unbounded.owe_sync();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while bounded.offsets().durable < a.next_offset {
         assert!(
@@ -385,8 +390,8 @@ fn always_policy_syncs_data_nobody_waits_for_within_its_age_bound() {
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    // Without a bound, `always` data is synced only for a waiter (none here: the manager's passes since
-    // have left it alone).
+    // Without a bound, `always` data is synced only for a waiter, owed or not (none here: the manager's passes
+    // since have left it alone).
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert!(unbounded.offsets().durable < b.next_offset);
     assert_eq!(unbounded.stats().syncs, 0);
