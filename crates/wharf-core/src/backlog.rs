@@ -19,7 +19,7 @@
 //! (at or past the cursor), in the window or index, requeued, out with a consumer, or settled.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Notify;
@@ -134,11 +134,13 @@ impl PendingSync {
     /// started for it: a consumer that keeps up acks a message well before a group-commit round would end).
     /// A zero `settle_wait` waits for durability only.
     pub async fn wait(self, settle_wait: std::time::Duration) -> crate::Result<()> {
-        let deadline = tokio::time::Instant::now() + settle_wait;
+        let now = tokio::time::Instant::now();
+        let deadline = now.checked_add(settle_wait).unwrap_or(now);
         for target in self.first.into_iter().chain(self.rest) {
             if let Some(settled) = &target.settled {
                 if !settle_wait.is_zero()
                     && target.log.waits_for_sync(target.next_offset)
+                    && !settled.skipping()
                     && settled.wait_through(target.next_offset, deadline).await
                 {
                     // Unsynced and confirmed: the log manager syncs it soon, so a later wait's sync stays short.
@@ -160,7 +162,18 @@ pub(crate) struct SettledProgress {
     /// Waits watching `low`: `advance` wakes them only when there are some (one atomic read per ack otherwise).
     watching: AtomicUsize,
     moved: Notify,
+    /// Settle waits that ran out of time in a row (reset by one that did not).
+    timeouts: AtomicU32,
+    /// Waits still to go straight to the sync: consumers that hold messages (slow work, out-of-order acks) would
+    /// otherwise add the whole settle wait to every confirm (see [`SETTLE_TIMEOUTS_BEFORE_SKIPPING`]).
+    skip: AtomicU32,
 }
+
+/// Settle waits timed out in a row after which a queue's next [`SETTLE_WAITS_SKIPPED`] confirm waits go straight
+/// to the sync; the one after that tries again.
+const SETTLE_TIMEOUTS_BEFORE_SKIPPING: u32 = 2;
+/// See [`SETTLE_TIMEOUTS_BEFORE_SKIPPING`].
+const SETTLE_WAITS_SKIPPED: u32 = 32;
 
 impl SettledProgress {
     fn new(low: u64) -> Self {
@@ -180,8 +193,33 @@ impl SettledProgress {
         }
     }
 
+    /// Whether this wait should go straight to the sync (recent settle waits of the queue timed out); counts it.
+    fn skipping(&self) -> bool {
+        self.skip
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// Records how a settle wait ended (see [`SETTLE_TIMEOUTS_BEFORE_SKIPPING`]).
+    fn record(&self, settled: bool) -> bool {
+        if settled {
+            self.timeouts.store(0, Ordering::Relaxed);
+        } else if self.timeouts.fetch_add(1, Ordering::Relaxed) + 1
+            >= SETTLE_TIMEOUTS_BEFORE_SKIPPING
+        {
+            self.timeouts.store(0, Ordering::Relaxed);
+            self.skip.store(SETTLE_WAITS_SKIPPED, Ordering::Relaxed);
+        }
+        settled
+    }
+
     /// Waits until every position below `end` is settled (true) or `deadline` passes (false).
     async fn wait_through(&self, end: u64, deadline: tokio::time::Instant) -> bool {
+        let settled = self.wait_through_inner(end, deadline).await;
+        self.record(settled)
+    }
+
+    async fn wait_through_inner(&self, end: u64, deadline: tokio::time::Instant) -> bool {
         if self.low.load(Ordering::SeqCst) >= end {
             return true;
         }
@@ -854,6 +892,13 @@ impl LogBacklog {
     /// A delivered message comes back: FIFO order keeps it aside to go out first; priority order puts it
     /// back into its level at its position.
     fn requeue(&mut self, position: u64, message: Arc<Message>, expires_at: Option<i64>) {
+        if position < self.low || self.settled.contains(position) {
+            // Settled as it left (a no-ack delivery whose channel closed or whose consumer went before the
+            // connection wrote it): settlement is final — it may be journaled, and it may have confirmed the
+            // message to its publisher without a sync — so it is not put back (RabbitMQ too counts a no-ack
+            // message consumed once the queue hands it out).
+            return;
+        }
         self.bytes += body_len(&message);
         match &mut self.order {
             Order::Priority {

@@ -1673,11 +1673,19 @@ mod tests {
         vhost: &VHost,
         prefetch: u16,
     ) -> (ConsumerId, mpsc::UnboundedReceiver<(u16, QueueEvent)>) {
+        consume_with(vhost, prefetch, false)
+    }
+
+    fn consume_with(
+        vhost: &VHost,
+        prefetch: u16,
+        no_ack: bool,
+    ) -> (ConsumerId, mpsc::UnboundedReceiver<(u16, QueueEvent)>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let options = ConsumeOptions {
             consumer_tag: "c".into(),
             channel: 1,
-            no_ack: false,
+            no_ack,
             exclusive: false,
             prefetch,
             priority: 0,
@@ -2080,6 +2088,71 @@ mod tests {
             assert!(log.offsets().durable >= end);
             vhost.delete_queue(1, "q", false, false).unwrap();
         }
+        drop(vhost);
+        logs.close().unwrap();
+    }
+
+    #[tokio::test]
+    async fn confirm_waits_go_straight_to_the_sync_after_settle_waits_time_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let (logs, vhost) = open_durable(dir.path());
+        vhost.declare_queue(1, "q", false, durable()).unwrap();
+        // A consumer that holds everything it gets: each confirm's settle wait runs out.
+        let (_consumer, mut rx) = consume(&vhost, 100);
+        let mut publish_held = |body: &str| {
+            let published = vhost.publish(&["q"], &|| None, persistent(body)).unwrap();
+            assert!(next(&mut rx).is_some());
+            published.sync
+        };
+        for body in ["a", "b"] {
+            let started = std::time::Instant::now();
+            start_wait(publish_held(body), Duration::from_millis(100))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(started.elapsed() >= Duration::from_millis(100));
+        }
+        // Two in a row timed out: the next ones skip the settle wait (an hour here) and end with the sync.
+        for body in ["c", "d"] {
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                start_wait(publish_held(body), Duration::from_secs(3600)),
+            )
+            .await
+            .expect("no settle wait after two that timed out")
+            .unwrap()
+            .unwrap();
+        }
+        drop(vhost);
+        logs.close().unwrap();
+    }
+
+    #[test]
+    fn a_no_ack_delivery_put_back_after_it_settled_stays_settled() {
+        // A no-ack delivery is settled as the queue hands it out (and may have been confirmed without a sync);
+        // if its channel then cannot take it, the connection hands it back: it must not come back to life in
+        // a durable queue whose journal may already say it is settled.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (logs, vhost) = open_durable(dir.path());
+            vhost.declare_queue(1, "q", false, durable()).unwrap();
+            let (id, mut rx) = consume_with(&vhost, 0, true);
+            vhost.publish(&["q"], &|| None, persistent("gone")).unwrap();
+            vhost.publish(&["q"], &|| None, persistent("taken")).unwrap();
+            let first = next(&mut rx).expect("delivered");
+            let second = next(&mut rx).expect("delivered");
+            vhost.cancel(&first.queue, id);
+            first
+                .queue
+                .requeue(Some(id), first.position, Arc::clone(&first.message), None);
+            assert_eq!(vhost.counts_of("q"), 0);
+            assert!(vhost.get(1, "q", false).unwrap().is_none());
+            drop(second);
+            vhost.flush_journals();
+            logs.close().unwrap();
+        }
+        let (logs, vhost) = open_durable(dir.path());
+        assert_eq!(vhost.counts_of("q"), 0);
         drop(vhost);
         logs.close().unwrap();
     }

@@ -930,7 +930,7 @@ impl Log {
                         start_pos,
                         start_offset,
                         end_pos: seg.size,
-                        held: st.tail.snapshot(),
+                        held: st.tail.snapshot_from(start_pos),
                     },
                     seg_end: None,
                     file_id: seg.file_id,

@@ -271,6 +271,10 @@ impl Drop for LogManager {
     }
 }
 
+/// Longest a maintenance pass spends on owed syncs (each a blocking fdatasync on this one thread), so that a node
+/// with many such logs still runs its `interval` flushes, checkpoints and retention on time.
+const OWED_SYNCS_PASS_BUDGET: Duration = Duration::from_millis(50);
+
 impl Inner {
     /// The maintenance loop: wakes every few milliseconds for interval flushes, less often for checkpoints and
     /// retention. Errors are logged; a failing log does not stop the others from being maintained.
@@ -291,21 +295,31 @@ impl Inner {
             }
             let logs: Vec<Arc<Log>> = self.logs.read().values().cloned().collect();
             let now = now_ms();
-            for log in &logs {
-                let every = match log.config().durability {
-                    Durability::Interval { ms } => ms,
-                    Durability::Always => match log.config().unsynced_age_max_ms {
-                        Some(ms) if log.sync_owed.load(Ordering::Relaxed) => ms,
+            // `interval` flushes first: they are the policy's promise. Then the syncs owed to `always` logs
+            // (see `LogConfig::unsynced_age_max_ms`), for at most `OWED_SYNCS_PASS_BUDGET` per pass; those not
+            // reached stay owed for the next pass.
+            let pass_started = Instant::now();
+            for owed_pass in [false, true] {
+                for log in &logs {
+                    if owed_pass && pass_started.elapsed() >= OWED_SYNCS_PASS_BUDGET {
+                        break;
+                    }
+                    let every = match (log.config().durability, owed_pass) {
+                        (Durability::Interval { ms }, false) => ms,
+                        (Durability::Always, true) => match log.config().unsynced_age_max_ms {
+                            Some(ms) if log.sync_owed.load(Ordering::Relaxed) => ms,
+                            _ => continue,
+                        },
                         _ => continue,
-                    },
-                    Durability::Os => continue,
-                };
-                let last = log.last_flush_ms.load(Ordering::Relaxed);
-                if now - last >= i64::try_from(every).unwrap_or(i64::MAX) && log.has_unsynced() {
-                    log.last_flush_ms.store(now, Ordering::Relaxed);
-                    log.sync_owed.store(false, Ordering::Relaxed);
-                    if let Err(e) = log.sync() {
-                        tracing::error!(log = log.name(), error = %e, "background flush failed");
+                    };
+                    let last = log.last_flush_ms.load(Ordering::Relaxed);
+                    if now - last >= i64::try_from(every).unwrap_or(i64::MAX) && log.has_unsynced()
+                    {
+                        log.last_flush_ms.store(now, Ordering::Relaxed);
+                        log.sync_owed.store(false, Ordering::Relaxed);
+                        if let Err(e) = log.sync() {
+                            tracing::error!(log = log.name(), error = %e, "background flush failed");
+                        }
                     }
                 }
             }

@@ -247,10 +247,23 @@ impl HeldTail {
     }
 
     /// A copy of the held bytes for a reader, `None` when nothing is held.
+    #[cfg(test)]
     pub fn snapshot(&self) -> Option<HeldBytes> {
-        (!self.buf.is_empty()).then(|| HeldBytes {
-            start: self.start,
-            bytes: Bytes::copy_from_slice(&self.buf),
+        self.snapshot_from(self.start)
+    }
+
+    /// A copy of the held bytes at and past segment position `pos`, for a reader that reads nothing before it
+    /// (a read starts at an indexed batch and moves forward): a reader near the end copies only what it can
+    /// read, not the whole held tail (up to 64 KiB; a priority queue reads its log once per delivery). `None`
+    /// when nothing is held there.
+    pub fn snapshot_from(&self, pos: u64) -> Option<HeldBytes> {
+        let skip = usize::try_from(pos.saturating_sub(self.start))
+            .unwrap_or(usize::MAX)
+            .min(self.buf.len());
+        let bytes = self.buf.get(skip..).filter(|b| !b.is_empty())?;
+        Some(HeldBytes {
+            start: self.start + skip as u64,
+            bytes: Bytes::copy_from_slice(bytes),
         })
     }
 }
@@ -488,6 +501,23 @@ mod tests {
             tail.write_out(&file).unwrap();
             assert_eq!(file_bytes(&file), logical, "hold {hold}");
         }
+    }
+
+    #[test]
+    fn a_snapshot_from_a_position_copies_only_what_lies_past_it() {
+        let file = tempfile::tempfile().unwrap();
+        let mut tail = HeldTail::at(0);
+        let mut logical = Vec::new();
+        check_frames(&file, &mut tail, &mut logical, &[1000; 70]);
+        let all = tail.snapshot().unwrap();
+        assert_eq!(all.start, 65_536);
+        for pos in [0, 65_536, 70_000, logical.len() as u64 - 1] {
+            let part = tail.snapshot_from(pos).unwrap();
+            assert_eq!(part.start, pos.max(65_536));
+            assert_eq!(part.bytes.as_ref(), &logical[part.start as usize..]);
+        }
+        assert!(tail.snapshot_from(logical.len() as u64).is_none());
+        assert!(tail.snapshot_from(u64::MAX).is_none());
     }
 
     #[test]

@@ -517,6 +517,9 @@ impl Default for LimitsConfig {
 /// Most async worker threads `worker_threads` may ask for (a typo of a few zeros should not start a
 /// hundred thousand threads).
 pub const WORKER_THREADS_MAX: usize = 1024;
+/// Largest `amqp.confirm_ack_wait_ms`: a confirm waiting for acks holds back the confirms queued behind it on
+/// its connection, so the wait is meant to be a few milliseconds.
+pub const CONFIRM_ACK_WAIT_MS_MAX: u64 = 1000;
 
 /// The whole resolved configuration; also the schema of the config file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -656,6 +659,12 @@ impl Config {
             if value < -1 {
                 bail!("{key} must be -1 (unlimited) or at least 0, not {value}");
             }
+        }
+        if self.amqp.confirm_ack_wait_ms > CONFIRM_ACK_WAIT_MS_MAX {
+            bail!(
+                "amqp.confirm_ack_wait_ms must be at most {CONFIRM_ACK_WAIT_MS_MAX} (0: confirms wait for the fsync), not {}",
+                self.amqp.confirm_ack_wait_ms
+            );
         }
         for vhost in &self.amqp.vhosts {
             if vhost.is_empty() || vhost.len() > 255 {
@@ -811,6 +820,9 @@ mod tests {
         assert!(config.validate().is_err());
         let mut config = Config::default();
         config.listen.kafka = config.listen.amqp;
+        assert!(config.validate().is_err());
+        let mut config = Config::default();
+        config.amqp.confirm_ack_wait_ms = CONFIRM_ACK_WAIT_MS_MAX + 1;
         assert!(config.validate().is_err());
         let mut config = Config::default();
         config.listen.kafka = "127.0.0.1:0".parse().unwrap();
