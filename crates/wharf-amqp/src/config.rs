@@ -22,8 +22,8 @@ pub struct AmqpConfig {
     /// Bytes of deliveries a connection may have waiting to be written; past it, its consumers get nothing
     /// more until it drains (a slow consumer is throttled, not allowed to grow memory).
     pub connection_pending_bytes_max: u64,
-    /// How long the confirm of persistent messages that went straight to consumers (of a durable queue
-    /// without dead-lettering) waits for those consumers' acks before it asks for an fsync instead: a message
+    /// How long the confirm of persistent messages in a durable queue with consumers (and without
+    /// dead-lettering) waits for those consumers' acks before it asks for an fsync instead: a message
     /// consumed and acknowledged on every queue it reached is confirmed without one, as RabbitMQ does. 0: every
     /// confirm waits for the fsync.
     pub confirm_ack_wait_ms: u64,

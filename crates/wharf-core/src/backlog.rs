@@ -83,7 +83,7 @@ struct SyncTarget {
     /// Every offset below must be durable (or settled, see `settled`).
     next_offset: u64,
     /// The queue's settled progress, when settling everything below `next_offset` also makes the messages
-    /// safe (a queue without dead-lettering whose messages all went straight to consumers): the wait first
+    /// safe (a queue without dead-lettering that had a consumer when they were enqueued): the wait first
     /// gives the consumers' acks a chance to resolve it without an fsync.
     settled: Option<Arc<SettledProgress>>,
 }
@@ -129,8 +129,8 @@ impl PendingSync {
     }
 
     /// Waits until every target is as durable as its log's policy requires (`always`: fdatasync'ed,
-    /// group-committed with every other waiter of the log) — or, for a target whose messages all went
-    /// straight to consumers, until they are all settled, if that happens within `settle_wait` (then no fsync is
+    /// group-committed with every other waiter of the log) — or, for a target whose queue had consumers for
+    /// its messages, until they are all settled, if that happens within `settle_wait` (then no fsync is
     /// started for it: a consumer that keeps up acks a message well before a group-commit round would end).
     /// A zero `settle_wait` waits for durability only.
     pub async fn wait(self, settle_wait: std::time::Duration) -> crate::Result<()> {

@@ -392,7 +392,7 @@ pub struct AmqpSection {
     pub handshake_timeout_ms: u64,
     /// Bytes of deliveries a connection may have waiting to be written before its consumers are paused.
     pub connection_pending_bytes_max: u64,
-    /// How long a confirm of persistent messages that went straight to consumers waits for their acks
+    /// How long a confirm of persistent messages in a durable queue with consumers waits for their acks
     /// before asking for an fsync (a message consumed and acked on every queue it reached needs none); 0:
     /// every confirm waits for the fsync.
     pub confirm_ack_wait_ms: u64,
