@@ -19,11 +19,11 @@
 //! (at or past the cursor), in the window or index, requeued, out with a consumer, or settled.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use tokio::sync::Notify;
-
 use tracing::{info, warn};
 use wharf_log::{Appended, Log};
 
@@ -155,13 +155,17 @@ impl PendingSync {
 }
 
 /// A durable queue's low watermark (every position below it settled), readable without the queue's lock, and
-/// a wake-up for confirm waits watching it (see [`PendingSync::wait`]).
-#[derive(Debug, Default)]
+/// the confirm waits watching it (see [`PendingSync::wait`]). Each wait registers the position it needs and is
+/// woken once, when the watermark passes it: a queue with many publishing connections must not wake all their
+/// waits on every ack.
+#[derive(Debug)]
 pub(crate) struct SettledProgress {
     low: AtomicU64,
-    /// Waits watching `low`: `advance` wakes them only when there are some (one atomic read per ack otherwise).
-    watching: AtomicUsize,
-    moved: Notify,
+    /// The smallest position a registered wait needs (`u64::MAX`: none), so that an ack that reaches none of
+    /// them costs one atomic read, not the lock.
+    next_wake: AtomicU64,
+    /// Registered waits: the position each needs, and its wake-up.
+    waiting: Mutex<Vec<(u64, Arc<Notify>)>>,
     /// Settle waits that ran out of time in a row (reset by one that did not).
     timeouts: AtomicU32,
     /// Waits still to go straight to the sync: consumers that hold messages (slow work, out-of-order acks) would
@@ -179,18 +183,34 @@ impl SettledProgress {
     fn new(low: u64) -> Self {
         SettledProgress {
             low: AtomicU64::new(low),
-            ..SettledProgress::default()
+            next_wake: AtomicU64::new(u64::MAX),
+            waiting: Mutex::new(Vec::new()),
+            timeouts: AtomicU32::new(0),
+            skip: AtomicU32::new(0),
         }
     }
 
-    /// The low watermark moved up to `low` (called under the queue's lock).
+    /// The low watermark moved up to `low` (called under the queue's lock): wakes the waits it passed.
     fn advance(&self, low: u64) {
-        // SeqCst on both sides (here and in `wait_through`): the store of `low` and the read of `watching` must
-        // not pass each other, or a wait that registered just then would miss both the new value and the wake-up.
+        // SeqCst here and in `wait_through_inner`: the store of `low` and the read of `next_wake` must not pass
+        // each other, or a wait registering just then could miss both the new value and its wake-up.
         self.low.store(low, Ordering::SeqCst);
-        if self.watching.load(Ordering::SeqCst) > 0 {
-            self.moved.notify_waiters();
+        if self.next_wake.load(Ordering::SeqCst) > low {
+            return;
         }
+        let mut waiting = self.waiting.lock();
+        let mut next = u64::MAX;
+        waiting.retain(|(needs, wake)| {
+            if *needs <= low {
+                // A permit if the wait is not parked yet: it cannot miss this.
+                wake.notify_one();
+                false
+            } else {
+                next = next.min(*needs);
+                true
+            }
+        });
+        self.next_wake.store(next, Ordering::SeqCst);
     }
 
     /// Whether this wait should go straight to the sync (recent settle waits of the queue timed out); counts it.
@@ -223,32 +243,41 @@ impl SettledProgress {
         if self.low.load(Ordering::SeqCst) >= end {
             return true;
         }
-        self.watching.fetch_add(1, Ordering::SeqCst);
-        let _unwatch = Unwatch(&self.watching);
-        let sleep = tokio::time::sleep_until(deadline);
-        tokio::pin!(sleep);
-        loop {
-            let moved = self.moved.notified();
-            tokio::pin!(moved);
-            // Registered before the check: an advance between the check and the await still wakes this wait.
-            moved.as_mut().enable();
-            if self.low.load(Ordering::SeqCst) >= end {
-                return true;
-            }
-            tokio::select! {
-                _ = &mut moved => {}
-                _ = &mut sleep => return self.low.load(Ordering::SeqCst) >= end,
-            }
+        let wake = Arc::new(Notify::new());
+        {
+            let mut waiting = self.waiting.lock();
+            waiting.push((end, Arc::clone(&wake)));
+            self.next_wake.fetch_min(end, Ordering::SeqCst);
         }
+        let _registered = Registered {
+            progress: self,
+            wake: &wake,
+        };
+        // Checked after registering: an advance before it is seen here, one after it wakes this wait.
+        if self.low.load(Ordering::SeqCst) >= end {
+            return true;
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+        self.low.load(Ordering::SeqCst) >= end
     }
 }
 
-/// Takes a wait off [`SettledProgress::watching`] however it ends (done, timed out or dropped).
-struct Unwatch<'a>(&'a AtomicUsize);
+/// Takes a wait off [`SettledProgress::waiting`] however it ends (done, timed out or dropped). `next_wake` may
+/// stay below what is left: the next advance past it takes the lock once and recomputes it.
+struct Registered<'a> {
+    progress: &'a SettledProgress,
+    wake: &'a Arc<Notify>,
+}
 
-impl Drop for Unwatch<'_> {
+impl Drop for Registered<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.progress
+            .waiting
+            .lock()
+            .retain(|(_, wake)| !Arc::ptr_eq(wake, self.wake));
     }
 }
 
@@ -1178,5 +1207,59 @@ impl LogBacklog {
             low: self.low,
             snapshot: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Lets spawned waits run until they block.
+    async fn settle_tasks() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    #[tokio::test]
+    async fn each_wait_is_woken_once_the_watermark_passes_its_own_position() {
+        let progress = Arc::new(SettledProgress::new(0));
+        let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let wait = |end: u64| {
+            let progress = Arc::clone(&progress);
+            tokio::spawn(async move { progress.wait_through_inner(end, far).await })
+        };
+        let (five, ten, fifteen) = (wait(5), wait(10), wait(15));
+        settle_tasks().await;
+        assert_eq!(progress.waiting.lock().len(), 3);
+        assert_eq!(progress.next_wake.load(Ordering::SeqCst), 5);
+        // Below every wait's position: nobody is woken, the lock is not even taken.
+        progress.advance(4);
+        settle_tasks().await;
+        assert!(!five.is_finished());
+        progress.advance(5);
+        assert!(tokio::time::timeout(Duration::from_secs(10), five)
+            .await
+            .unwrap()
+            .unwrap());
+        assert_eq!(progress.waiting.lock().len(), 2);
+        assert_eq!(progress.next_wake.load(Ordering::SeqCst), 10);
+        progress.advance(12);
+        assert!(tokio::time::timeout(Duration::from_secs(10), ten)
+            .await
+            .unwrap()
+            .unwrap());
+        assert!(!fifteen.is_finished());
+        // A wait that goes away (its connection closed) takes its registration with it.
+        fifteen.abort();
+        settle_tasks().await;
+        assert!(progress.waiting.lock().is_empty());
+        // Already past: no registration at all; and a deadline ends a wait with `false`.
+        assert!(progress.wait_through_inner(12, far).await);
+        let soon = tokio::time::Instant::now() + Duration::from_millis(10);
+        assert!(!progress.wait_through_inner(13, soon).await);
+        assert!(progress.waiting.lock().is_empty());
     }
 }
