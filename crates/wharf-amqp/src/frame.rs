@@ -346,19 +346,27 @@ pub fn next_frame_with(
         buf.reserve(total - buf.len());
         return Ok(None);
     }
-    let mut frame = buf.split_to(total);
-    let end = frame.get(total - 1).copied().unwrap_or(0);
+    let end = buf.get(total - 1).copied().unwrap_or(0);
     if end != FRAME_END {
         return Err(FrameError::BadEnd(end));
     }
+    if frame_type == amq_protocol::protocol::constants::FRAME_METHOD {
+        // A method the memo recognises needs no bytes of its own: it is read in place and skipped, without
+        // splitting the frame off the read buffer (a reference count up and down per frame).
+        let recalled = buf
+            .get(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + size as usize)
+            .and_then(|payload| memo.recall(payload));
+        if let Some(class) = recalled {
+            buf.advance(total);
+            return Ok(Some(Frame::Method(channel, class)));
+        }
+    }
+    let mut frame = buf.split_to(total);
     frame.advance(FRAME_HEADER_BYTES);
     frame.truncate(size as usize);
     let payload = frame.freeze();
     match frame_type {
         amq_protocol::protocol::constants::FRAME_METHOD => {
-            if let Some(class) = memo.recall(&payload) {
-                return Ok(Some(Frame::Method(channel, class)));
-            }
             let parsed = parse_guarded(
                 &payload,
                 channel,
