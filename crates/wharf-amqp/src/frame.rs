@@ -173,8 +173,12 @@ fn parse_guarded<T>(
 /// Class and method ids of basic.publish and basic.ack, as the first four octets of a method payload.
 const BASIC_PUBLISH_IDS: [u8; 4] = [0, 60, 0, 40];
 const BASIC_ACK_IDS: [u8; 4] = [0, 60, 0, 80];
-/// A basic.ack payload: ids, delivery-tag (long-long), one octet of bits (`multiple` is bit 0).
+/// A basic.ack payload: ids, delivery-tag (long-long), one octet of bits (`multiple` is bit 0). The reader's
+/// memo and the confirm writer's template both find the fields here.
 const ACK_PAYLOAD_BYTES: usize = 4 + 8 + 1;
+/// Where an ack's delivery-tag and bits octet sit in its payload.
+const ACK_TAG: std::ops::Range<usize> = 4..12;
+const ACK_BITS: usize = 12;
 /// Longest basic.publish payload remembered (ids, ticket, two short strings and bits fit in 520 octets).
 const PUBLISH_MEMO_BYTES_MAX: usize = 520;
 /// A content header's octets before its property flags: class id (2), weight (2), body size (8).
@@ -229,10 +233,10 @@ impl MethodMemo {
         }
         if ids == BASIC_ACK_IDS && payload.len() == ACK_PAYLOAD_BYTES {
             let bits = self.ack_bits?;
-            let (tag, rest) = payload.get(4..)?.split_first_chunk::<8>()?;
-            return (rest == [bits]).then(|| {
+            let tag: [u8; 8] = payload.get(ACK_TAG)?.try_into().ok()?;
+            return (payload.get(ACK_BITS) == Some(&bits)).then(|| {
                 AMQPClass::Basic(AMQPMethod::Ack(Ack {
-                    delivery_tag: u64::from_be_bytes(*tag),
+                    delivery_tag: u64::from_be_bytes(tag),
                     multiple: bits & 1 == 1,
                 }))
             });
@@ -254,8 +258,8 @@ impl MethodMemo {
             }
             AMQPClass::Basic(AMQPMethod::Ack(ack)) => {
                 let laid_out_as_expected = payload.len() == ACK_PAYLOAD_BYTES
-                    && payload.get(4..12) == Some(&ack.delivery_tag.to_be_bytes()[..])
-                    && payload.get(12) == Some(&u8::from(ack.multiple));
+                    && payload.get(ACK_TAG) == Some(&ack.delivery_tag.to_be_bytes()[..])
+                    && payload.get(ACK_BITS) == Some(&u8::from(ack.multiple));
                 self.ack_bits = laid_out_as_expected.then_some(u8::from(ack.multiple));
             }
             _ => {}
@@ -514,13 +518,11 @@ pub fn write_basic_ack(out: &mut Vec<u8>, channel: u16, delivery_tag: u64, multi
     }
 }
 
-/// Where the 0-9-1 grammar puts an ack's fields in its frame: the channel after the frame type, then (after the
-/// frame size, class and method ids) the delivery-tag and one octet of bits with `multiple` as bit 0.
-const ACK_CHANNEL_AT: std::ops::Range<usize> = 1..3;
-const ACK_TAG_AT: std::ops::Range<usize> = FRAME_HEADER_BYTES + 4..FRAME_HEADER_BYTES + 12;
-const ACK_BITS_AT: usize = FRAME_HEADER_BYTES + 12;
+/// Where the general frame format puts the channel: after the frame type.
+const FRAME_CHANNEL: std::ops::Range<usize> = 1..3;
 
-/// Appends `template` (an encoded ack) with the fields set; `None` (nothing appended) if it is too short.
+/// Appends `template` (an encoded ack frame) with the fields set where the grammar puts them (the payload's
+/// [`ACK_TAG`] and [`ACK_BITS`], after the frame header); `None`, with nothing appended, if it does not fit.
 fn patch_basic_ack(
     out: &mut Vec<u8>,
     template: &[u8],
@@ -528,20 +530,24 @@ fn patch_basic_ack(
     delivery_tag: u64,
     multiple: bool,
 ) -> Option<()> {
-    if template.len() <= ACK_BITS_AT {
-        return None;
-    }
     let start = out.len();
     out.extend_from_slice(template);
-    let frame = out.get_mut(start..)?;
-    frame
-        .get_mut(ACK_CHANNEL_AT)?
-        .copy_from_slice(&channel.to_be_bytes());
-    frame
-        .get_mut(ACK_TAG_AT)?
-        .copy_from_slice(&delivery_tag.to_be_bytes());
-    *frame.get_mut(ACK_BITS_AT)? = u8::from(multiple);
-    Some(())
+    let patched = (|| {
+        let frame = out.get_mut(start..)?;
+        frame
+            .get_mut(FRAME_CHANNEL)?
+            .copy_from_slice(&channel.to_be_bytes());
+        let payload = frame.get_mut(FRAME_HEADER_BYTES..)?;
+        payload
+            .get_mut(ACK_TAG)?
+            .copy_from_slice(&delivery_tag.to_be_bytes());
+        *payload.get_mut(ACK_BITS)? = u8::from(multiple);
+        Some(())
+    })();
+    if patched.is_none() {
+        out.truncate(start);
+    }
+    patched
 }
 
 fn basic_ack(delivery_tag: u64, multiple: bool) -> AMQPClass {

@@ -1063,7 +1063,6 @@ impl LogBacklog {
             // The usual ack, of the oldest message, with nothing settled right after it: `low` moves past it
             // without the position entering `settled` and leaving it again (two map updates per message).
             self.move_low_to(next);
-            self.transient.remove_below(self.low);
         } else {
             self.settled.insert(position);
             self.raise_low();
@@ -1077,10 +1076,10 @@ impl LogBacklog {
             }
             self.move_low_to(e);
         }
-        self.transient.remove_below(self.low);
     }
 
-    /// Moves the low watermark up to `to`, everything below it being settled.
+    /// Moves the low watermark up to `to`, everything below it being settled: the settled and transient sets
+    /// keep only positions at or above it.
     fn move_low_to(&mut self, to: u64) {
         // Settled positions past the cursor (settled before a restart and not read since) leave `settled`
         // here, so the cursor must move past them too, or `refill` would read and deliver them again.
@@ -1093,6 +1092,7 @@ impl LogBacklog {
         }
         self.low = to;
         self.settled.remove_below(to);
+        self.transient.remove_below(to);
         self.progress.advance(to);
     }
 

@@ -268,12 +268,12 @@ impl GroupCommit {
         }
     }
 
-    /// The durable offset and the first failure.
-    /// Every offset below is durable.
+    /// Every offset below is durable (without cloning the failure, as `snapshot` does).
     pub fn durable(&self) -> u64 {
         self.state.lock().durable
     }
 
+    /// The durable offset and the first failure.
     pub fn snapshot(&self) -> (u64, Option<String>) {
         let st = self.state.lock();
         (st.durable, st.failed.clone())

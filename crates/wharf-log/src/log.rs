@@ -298,7 +298,7 @@ impl Log {
     /// Start, end and durable offsets.
     pub fn offsets(&self) -> Offsets {
         let st = self.state.lock();
-        let (durable, _) = self.commit.snapshot();
+        let durable = self.commit.durable();
         Offsets {
             log_start: st.log_start,
             log_end: st.next_offset,
@@ -1344,7 +1344,7 @@ impl Log {
     /// Whether appended data is not yet durable (the manager flushes such logs under `Interval`).
     pub(crate) fn has_unsynced(&self) -> bool {
         let end = self.state.lock().next_offset;
-        self.commit.snapshot().0 < end
+        self.commit.durable() < end
     }
 }
 

@@ -304,9 +304,10 @@ impl Inner {
                     if owed_pass && pass_started.elapsed() >= OWED_SYNCS_PASS_BUDGET {
                         break;
                     }
-                    let every = match (log.config().durability, owed_pass) {
+                    let config = log.config();
+                    let every = match (config.durability, owed_pass) {
                         (Durability::Interval { ms }, false) => ms,
-                        (Durability::Always, true) => match log.config().unsynced_age_max_ms {
+                        (Durability::Always, true) => match config.unsynced_age_max_ms {
                             Some(ms) if log.sync_owed.load(Ordering::Relaxed) => ms,
                             _ => continue,
                         },

@@ -353,6 +353,30 @@ async fn messages_taken_without_ack_do_not_come_back() {
     assert!(drain(&channel, "fire-and-forget").await.is_empty());
 }
 
+/// Publishes `body` persistently to the queue `mixed` and waits for its confirm, failing as `what` if it takes
+/// longer than [`OP_TIMEOUT`].
+async fn publish_to_mixed_in_time(channel: &Channel, body: &str, what: &str) {
+    tokio::time::timeout(
+        OP_TIMEOUT,
+        publish_confirmed(channel, "", "mixed", body.as_bytes(), persistent()),
+    )
+    .await
+    .expect(what);
+}
+
+/// A consumer of the queue `mixed` with manual acks.
+async fn consume_mixed(channel: &Channel, tag: &str) -> lapin::Consumer {
+    channel
+        .basic_consume(
+            "mixed".into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+}
+
 /// A confirm of a persistent message that a consumer took at once waits for that consumer's ack (then no
 /// fsync is needed) or, failing that, for the log's sync: confirms arrive whether the consumer acks, holds the
 /// message, or there is none — and only what was not acked comes back after a restart.
@@ -372,15 +396,7 @@ async fn confirms_arrive_whatever_consumers_do_and_only_unacked_messages_come_ba
             .await
             .unwrap();
         // A consumer that acks everything it gets, while each publish waits for its confirm.
-        let mut acking = consumer_channel
-            .basic_consume(
-                "mixed".into(),
-                "acking".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let mut acking = consume_mixed(&consumer_channel, "acking").await;
         let acker = tokio::spawn(async move {
             let mut seen = Vec::new();
             while let Some(Ok(d)) = acking.next().await {
@@ -394,12 +410,8 @@ async fn confirms_arrive_whatever_consumers_do_and_only_unacked_messages_come_ba
         });
         for i in 0..50 {
             let body = format!("acked{i:02}");
-            tokio::time::timeout(
-                OP_TIMEOUT,
-                publish_confirmed(&channel, "", "mixed", body.as_bytes(), persistent()),
-            )
-            .await
-            .expect("confirm of a message its consumer acked");
+            publish_to_mixed_in_time(&channel, &body, "confirm of a message its consumer acked")
+                .await;
         }
         let seen = tokio::time::timeout(OP_TIMEOUT, acker)
             .await
@@ -414,23 +426,15 @@ async fn confirms_arrive_whatever_consumers_do_and_only_unacked_messages_come_ba
             .await
             .unwrap();
         // A consumer that takes five and never acks them: their confirms come from the sync.
-        let mut holding = consumer_channel
-            .basic_consume(
-                "mixed".into(),
-                "holding".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let mut holding = consume_mixed(&consumer_channel, "holding").await;
         for i in 0..5 {
             let body = format!("held{i}");
-            tokio::time::timeout(
-                OP_TIMEOUT,
-                publish_confirmed(&channel, "", "mixed", body.as_bytes(), persistent()),
+            publish_to_mixed_in_time(
+                &channel,
+                &body,
+                "confirm of a message delivered and not acked",
             )
-            .await
-            .expect("confirm of a message delivered and not acked");
+            .await;
             let d = tokio::time::timeout(OP_TIMEOUT, holding.next())
                 .await
                 .expect("delivery in time")
@@ -441,12 +445,7 @@ async fn confirms_arrive_whatever_consumers_do_and_only_unacked_messages_come_ba
         // Its prefetch is used up: these wait in the queue, and their confirms come from the sync too.
         for i in 0..5 {
             let body = format!("ready{i}");
-            tokio::time::timeout(
-                OP_TIMEOUT,
-                publish_confirmed(&channel, "", "mixed", body.as_bytes(), persistent()),
-            )
-            .await
-            .expect("confirm of a message left waiting");
+            publish_to_mixed_in_time(&channel, &body, "confirm of a message left waiting").await;
         }
         assert_eq!(passive(&channel, "mixed").await.unwrap(), 5);
         assert!(broker.terminate().success());
