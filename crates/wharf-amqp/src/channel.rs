@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use amq_protocol::protocol::{
     basic, basic::AMQPProperties, channel as ch, confirm, queue, tx, AMQPClass,
@@ -16,6 +17,7 @@ use wharf_core::queues::{
     QueueSpec, Settle, VHost, REPLY_TO,
 };
 
+use crate::ack_timeout::TagMarks;
 use crate::confirm::Confirms;
 use crate::frame::{DeliverTemplate, Frame};
 use crate::reply::*;
@@ -152,6 +154,8 @@ pub struct Channel {
     prefetch: u16,
     next_delivery_tag: u64,
     unacked: Unsettled<Unacked>,
+    /// Delivery tags noted at the connection's periodic checks, for the acknowledgement timeout.
+    ack_marks: TagMarks,
     consumers: BTreeMap<String, ConsumerRef>,
     publish: Option<Publish>,
     /// The queue last declared on this channel: an empty queue name in later methods means it.
@@ -232,6 +236,17 @@ impl Channel {
                 .extend(taken.into_tagged().map(|(tag, u)| (tag, u, outcome))),
             _ => apply(taken.into_tagged().map(|(_, u)| u), outcome),
         }
+    }
+
+    /// Whether this channel's oldest unacknowledged delivery went out at least `timeout` before `now` (see
+    /// [`crate::ack_timeout`]); the connection asks at each of its periodic checks.
+    pub(crate) fn ack_overdue(&mut self, now: Instant, timeout: Duration) -> bool {
+        self.ack_marks.note(
+            now,
+            self.next_delivery_tag,
+            self.unacked.first_tag(),
+            timeout,
+        )
     }
 
     fn next_tag(&mut self) -> u64 {

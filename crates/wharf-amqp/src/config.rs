@@ -27,6 +27,11 @@ pub struct AmqpConfig {
     /// consumed and acknowledged on every queue it reached is confirmed without one, as RabbitMQ does. 0: every
     /// confirm waits for the fsync.
     pub confirm_ack_wait_ms: u64,
+    /// How long a delivery may stay unacknowledged before its channel is closed with 406 PRECONDITION_FAILED
+    /// and its unacknowledged messages go back to their queues (`consumer_timeout`, RabbitMQ 30 min); 0: never.
+    /// Checked eight times per timeout (at most once a minute), so a delivery times out up to an eighth of the
+    /// timeout late, never early.
+    pub consumer_timeout_ms: u64,
     /// Users besides `guest` (who logs in from loopback addresses only, as in RabbitMQ).
     pub users: Vec<User>,
 }
@@ -66,6 +71,7 @@ impl Default for AmqpConfig {
             handshake_timeout_ms: 10_000,
             connection_pending_bytes_max: 16 * 1024 * 1024,
             confirm_ack_wait_ms: 2,
+            consumer_timeout_ms: 30 * 60 * 1000,
             users: Vec::new(),
         }
     }

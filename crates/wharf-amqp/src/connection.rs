@@ -162,7 +162,10 @@ async fn run(
     let far = Instant::now() + Duration::from_secs(3600);
     let read_timer = tokio::time::sleep_until(handshake_deadline);
     let heartbeat_timer = tokio::time::sleep_until(far);
-    tokio::pin!(read_timer, heartbeat_timer);
+    // The acknowledgement timeout's periodic check: re-armed only when it fires.
+    let ack_period = session.ack_check_period();
+    let ack_timer = tokio::time::sleep_until(ack_period.map_or(far, |p| Instant::now() + p));
+    tokio::pin!(read_timer, heartbeat_timer, ack_timer);
     loop {
         // Serve every whole frame already buffered before reading more.
         loop {
@@ -288,6 +291,13 @@ async fn run(
                         heartbeat_timer.as_mut().reset(far.max(Instant::now() + Duration::from_secs(3600)));
                     }
                 }
+            }
+            _ = &mut ack_timer, if ack_period.is_some() => {
+                if session.is_open() {
+                    session.check_ack_timeouts();
+                }
+                let next = ack_period.map_or(far, |p| Instant::now() + p);
+                ack_timer.as_mut().reset(next);
             }
             _ = &mut stop, if !shutting_down => {
                 shutting_down = true;

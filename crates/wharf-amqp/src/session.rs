@@ -558,6 +558,50 @@ impl Session {
         }
     }
 
+    /// How often the connection should call [`Session::check_ack_timeouts`]; `None` when the
+    /// acknowledgement timeout is off.
+    pub fn ack_check_period(&self) -> Option<Duration> {
+        match self.broker.config.consumer_timeout_ms {
+            0 => None,
+            ms => Some(crate::ack_timeout::check_period(Duration::from_millis(ms))),
+        }
+    }
+
+    /// The acknowledgement timeout (RabbitMQ's `consumer_timeout`): closes with 406 every channel whose oldest
+    /// unacknowledged delivery is older than the timeout, which requeues its unacknowledged messages. Called
+    /// every [`Session::ack_check_period`].
+    pub fn check_ack_timeouts(&mut self) {
+        let ms = self.broker.config.consumer_timeout_ms;
+        if ms == 0 || self.closing_since.is_some() {
+            return;
+        }
+        let (now, timeout) = (std::time::Instant::now(), Duration::from_millis(ms));
+        let overdue: Vec<u16> = self
+            .channels
+            .iter_mut()
+            .filter(|(_, c)| !c.closing)
+            .filter_map(|(&id, c)| c.ack_overdue(now, timeout).then_some(id))
+            .collect();
+        for id in overdue {
+            warn!(
+                connection = self.id,
+                channel = id,
+                "a delivery waited more than {ms} ms for its acknowledgement; closing the channel"
+            );
+            // RabbitMQ 3.10's words, which client logs and runbooks search for.
+            self.close_channel(
+                id,
+                Fault::channel(
+                    PRECONDITION_FAILED,
+                    format!(
+                        "delivery acknowledgement on channel {id} timed out. Timeout value used: {ms} ms. \
+                         This timeout value can be configured, see consumers doc guide to learn more"
+                    ),
+                ),
+            );
+        }
+    }
+
     /// Sends channel.close for a channel error; the channel waits for close-ok, dropping other frames.
     /// Confirms of publishes that were enqueued before the error are sent first.
     fn close_channel(&mut self, id: u16, fault: Fault) {

@@ -84,6 +84,14 @@ impl<T> Unsettled<T> {
             .is_ok_and(|i| self.entries[i].1.is_some())
     }
 
+    /// The oldest unsettled delivery tag (tags grow with time, so: the delivery waiting longest).
+    pub(crate) fn first_tag(&self) -> Option<u64> {
+        self.entries
+            .iter()
+            .find(|(_, value)| value.is_some())
+            .map(|(tag, _)| *tag)
+    }
+
     /// Removes delivery `tag`, if it is unsettled.
     pub(crate) fn remove(&mut self, tag: u64) -> Option<T> {
         let taken = match self.entries.front_mut() {

@@ -396,6 +396,9 @@ pub struct AmqpSection {
     /// before asking for an fsync (a message consumed and acked on every queue it reached needs none); 0:
     /// every confirm waits for the fsync.
     pub confirm_ack_wait_ms: u64,
+    /// How long a delivery may stay unacknowledged before its channel is closed with 406 and its messages go
+    /// back to their queues (`consumer_timeout`); 0: never.
+    pub consumer_timeout_ms: u64,
     /// Bytes of messages that may wait in memory (non-durable queues) before publishers are blocked
     /// (connection.blocked); `0` means 40 % of the machine's memory, RabbitMQ's default watermark.
     pub memory_limit_bytes: u64,
@@ -440,6 +443,7 @@ impl Default for AmqpSection {
             handshake_timeout_ms: d.handshake_timeout_ms,
             connection_pending_bytes_max: d.connection_pending_bytes_max,
             confirm_ack_wait_ms: d.confirm_ack_wait_ms,
+            consumer_timeout_ms: d.consumer_timeout_ms,
             memory_limit_bytes: 0,
             vhosts: vec!["/".to_string()],
             users: Vec::new(),
@@ -473,6 +477,7 @@ impl AmqpSection {
             handshake_timeout_ms: self.handshake_timeout_ms,
             connection_pending_bytes_max: self.connection_pending_bytes_max,
             confirm_ack_wait_ms: self.confirm_ack_wait_ms,
+            consumer_timeout_ms: self.consumer_timeout_ms,
             users: self
                 .users
                 .iter()

@@ -2,7 +2,8 @@
 //! (connection.blocked, seen by `lapin`) until consumers drain the queue, and nothing is lost; a slow
 //! consumer that does not read its socket is held to `connection_pending_bytes_max` (raw socket) and then
 //! gets everything once it reads; channel.flow pauses and resumes deliveries; `global` basic.qos is one
-//! limit over all of a channel's consumers.
+//! limit over all of a channel's consumers; a channel holding a delivery past the consumer timeout is closed
+//! and its message goes to the next consumer.
 
 mod support;
 
@@ -269,4 +270,125 @@ async fn global_qos_limits_the_whole_channel() {
     }
     assert_eq!(held.len(), 3);
     assert_eq!(seen.len(), 6);
+}
+
+/// The acknowledgement timeout (RabbitMQ's `consumer_timeout`, here 400 ms): a channel holding a delivery
+/// past it is closed with 406 and RabbitMQ's reply text, its message goes to another consumer marked
+/// redelivered, a channel that acks in time (and another channel of the same connection) stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_held_past_the_consumer_timeout_closes_its_channel_and_comes_back() {
+    let broker =
+        BrokerProcess::start_with_config("[amqp]\nconsumer_timeout_ms = 400\n", &AMQP_ONLY);
+    let (conn, publisher) = support::amqp_connect(&broker).await;
+    declare(&publisher, "slow-work").await;
+    declare(&publisher, "fast-work").await;
+    let publish = |queue: &'static str, body: &'static [u8]| {
+        let publisher = publisher.clone();
+        async move {
+            publisher
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    BasicProperties::default(),
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("written");
+        }
+    };
+    // A stuck consumer: takes one message and never acks it.
+    let stuck = conn.create_channel().await.unwrap();
+    stuck
+        .basic_qos(1, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut stuck_consumer = stuck
+        .basic_consume(
+            "slow-work".into(),
+            "stuck".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    // A healthy consumer on another channel of the same connection, acking each message at once while
+    // messages keep coming for longer than the timeout.
+    let healthy = conn.create_channel().await.unwrap();
+    let mut healthy_consumer = healthy
+        .basic_consume(
+            "fast-work".into(),
+            "healthy".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    publish("slow-work", b"job").await;
+    let held = tokio::time::timeout(OP_TIMEOUT, stuck_consumer.next())
+        .await
+        .expect("delivered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(held.data, b"job");
+    assert!(!held.redelivered);
+    for _ in 0..12 {
+        publish("fast-work", b"tick").await;
+        let d = tokio::time::timeout(OP_TIMEOUT, healthy_consumer.next())
+            .await
+            .expect("the healthy consumer keeps receiving")
+            .unwrap()
+            .expect("the healthy channel stays open");
+        d.ack(BasicAckOptions::default()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The stuck channel was closed by the server, with RabbitMQ's code and words.
+    let end = tokio::time::timeout(OP_TIMEOUT, stuck_consumer.next())
+        .await
+        .expect("the stuck consumer's stream ends");
+    let error = match end {
+        Some(Err(e)) => e.to_string(),
+        other => panic!("expected the channel's close as an error, got {other:?}"),
+    };
+    assert!(
+        error.contains("PRECONDITION_FAILED - delivery acknowledgement on channel")
+            && error.contains("timed out. Timeout value used: 400 ms"),
+        "close reason: {error}"
+    );
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(400),
+        "closed after {elapsed:?}, before the timeout"
+    );
+    assert!(!stuck.status().connected(), "the stuck channel is closed");
+    assert!(healthy.status().connected(), "the other channel is open");
+    assert!(conn.status().connected(), "the connection is open");
+    // Its message went back to the queue and reaches the next consumer, marked redelivered.
+    let (_conn2, next) = support::amqp_connect(&broker).await;
+    let again = tokio::time::timeout(
+        OP_TIMEOUT,
+        next.basic_get("slow-work".into(), BasicGetOptions::default()),
+    )
+    .await
+    .expect("basic.get answered")
+    .unwrap()
+    .expect("the held message is back in its queue");
+    assert_eq!(again.delivery.data, b"job");
+    assert!(again.delivery.redelivered);
+    again
+        .delivery
+        .ack(BasicAckOptions::default())
+        .await
+        .unwrap();
+    // A late ack for the closed channel's delivery (lapin may or may not send it) changes nothing.
+    let _ = held.ack(BasicAckOptions::default()).await;
+    assert_eq!(ready(&publisher, "slow-work").await, 0);
+    assert!(conn.status().connected(), "the connection is still open");
+    assert!(
+        healthy.status().connected(),
+        "the other channel is still open"
+    );
 }
