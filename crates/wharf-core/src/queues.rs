@@ -17,7 +17,7 @@
 //! consumer can have outstanding is bounded by its prefetch; no-ack consumers are bounded only by the
 //! connection draining its channel (a per-connection bound is a later increment).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -664,7 +664,7 @@ pub struct VHost {
     me: Weak<VHost>,
     /// Taken before `queues` when both are needed (see the module docs).
     exchanges: RwLock<Exchanges>,
-    queues: RwLock<HashMap<String, Arc<Queue>>>,
+    queues: RwLock<crate::NameMap<Arc<Queue>>>,
     next_consumer: AtomicU64,
     /// `None`: nothing survives a restart (tests of the model); durable queues then live in memory too.
     store: Option<Store>,
@@ -692,7 +692,7 @@ impl VHost {
             name: name.to_string(),
             me: me.clone(),
             exchanges: RwLock::new(exchanges),
-            queues: RwLock::new(HashMap::new()),
+            queues: RwLock::new(crate::NameMap::default()),
             next_consumer: AtomicU64::new(0),
             store,
             codec: OnceLock::new(),
@@ -796,7 +796,7 @@ impl VHost {
             }),
             memory,
         );
-        let mut queues = HashMap::new();
+        let mut queues = crate::NameMap::default();
         for (q, backlog) in defs.queues.iter().zip(backlogs) {
             let spec = QueueSpec {
                 durable: true,

@@ -233,7 +233,7 @@ impl Exchange {
 pub struct Exchanges {
     /// The vhost's name, for error texts.
     vhost: String,
-    exchanges: HashMap<String, Exchange>,
+    exchanges: crate::NameMap<Exchange>,
     /// Bindings by destination, so a deleted queue or exchange takes its bindings along without a scan.
     inbound: HashMap<Destination, BTreeSet<Binding>>,
 }

@@ -26,7 +26,7 @@ fn sub(counted: &mut Counted, destination: &Destination) {
 
 #[derive(Debug)]
 pub(super) enum Router {
-    Direct(HashMap<String, Counted>),
+    Direct(crate::NameMap<Counted>),
     Fanout(Counted),
     Topic(TopicTrie),
     Headers(Vec<(HeadersPattern, Binding)>),
@@ -35,7 +35,7 @@ pub(super) enum Router {
 impl Router {
     pub(super) fn new(kind: ExchangeKind) -> Self {
         match kind {
-            ExchangeKind::Direct => Self::Direct(HashMap::new()),
+            ExchangeKind::Direct => Self::Direct(crate::NameMap::default()),
             ExchangeKind::Fanout => Self::Fanout(HashMap::new()),
             ExchangeKind::Topic => Self::Topic(TopicTrie::default()),
             ExchangeKind::Headers => Self::Headers(Vec::new()),
