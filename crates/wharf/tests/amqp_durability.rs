@@ -264,7 +264,14 @@ async fn confirmed_messages_survive_kill_9_and_acknowledged_ones_stay_gone() {
                 }
             })
         };
-        tokio::time::sleep(Duration::from_millis(300 + 150 * cycle as u64)).await;
+        // Kill in the middle of the stream, once it is under way: the first confirms back, then a pause. (A
+        // fixed pause from the start was once too short on a loaded CI machine, where the first fsync after a
+        // restart took longer: "nothing was confirmed in cycle 2".)
+        let under_way = tokio::time::Instant::now() + OP_TIMEOUT;
+        while confirmed_now.lock().unwrap().is_empty() && tokio::time::Instant::now() < under_way {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100 + 150 * cycle as u64)).await;
         broker.kill9();
         let _ = tokio::time::timeout(OP_TIMEOUT, task).await;
         let now = confirmed_now.lock().unwrap().clone();
