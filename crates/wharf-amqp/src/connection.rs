@@ -14,7 +14,7 @@ use tracing::{debug, info};
 
 use crate::frame::{next_frame_with, MethodMemo, PROTOCOL_HEADER, PROTOCOL_HEADER_0_9};
 use crate::server::{stopped, Broker};
-use crate::session::{Session, Step, SyncedStream};
+use crate::session::{Session, Step, SyncWait};
 
 /// Spare room kept in the read buffer before each read.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
@@ -34,16 +34,8 @@ pub async fn serve(mut stream: TcpStream, broker: Arc<Broker>, shutdown: watch::
     let loopback = peer.is_some_and(|p| p.ip().is_loopback());
     let _ = stream.set_nodelay(true);
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
-    let (synced_tx, mut synced_rx) = mpsc::unbounded_channel();
-    let mut session = Session::new(Arc::clone(&broker), events_tx, synced_tx, loopback);
-    let end = run(
-        &mut stream,
-        &mut session,
-        &mut events_rx,
-        &mut synced_rx,
-        shutdown.clone(),
-    )
-    .await;
+    let mut session = Session::new(Arc::clone(&broker), events_tx, loopback);
+    let end = run(&mut stream, &mut session, &mut events_rx, shutdown.clone()).await;
     session.release_all();
     // Deliveries already on their way to this connection go back to their queues.
     events_rx.close();
@@ -123,7 +115,6 @@ async fn run(
     stream: &mut TcpStream,
     session: &mut Session,
     events: &mut mpsc::UnboundedReceiver<(u16, wharf_core::queues::QueueEvent)>,
-    synced: &mut SyncedStream,
     mut shutdown: watch::Receiver<bool>,
 ) -> End {
     let handshake_deadline =
@@ -166,6 +157,8 @@ async fn run(
     let ack_period = session.ack_check_period();
     let ack_timer = tokio::time::sleep_until(ack_period.map_or(far, |p| Instant::now() + p));
     tokio::pin!(read_timer, heartbeat_timer, ack_timer);
+    // The oldest durability wait (publisher confirms, tx.commit-ok), polled here in read order.
+    let mut sync_wait: Option<SyncWait> = None;
     loop {
         // Serve every whole frame already buffered before reading more.
         loop {
@@ -196,6 +189,9 @@ async fn run(
             }
         }
         session.start_sync();
+        if sync_wait.is_none() {
+            sync_wait = next_pending_sync(session);
+        }
         session.flush_confirms();
         // The memory alarm: a publishing connection is told and not read from until it clears (its
         // consumers keep receiving, which is what clears it).
@@ -263,11 +259,13 @@ async fn run(
                     }
                 }
             }
-            Some((durable, actions)) = synced.recv() => {
-                session.synced(durable, actions);
-                while let Ok((durable, actions)) = synced.try_recv() {
-                    session.synced(durable, actions);
+            durable = sync_done(&mut sync_wait), if sync_wait.is_some() => {
+                if let Some(done) = sync_wait.take() {
+                    session.synced(durable, done.actions);
                 }
+                // The waits queued behind it are often done too (one fsync round covers them): report
+                // those now, so that one write carries all their confirms.
+                sync_wait = next_pending_sync(session);
             }
             _ = &mut read_timer => {
                 if Instant::now() < read_deadline {
@@ -307,6 +305,29 @@ async fn run(
             }
         }
     }
+}
+
+/// Resolves with the outcome of the connection's oldest durability wait; never when there is none.
+async fn sync_done(wait: &mut Option<SyncWait>) -> bool {
+    match wait {
+        Some(w) => w.wait.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reports every queued durability wait that is already done, in order, and returns the first one that is
+/// not (to be polled by the loop), if any.
+fn next_pending_sync(session: &mut Session) -> Option<SyncWait> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    while let Some(mut next) = session.next_sync_wait() {
+        // Polled once without a waker of ours: if still pending, the loop polls it again (registering its
+        // own waker) before it sleeps.
+        match next.wait.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(durable) => session.synced(durable, next.actions),
+            std::task::Poll::Pending => return Some(next),
+        }
+    }
+    None
 }
 
 /// Resolves with the receiver once the memory alarm changes; never if the broker's sender is gone.

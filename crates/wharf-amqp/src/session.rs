@@ -4,12 +4,13 @@
 //! close-ok. It does no I/O: frames come in through [`Session::handle`], queue events through
 //! [`Session::handle_event`], and bytes to send pile up in an output buffer the connection task writes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use amq_protocol::protocol::{basic, connection, AMQPClass};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::warn;
 use wharf_core::flow::Outbound;
@@ -70,9 +71,9 @@ pub struct Session {
     /// [`Session::start_sync`].
     pending_sync: PendingSync,
     after_sync: Vec<AfterSync>,
-    synced: SyncedSink,
-    /// Durability waits started and not yet reported, in the order their frames were read.
-    sync_queue: Arc<std::sync::Mutex<SyncQueue>>,
+    /// Durability waits gathered and not yet handed to the connection loop, in the order their frames were
+    /// read (see [`Session::next_sync_wait`]).
+    sync_waits: VecDeque<(PendingSync, Vec<AfterSync>)>,
     /// Bytes of deliveries queued for this connection and not yet turned into frames.
     pub(crate) outbound: Arc<Outbound>,
     /// Set by the first basic.publish: only publishing connections are blocked by the memory alarm.
@@ -81,35 +82,21 @@ pub struct Session {
     blocked_sent: bool,
 }
 
-/// A connection's durability waits in the order they were started (see [`Session::start_sync`]).
-#[derive(Debug, Default)]
-struct SyncQueue {
-    waits: std::collections::VecDeque<(PendingSync, Vec<AfterSync>)>,
-    /// A task is waiting for the front of `waits`.
-    task_running: bool,
+/// A connection's oldest durability wait, polled by its connection loop (not by a task of its own: a task
+/// cost a spawn, a channel send and a wake-up of the connection per wait). Once `wait` resolves (`true`:
+/// durable or settled; `false`: the log failed), the loop hands the outcome and `actions` to
+/// [`Session::synced`].
+pub struct SyncWait {
+    pub wait: Pin<Box<dyn Future<Output = bool> + Send>>,
+    pub actions: Vec<AfterSync>,
 }
 
-/// Clears [`SyncQueue::task_running`] when the waiting task ends other than by finding the queue empty
-/// (the connection gone, a panic, the runtime dropping it), so that the next wait starts a new task.
-struct TaskRunning {
-    queue: Arc<std::sync::Mutex<SyncQueue>>,
-    /// False once the task cleared the flag itself (a new task may own it by now).
-    armed: bool,
-}
-
-impl Drop for TaskRunning {
-    fn drop(&mut self) {
-        if self.armed {
-            lock(&self.queue).task_running = false;
-        }
+impl std::fmt::Debug for SyncWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncWait")
+            .field("actions", &self.actions)
+            .finish_non_exhaustive()
     }
-}
-
-/// The queue's lock; a panic while it was held cannot leave it inconsistent (each change is one step).
-fn lock(queue: &std::sync::Mutex<SyncQueue>) -> std::sync::MutexGuard<'_, SyncQueue> {
-    queue
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What to do once a batch of publishes is durable.
@@ -129,18 +116,8 @@ pub(crate) enum AfterSync {
     CommitOk { channel: u16, generation: u64 },
 }
 
-/// Where finished durability waits report: `(durable, actions)`.
-pub type SyncedSink = mpsc::UnboundedSender<(bool, Vec<AfterSync>)>;
-/// The connection's end of [`SyncedSink`].
-pub type SyncedStream = mpsc::UnboundedReceiver<(bool, Vec<AfterSync>)>;
-
 impl Session {
-    pub fn new(
-        broker: Arc<Broker>,
-        sink: DeliverySink,
-        synced: SyncedSink,
-        loopback: bool,
-    ) -> Self {
+    pub fn new(broker: Arc<Broker>, sink: DeliverySink, loopback: bool) -> Self {
         let config = &broker.config;
         Self {
             id: broker.next_connection_id(),
@@ -157,8 +134,7 @@ impl Session {
             sink,
             pending_sync: PendingSync::default(),
             after_sync: Vec::new(),
-            synced,
-            sync_queue: Arc::default(),
+            sync_waits: VecDeque::new(),
             outbound: Outbound::new(config.connection_pending_bytes_max),
             vhost: broker.vhosts.get("/").cloned().unwrap_or_else(VHost::new),
             user: String::new(),
@@ -231,57 +207,33 @@ impl Session {
         self.after_sync.push(action);
     }
 
-    /// Queues a durability wait for everything gathered since the last call; it reports through the
-    /// connection's synced stream. One wait per read of frames, and one task per connection waiting for them
-    /// in order (started when the queue was empty, ending when it is empty again): a task per read cost a spawn
-    /// and a wake-up each, all of them woken by every fsync round. The price: a wait on a slow log holds back
-    /// the reports queued behind it on this connection (they are in the same disk's group commit anyway).
+    /// Queues a durability wait for everything gathered since the last call (one per read of frames); the
+    /// connection loop takes them one at a time, in order, with [`Session::next_sync_wait`]. The price of the
+    /// order: a wait on a slow log holds back the reports queued behind it on this connection (they are in the
+    /// same disk's group commit anyway).
     pub fn start_sync(&mut self) {
         if self.after_sync.is_empty() {
             return;
         }
         let sync = std::mem::take(&mut self.pending_sync);
         let actions = std::mem::take(&mut self.after_sync);
-        {
-            let mut queue = lock(&self.sync_queue);
-            queue.waits.push_back((sync, actions));
-            if queue.task_running {
-                return;
-            }
-            queue.task_running = true;
-        }
-        let queue = Arc::clone(&self.sync_queue);
-        let report = self.synced.clone();
+        self.sync_waits.push_back((sync, actions));
+    }
+
+    /// The oldest queued durability wait, as a future for the connection loop to poll.
+    pub fn next_sync_wait(&mut self) -> Option<SyncWait> {
+        let (sync, actions) = self.sync_waits.pop_front()?;
         let ack_wait = Duration::from_millis(self.broker.config.confirm_ack_wait_ms);
-        tokio::spawn(async move {
-            // However the task ends (queue empty, connection gone, a panic, the runtime dropping it), the
-            // next start_sync must start a new one.
-            let mut running = TaskRunning { queue, armed: true };
-            loop {
-                let next = {
-                    let mut queue = lock(&running.queue);
-                    let next = queue.waits.pop_front();
-                    // Cleared under the same lock as the empty check: a wait queued after it starts a task.
-                    queue.task_running = next.is_some();
-                    next
-                };
-                let Some((sync, actions)) = next else {
-                    running.armed = false;
-                    return;
-                };
-                let durable = match sync.wait(ack_wait).await {
-                    Ok(()) => true,
-                    Err(e) => {
-                        warn!("publishes could not be made durable: {e}");
-                        false
-                    }
-                };
-                if report.send((durable, actions)).is_err() {
-                    // The connection is gone; nobody is left to tell.
-                    return;
+        let wait = Box::pin(async move {
+            match sync.wait(ack_wait).await {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!("publishes could not be made durable: {e}");
+                    false
                 }
             }
         });
+        Some(SyncWait { wait, actions })
     }
 
     /// A durability wait finished: settle its confirms, send its commit-oks (on channels still open).
