@@ -51,7 +51,11 @@ impl TagMarks {
                 .is_none_or(|&(t, tag)| t <= now && tag <= latest_tag),
             "marks are noted in time and tag order"
         );
-        self.marks.push_back((now, latest_tag));
+        // A mark with the same tag as the last adds nothing: the older one bounds those tags more tightly. (An
+        // idle or publish-only channel keeps a single mark.)
+        if self.marks.back().is_none_or(|&(_, tag)| tag < latest_tag) {
+            self.marks.push_back((now, latest_tag));
+        }
         if self.marks.len() > MARKS_MAX {
             // Dropping the oldest leaves a newer, larger bound in front: answers come later, never earlier.
             self.marks.pop_front();
@@ -113,6 +117,17 @@ mod tests {
             assert!(!marks.note(at(start, s + 5), tag, Some(tag), TIMEOUT));
         }
         assert!(marks.marks.len() <= MARKS_MAX);
+    }
+
+    #[test]
+    fn an_idle_channel_keeps_one_mark_and_still_times_out_from_it() {
+        let start = Instant::now();
+        let mut marks = TagMarks::default();
+        for s in (0..80).step_by(10) {
+            assert!(!marks.note(at(start, s), 4, Some(4), TIMEOUT));
+            assert_eq!(marks.marks.len(), 1);
+        }
+        assert!(marks.note(at(start, 80), 4, Some(4), TIMEOUT));
     }
 
     #[test]

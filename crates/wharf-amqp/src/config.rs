@@ -29,8 +29,8 @@ pub struct AmqpConfig {
     pub confirm_ack_wait_ms: u64,
     /// How long a delivery may stay unacknowledged before its channel is closed with 406 PRECONDITION_FAILED
     /// and its unacknowledged messages go back to their queues (`consumer_timeout`, RabbitMQ 30 min); 0: never.
-    /// Checked eight times per timeout (at most once a minute), so a delivery times out up to an eighth of the
-    /// timeout late, never early.
+    /// Checked eight times per timeout (at least once a minute), so a delivery times out up to two check
+    /// periods late (a quarter of the timeout, two minutes at the default), never early.
     pub consumer_timeout_ms: u64,
     /// Users besides `guest` (who logs in from loopback addresses only, as in RabbitMQ).
     pub users: Vec<User>,

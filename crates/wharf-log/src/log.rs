@@ -160,6 +160,24 @@ fn active_index(seg: &Segment) -> &SegmentIndex {
     }
 }
 
+/// Reports a sync round whose leader panicked as failed (see [`Log::lead_round`]).
+struct RoundGuard<'a> {
+    commit: &'a GroupCommit,
+    armed: bool,
+}
+
+impl Drop for RoundGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.commit.finish(
+                &Err("the sync round's leader panicked".to_string()),
+                Duration::ZERO,
+                false,
+            );
+        }
+    }
+}
+
 impl Log {
     /// Opens (or creates) the log stored in `dir`, recovering its tail: the active segment is checked from its
     /// last index checkpoint on, and a torn or corrupt tail is truncated and logged.
@@ -773,6 +791,20 @@ impl Log {
     /// `gather`: the leader may pause to gather appends under continuous load (see `group_commit`). Only async
     /// waiters' rounds do (on the blocking pool): a blocking caller may hold a lock of its own while it waits.
     fn lead_round(&self, gather: bool) -> Result<u64> {
+        // Every way out of the round below reports to the group commit; a panic would not, and would leave the
+        // round in progress with no leader, so that every later wait on this log hung. The guard reports it as a
+        // failure instead (the log's state is unknown after it).
+        let guard = RoundGuard {
+            commit: &self.commit,
+            armed: true,
+        };
+        let result = self.lead_round_unguarded(gather);
+        let mut guard = guard;
+        guard.armed = false;
+        result
+    }
+
+    fn lead_round_unguarded(&self, gather: bool) -> Result<u64> {
         // Let appenders released by the previous round append again before the end is captured; without this,
         // waiters split into two alternating halves and a round covers only about half of them. Under steady
         // load, also gather for a few sync times (see `group_commit`).
@@ -1531,4 +1563,25 @@ fn recover_active(dir: &Path, base: u64, config: &LogConfig, files: &FileCache) 
             first_append: None,
         },
     })
+}
+
+#[cfg(test)]
+mod round_guard_tests {
+    use super::*;
+
+    #[test]
+    fn a_leader_that_panics_fails_its_round_instead_of_leaving_it_in_progress() {
+        let commit = GroupCommit::new(0);
+        assert!(matches!(commit.step(10), Step::Lead));
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _guard = RoundGuard {
+                commit: &commit,
+                armed: true,
+            };
+            panic!("a bug in the round");
+        }));
+        assert!(panicked.is_err());
+        // Without the guard this would be Step::Wait forever: the round in progress, nobody leading it.
+        assert!(matches!(commit.step(10), Step::Failed(_)));
+    }
 }
