@@ -418,6 +418,30 @@ fn print_summary(args: &AmqpArgs, targets: &[Target], results: &[Vec<Option<RunR
         }
         println!("{row}");
     }
+    if let (Some(ratio), [a, b]) = (&ratio, results) {
+        let by_round = cpu_ratio_by_round(a, b);
+        if let Some(m) = median(by_round.clone()) {
+            let list: Vec<String> = by_round.iter().map(|r| format!("{r:.3}")).collect();
+            println!(
+                "broker CPU {ratio} round by round: {} (median {m:.3})",
+                list.join(" ")
+            );
+        }
+    }
+}
+
+/// B's broker CPU per message over A's, for each round both completed. Each round runs A and B back to back, so
+/// these ratios drift less than the ratio of the medians when the machine's speed changes during the run (a
+/// shared VM's does, by tens of percent within minutes).
+fn cpu_ratio_by_round(a: &[Option<RunResult>], b: &[Option<RunResult>]) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .filter_map(|(a, b)| {
+            let a = a.as_ref()?.broker_cpu_ns_per_msg?;
+            let b = b.as_ref()?.broker_cpu_ns_per_msg?;
+            (a > 0.0).then(|| b / a)
+        })
+        .collect()
 }
 
 async fn connect(url: &str) -> anyhow::Result<Connection> {
@@ -912,6 +936,21 @@ mod tests {
             "127.0.0.1:5672"
         );
         assert_eq!(authority("amqp://localhost:5673"), "localhost:5673");
+    }
+
+    #[test]
+    fn cpu_ratios_pair_rounds_and_skip_failed_ones() {
+        let cpu = |ns: f64| {
+            Some(RunResult {
+                broker_cpu_ns_per_msg: Some(ns),
+                ..RunResult::default()
+            })
+        };
+        let a = vec![cpu(100.0), None, cpu(80.0), cpu(50.0)];
+        let b = vec![cpu(10.0), cpu(9.0), None, cpu(6.0)];
+        assert_eq!(cpu_ratio_by_round(&a, &b), vec![0.1, 0.12]);
+        let no_pid = vec![Some(RunResult::default())];
+        assert!(cpu_ratio_by_round(&no_pid, &no_pid).is_empty());
     }
 
     #[test]
