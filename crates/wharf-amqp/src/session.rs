@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use amq_protocol::protocol::{basic, connection, AMQPClass};
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::{debug, warn};
 use wharf_core::flow::Outbound;
 use wharf_core::queues::{DeliverySink, PendingSync, QueueEvent, VHost};
 
@@ -586,6 +586,23 @@ impl Session {
                 Step::CloseOkSent
             }
             AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => Step::End(String::new()),
+            AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(update)) => {
+                // RabbitMQ 3.10.8 with its internal users answers update-secret-ok whatever the new secret (only
+                // token backends check it): clients that refresh credentials (the Java, .NET and Go clients,
+                // lapin) must not lose their connection for it.
+                debug!(
+                    connection = self.id,
+                    reason = %update.reason,
+                    "connection.update-secret: accepted (passwords are checked at login only)"
+                );
+                self.send(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(
+                        connection::UpdateSecretOk {},
+                    )),
+                );
+                Step::Continue
+            }
             _ => self.fault(
                 Fault::connection(COMMAND_INVALID, "unexpected method on channel 0")
                     .at(class_id, method_id),

@@ -3,7 +3,7 @@
 //! reference broker did): `user_id` must be the login, headers-exchange numbers match by value whatever their
 //! type, the predeclared exchanges can be redeclared, unbinding is idempotent, a dead-lettered message names
 //! its dead-letter exchange, what RabbitMQ does not implement is a 540, a failed login waits for close-ok,
-//! and the texts of the common errors.
+//! the texts of the common errors, and connection.update-secret answered as RabbitMQ's internal users have it.
 
 mod support;
 
@@ -793,4 +793,35 @@ async fn an_exclusive_flag_mismatch_is_405_and_argument_errors_read_as_rabbitmq_
         assert_eq!(code, 406, "{text}");
         assert!(text.contains(expected), "{text}");
     }
+}
+
+/// connection.update-secret (clients refreshing credentials: lapin's `update_secret`, the Java client's
+/// `updateSecret`): RabbitMQ 3.10.8 with its internal users answered update-secret-ok even to a secret that is
+/// not the password (raw socket against the reference node), and the connection went on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_secret_is_answered_and_the_connection_goes_on() {
+    let (broker, conn, channel) = open().await;
+    tokio::time::timeout(
+        WAIT,
+        conn.update_secret("not-the-password".into(), "token refresh".into()),
+    )
+    .await
+    .expect("update-secret-ok in time")
+    .expect("update-secret accepted");
+    declare(&channel, "after-update-secret", FieldTable::default()).await;
+    assert!(conn.status().connected());
+    // The same through a raw socket: update-secret-ok is the very next frame.
+    let mut client = RawClient::open(broker_stream(&broker));
+    client.send(AMQPClass::Connection(
+        conn_methods::AMQPMethod::UpdateSecret(conn_methods::UpdateSecret {
+            new_secret: "secret".into(),
+            reason: "refresh".into(),
+        }),
+    ));
+    assert!(matches!(
+        client.method(),
+        Some(AMQPClass::Connection(
+            conn_methods::AMQPMethod::UpdateSecretOk(_)
+        ))
+    ));
 }
