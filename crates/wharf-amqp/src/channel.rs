@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use amq_protocol::protocol::{
-    basic, basic::AMQPProperties, channel as ch, confirm, queue, tx, AMQPClass,
+    access, basic, basic::AMQPProperties, channel as ch, confirm, queue, tx, AMQPClass,
 };
 use bytes::{Bytes, BytesMut};
 use wharf_core::flow::{ChannelGate, ConsumerGate};
@@ -753,6 +753,15 @@ fn method(session: &mut Session, id: u16, class: AMQPClass) -> Result<(), Fault>
             }
         }
         AMQPClass::Tx(method) => return tx_method(session, id, method),
+        AMQPClass::Access(access::AMQPMethod::Request(_)) => {
+            // 0-8's access.request, still sent by some old clients: RabbitMQ 3.10.8 answers request-ok with
+            // ticket 1 and checks nothing (tickets mean nothing in 0-9-1; permissions are checked per method).
+            session.send(
+                id,
+                // amq-protocol writes the ticket, a reserved field in 0-9-1, as 1.
+                AMQPClass::Access(access::AMQPMethod::RequestOk(access::RequestOk {})),
+            );
+        }
         other => {
             return Err(Fault::connection(
                 COMMAND_INVALID,

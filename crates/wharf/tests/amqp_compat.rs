@@ -3,7 +3,8 @@
 //! reference broker did): `user_id` must be the login, headers-exchange numbers match by value whatever their
 //! type, the predeclared exchanges can be redeclared, unbinding is idempotent, a dead-lettered message names
 //! its dead-letter exchange, what RabbitMQ does not implement is a 540, a failed login waits for close-ok,
-//! the texts of the common errors, and connection.update-secret answered as RabbitMQ's internal users have it.
+//! the texts of the common errors, connection.update-secret answered as RabbitMQ's internal users have it, and
+//! 0-8's access.request answered with ticket 1.
 
 mod support;
 
@@ -822,6 +823,48 @@ async fn update_secret_is_answered_and_the_connection_goes_on() {
         client.method(),
         Some(AMQPClass::Connection(
             conn_methods::AMQPMethod::UpdateSecretOk(_)
+        ))
+    ));
+}
+
+/// access.request (0-8's, still sent by some old clients): RabbitMQ 3.10.8 answered access.request-ok with
+/// ticket 1 on an open channel (raw socket against the reference node), and the channel went on.
+#[test]
+fn access_request_gets_ticket_one() {
+    use amq_protocol::protocol::access;
+    let broker = support::start_amqp();
+    // Connection open, channel 1 open.
+    let mut client = RawClient::open(broker_stream(&broker));
+    client.send_on(
+        1,
+        AMQPClass::Access(access::AMQPMethod::Request(access::Request {
+            realm: "/data".into(),
+            exclusive: false,
+            passive: false,
+            active: true,
+            write: true,
+            read: true,
+        })),
+    );
+    // Class 30, method 11 (amq-protocol writes the ticket as 1, as RabbitMQ sent it).
+    match client.method() {
+        Some(AMQPClass::Access(access::AMQPMethod::RequestOk(_))) => {}
+        other => panic!("expected access.request-ok, got {other:?}"),
+    }
+    // The channel still works.
+    client.send_on(
+        1,
+        AMQPClass::Queue(amq_protocol::protocol::queue::AMQPMethod::Declare(
+            amq_protocol::protocol::queue::Declare {
+                queue: "after-access-request".into(),
+                ..Default::default()
+            },
+        )),
+    );
+    assert!(matches!(
+        client.method(),
+        Some(AMQPClass::Queue(
+            amq_protocol::protocol::queue::AMQPMethod::DeclareOk(_)
         ))
     ));
 }
