@@ -68,6 +68,23 @@ const RECOGNISED: &[&str] = &[
     "x-max-priority",
     "x-single-active-consumer",
     "x-queue-type",
+    "x-queue-mode",
+    "x-queue-version",
+];
+
+/// Arguments RabbitMQ 3.10.8 knows for its other queue types (quorum, stream) and refuses on a classic queue,
+/// "invalid arg 'x-delivery-limit' for queue 'q' in vhost '/' of queue type rabbit_classic_queue" (each seen on
+/// the reference node); arguments nobody knows are accepted and dropped.
+const OTHER_QUEUE_TYPES_ONLY: &[&str] = &[
+    "x-delivery-limit",
+    "x-dead-letter-strategy",
+    "x-initial-cluster-size",
+    "x-max-age",
+    "x-max-in-memory-bytes",
+    "x-max-in-memory-length",
+    "x-queue-leader-locator",
+    "x-quorum-initial-group-size",
+    "x-stream-max-segment-size-bytes",
 ];
 
 /// Largest TTL or expiry RabbitMQ accepts (its `MAX_EXPIRY_TIMER`, ms).
@@ -130,7 +147,16 @@ pub fn queue_args(vhost: &str, queue: &str, table: &FieldTable) -> Result<QueueA
                     .ok_or_else(|| invalid(key.as_str(), "invalid_overflow".to_string()))?;
             }
             "x-dead-letter-exchange" => {
-                args.dead_letter_exchange = Some(text(key.as_str(), value)?)
+                // RabbitMQ words this one type error differently from the others.
+                args.dead_letter_exchange = Some(string(value).ok_or_else(|| {
+                    Fault::channel(
+                        PRECONDITION_FAILED,
+                        format!(
+                            "invalid type '{}' for arg 'x-dead-letter-exchange' in queue '{queue}' in vhost '{vhost}'",
+                            type_name(value)
+                        ),
+                    )
+                })?)
             }
             "x-dead-letter-routing-key" => {
                 args.dead_letter_routing_key = Some(text(key.as_str(), value)?)
@@ -167,10 +193,42 @@ pub fn queue_args(vhost: &str, queue: &str, table: &FieldTable) -> Result<QueueA
                     ))
                 }
             },
-            // Other arguments (x-queue-mode, x-queue-master-locator, …) are accepted and ignored, as
-            // RabbitMQ ignores those it does not act on.
+            "x-queue-mode" => match text(key.as_str(), value)?.as_str() {
+                mode @ ("default" | "lazy") => args.queue_mode = Some(mode.to_string()),
+                other => {
+                    return Err(invalid(
+                        key.as_str(),
+                        format!("\"unsupported queue mode '{other}'\""),
+                    ))
+                }
+            },
+            "x-queue-version" => match int(key.as_str(), value)? {
+                v @ (1 | 2) => args.queue_version = u8::try_from(v).ok(),
+                other => {
+                    return Err(invalid(
+                        key.as_str(),
+                        format!("\"unsupported queue version '{other}'\""),
+                    ))
+                }
+            },
+            // Other arguments (x-queue-master-locator, …) are accepted and ignored, as RabbitMQ ignores those
+            // it does not act on.
             _ => {}
         }
+    }
+    // After the loop, so that a quorum or stream queue is refused as such whatever its other arguments.
+    if let Some(key) = table
+        .inner()
+        .keys()
+        .find(|k| OTHER_QUEUE_TYPES_ONLY.contains(&k.as_str()))
+    {
+        return Err(Fault::channel(
+            PRECONDITION_FAILED,
+            format!(
+                "invalid arg '{}' for queue '{queue}' in vhost '{vhost}' of queue type rabbit_classic_queue",
+                key.as_str()
+            ),
+        ));
     }
     if args.dead_letter_routing_key.is_some() && args.dead_letter_exchange.is_none() {
         return Err(Fault::channel(
@@ -287,6 +345,11 @@ mod tests {
                     "x-queue-mode",
                     AMQPValue::LongString(LongString::from("lazy")),
                 ),
+                ("x-queue-version", AMQPValue::ShortShortInt(2)),
+                (
+                    "x-queue-master-locator",
+                    AMQPValue::LongString(LongString::from("min-masters")),
+                ),
             ]),
         )
         .unwrap();
@@ -296,12 +359,16 @@ mod tests {
         assert_eq!(args.dead_letter_exchange.as_deref(), Some("dlx"));
         assert_eq!(args.max_priority, Some(10));
         assert!(args.single_active_consumer);
-        // Wire types are kept for the arguments acted on, not for ignored ones (x-queue-mode).
+        assert_eq!(args.queue_mode.as_deref(), Some("lazy"));
+        assert_eq!(args.queue_version, Some(2));
+        // Wire types are kept for the arguments checked on redeclare, not for ignored ones
+        // (x-queue-master-locator).
         assert_eq!(
             args.wire_types.get("x-max-length").map(String::as_str),
             Some("unsignedbyte")
         );
-        assert!(!args.wire_types.contains_key("x-queue-mode"));
+        assert!(args.wire_types.contains_key("x-queue-mode"));
+        assert!(!args.wire_types.contains_key("x-queue-master-locator"));
     }
 
     #[test]
@@ -330,6 +397,13 @@ mod tests {
                 "x-dead-letter-routing-key",
                 AMQPValue::LongString(LongString::from("k")),
             ),
+            (
+                "x-queue-mode",
+                AMQPValue::LongString(LongString::from("bogus")),
+            ),
+            ("x-queue-version", AMQPValue::LongInt(3)),
+            ("x-delivery-limit", AMQPValue::LongInt(5)),
+            ("x-max-age", AMQPValue::LongString(LongString::from("1D"))),
         ] {
             let err = queue_args("/", "q", &table(std::slice::from_ref(&bad))).unwrap_err();
             assert_eq!(err.code, PRECONDITION_FAILED, "{bad:?}");
@@ -346,6 +420,34 @@ mod tests {
         .unwrap_err();
         assert!(quorum.text.contains("not supported"), "{}", quorum.text);
         assert!(quorum.text.contains("in vhost 'app'"), "{}", quorum.text);
+        // A quorum queue's own arguments do not hide that quorum queues are not built yet.
+        let quorum_with_limit = queue_args(
+            "/",
+            "q",
+            &table(&[
+                ("x-delivery-limit", AMQPValue::LongInt(5)),
+                (
+                    "x-queue-type",
+                    AMQPValue::LongString(LongString::from("quorum")),
+                ),
+            ]),
+        )
+        .unwrap_err();
+        assert!(
+            quorum_with_limit.text.contains("not supported"),
+            "{}",
+            quorum_with_limit.text
+        );
+        let classic_with_limit = queue_args(
+            "/",
+            "q",
+            &table(&[("x-delivery-limit", AMQPValue::LongInt(5))]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            classic_with_limit.text,
+            "invalid arg 'x-delivery-limit' for queue 'q' in vhost '/' of queue type rabbit_classic_queue"
+        );
     }
 
     #[test]

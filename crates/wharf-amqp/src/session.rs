@@ -604,8 +604,12 @@ impl Session {
                 Step::Continue
             }
             _ => self.fault(
-                Fault::connection(COMMAND_INVALID, "unexpected method on channel 0")
-                    .at(class_id, method_id),
+                // RabbitMQ's words and code for any other method on channel 0 of an open connection.
+                Fault::connection(
+                    CHANNEL_ERROR,
+                    "unexpected method in connection state running",
+                )
+                .at(class_id, method_id),
             ),
         }
     }

@@ -87,6 +87,13 @@ pub struct QueueArgs {
     /// `x-single-active-consumer`: one consumer gets everything; the next takes over when it goes.
     #[serde(default)]
     pub single_active_consumer: bool,
+    /// `x-queue-mode` (`default` or `lazy`): changes nothing here (messages of durable queues wait in the log
+    /// either way), but is checked and compared on redeclare as RabbitMQ does.
+    #[serde(default)]
+    pub queue_mode: Option<String>,
+    /// `x-queue-version` (1 or 2, RabbitMQ's classic queue storage formats): likewise checked and compared only.
+    #[serde(default)]
+    pub queue_version: Option<u8>,
     /// The wire type each argument above came as (`signedint`, `long`, `longstr`, …): only for error texts, which
     /// name it as RabbitMQ's do (`current is the value '100' of type 'signedint'`).
     #[serde(default)]

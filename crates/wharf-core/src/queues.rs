@@ -1568,7 +1568,7 @@ fn inequivalent(new: &QueueSpec, old: &QueueSpec, queue: &str, vhost: &str) -> O
     let flag = |b: bool| Some(b.to_string());
     let (a, b) = (&new.arguments, &old.arguments);
     // (`exclusive` is not here: a mismatch there is 405, checked before.)
-    let diffs: [(&str, Option<String>, Option<String>); 11] = [
+    let diffs: [(&str, Option<String>, Option<String>); 13] = [
         ("durable", flag(new.durable), flag(old.durable)),
         ("auto_delete", flag(new.auto_delete), flag(old.auto_delete)),
         (
@@ -1607,6 +1607,12 @@ fn inequivalent(new: &QueueSpec, old: &QueueSpec, queue: &str, vhost: &str) -> O
             "x-single-active-consumer",
             flag(a.single_active_consumer),
             flag(b.single_active_consumer),
+        ),
+        ("x-queue-mode", show(&a.queue_mode), show(&b.queue_mode)),
+        (
+            "x-queue-version",
+            show(&a.queue_version),
+            show(&b.queue_version),
         ),
     ];
     let (name, received, current) = diffs.into_iter().find(|(_, n, o)| n != o)?;

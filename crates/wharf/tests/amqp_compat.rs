@@ -868,3 +868,106 @@ fn access_request_gets_ticket_one() {
         ))
     ));
 }
+
+/// Queue arguments RabbitMQ 3.10.8 checks on a classic queue beyond those Wharf acts on, each reply text as the
+/// reference node gave it (raw-socket probes): `x-queue-mode` and `x-queue-version` take only RabbitMQ's values and
+/// are compared on redeclare; the quorum and stream queues' own arguments are refused on a classic queue; a
+/// dead-letter exchange that is not a string has its own wording; an unknown argument is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_queue_arguments_are_checked_as_rabbitmq_checks_them() {
+    let (_broker, conn, channel) = open().await;
+    let conn = std::sync::Arc::new(conn);
+    let refused = |name: &'static str, arguments: FieldTable| {
+        let conn = std::sync::Arc::clone(&conn);
+        async move {
+            let channel = conn.create_channel().await.unwrap();
+            let err = channel
+                .queue_declare(name.into(), QueueDeclareOptions::default(), arguments)
+                .await
+                .expect_err("406");
+            let (code, text) = refusal(err);
+            assert_eq!(code, 406, "{text}");
+            text
+        }
+    };
+    let int = |key: &str, v: i32| field_table(&[(key, AMQPValue::LongInt(v))]);
+    let text = refused("v3", int("x-queue-version", 3)).await;
+    assert!(
+        text.contains("invalid arg 'x-queue-version' for queue 'v3' in vhost '/': \"unsupported queue version '3'\""),
+        "{text}"
+    );
+    let text = refused("bogus", field_table(&[("x-queue-mode", long("bogus"))])).await;
+    assert!(
+        text.contains("invalid arg 'x-queue-mode' for queue 'bogus' in vhost '/': \"unsupported queue mode 'bogus'\""),
+        "{text}"
+    );
+    declare(
+        &channel,
+        "lazy",
+        field_table(&[("x-queue-mode", long("lazy"))]),
+    )
+    .await;
+    let text = refused("lazy", field_table(&[("x-queue-mode", long("default"))])).await;
+    assert!(
+        text.contains("inequivalent arg 'x-queue-mode' for queue 'lazy' in vhost '/': received 'default' but current is 'lazy'"),
+        "{text}"
+    );
+    declare(&channel, "v1", int("x-queue-version", 1)).await;
+    let text = refused("v1", int("x-queue-version", 2)).await;
+    assert!(
+        text.contains("inequivalent arg 'x-queue-version' for queue 'v1' in vhost '/': received '2' but current is '1'"),
+        "{text}"
+    );
+    for key in [
+        "x-delivery-limit",
+        "x-max-in-memory-length",
+        "x-quorum-initial-group-size",
+    ] {
+        let text = refused("classic", int(key, 5)).await;
+        assert!(
+            text.contains(&format!(
+                "invalid arg '{key}' for queue 'classic' in vhost '/' of queue type rabbit_classic_queue"
+            )),
+            "{text}"
+        );
+    }
+    let text = refused("dlx-int", int("x-dead-letter-exchange", 5)).await;
+    assert!(
+        text.contains("invalid type 'signedint' for arg 'x-dead-letter-exchange' in queue 'dlx-int' in vhost '/'"),
+        "{text}"
+    );
+    declare(
+        &channel,
+        "unknown-arg",
+        field_table(&[("x-foo", long("bar"))]),
+    )
+    .await;
+    assert!(conn.status().connected());
+}
+
+/// A method of another class on channel 0 of an open connection: RabbitMQ 3.10.8 closes the connection with 504
+/// CHANNEL_ERROR "unexpected method in connection state running" (raw socket against the reference node).
+#[test]
+fn a_queue_method_on_channel_zero_is_504() {
+    let broker = support::start_amqp();
+    let mut client = RawClient::open(broker_stream(&broker));
+    client.send_on(
+        0,
+        AMQPClass::Queue(amq_protocol::protocol::queue::AMQPMethod::Declare(
+            amq_protocol::protocol::queue::Declare {
+                queue: "on-channel-zero".into(),
+                ..Default::default()
+            },
+        )),
+    );
+    match client.method() {
+        Some(AMQPClass::Connection(conn_methods::AMQPMethod::Close(close))) => {
+            assert_eq!(close.reply_code, 504);
+            assert_eq!(
+                close.reply_text.as_str(),
+                "CHANNEL_ERROR - unexpected method in connection state running"
+            );
+        }
+        other => panic!("expected connection.close 504, got {other:?}"),
+    }
+}
