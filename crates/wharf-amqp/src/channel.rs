@@ -332,7 +332,8 @@ pub fn handle(session: &mut Session, frame: Frame) -> ChannelResult {
                 class => hard(
                     Fault::connection(
                         CHANNEL_ERROR,
-                        format!("expected 'channel.open' on channel {id}"),
+                        // RabbitMQ 3.10.8's words (the frame names the channel).
+                        "expected 'channel.open'".to_string(),
                     )
                     .at(class.get_amqp_class_id(), class.get_amqp_method_id()),
                 ),
@@ -625,7 +626,7 @@ fn method(session: &mut Session, id: u16, class: AMQPClass) -> Result<(), Fault>
         AMQPClass::Channel(ch::AMQPMethod::Open(_)) => {
             return Err(Fault::connection(
                 CHANNEL_ERROR,
-                format!("second 'channel.open' seen on channel {id}"),
+                "second 'channel.open' seen".to_string(),
             ))
         }
         AMQPClass::Channel(ch::AMQPMethod::Flow(flow)) => {

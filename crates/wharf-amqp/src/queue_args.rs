@@ -32,7 +32,7 @@ fn string(value: &AMQPValue) -> Option<String> {
 }
 
 /// The name RabbitMQ gives a field value's type in its error texts (`{unacceptable_type,longstr}`).
-fn type_name(value: &AMQPValue) -> &'static str {
+pub(crate) fn type_name(value: &AMQPValue) -> &'static str {
     match value {
         AMQPValue::Boolean(_) => "bool",
         AMQPValue::ShortShortInt(_) => "byte",

@@ -2,7 +2,7 @@
 //! headers, `alternate-exchange`), reads the `CC` / `BCC` headers and removes `BCC` before delivery. The
 //! routing rules themselves live in `wharf_core::exchanges`, which knows no field tables.
 
-use amq_protocol::protocol::basic::AMQPProperties;
+use amq_protocol::protocol::{basic::AMQPProperties, exchange};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::Bytes;
 use wharf_core::exchanges::headers::Headers;
@@ -66,28 +66,33 @@ pub fn message_headers(properties: &AMQPProperties) -> Option<Headers> {
         .map(|table| entries(table).into_iter().collect())
 }
 
-/// The spec of a non-passive exchange.declare. An unknown type is a connection error (503), as in
-/// RabbitMQ; `alternate-exchange` must be a string to count.
-pub fn exchange_spec(
-    kind: &str,
-    durable: bool,
-    auto_delete: bool,
-    internal: bool,
-    arguments: &FieldTable,
-) -> Result<ExchangeSpec, Fault> {
+/// The spec of a non-passive exchange.declare in vhost `vhost`. An unknown type is a connection error (503),
+/// and an `alternate-exchange` that is not a string a channel error (406), as in RabbitMQ 3.10.8.
+pub fn exchange_spec(declare: &exchange::Declare, vhost: &str) -> Result<ExchangeSpec, Fault> {
+    let kind = declare.kind.as_str();
     let kind = ExchangeKind::parse(kind).ok_or_else(|| {
         Fault::connection(COMMAND_INVALID, format!("unknown exchange type '{kind}'"))
     })?;
-    let alternate_exchange = match arguments.inner().get("alternate-exchange") {
+    let alternate_exchange = match declare.arguments.inner().get("alternate-exchange") {
+        None => None,
         Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_string()),
-        _ => None,
+        Some(other) => {
+            return Err(Fault::channel(
+                PRECONDITION_FAILED,
+                format!(
+                    "invalid type '{}' for arg 'alternate-exchange' in exchange '{}' in vhost '{vhost}'",
+                    crate::queue_args::type_name(other),
+                    declare.exchange
+                ),
+            ))
+        }
     };
     Ok(ExchangeSpec {
         kind,
-        durable,
-        auto_delete,
-        internal,
+        durable: declare.durable,
+        auto_delete: declare.auto_delete,
+        internal: declare.internal,
         alternate_exchange,
     })
 }

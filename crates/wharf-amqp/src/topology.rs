@@ -26,13 +26,7 @@ pub fn exchange_method(
                 // A passive declare only asks whether the exchange exists; type and flags are ignored.
                 ExchangeSpec::new(ExchangeKind::Direct)
             } else {
-                exchange_spec(
-                    d.kind.as_str(),
-                    d.durable,
-                    d.auto_delete,
-                    d.internal,
-                    &d.arguments,
-                )?
+                exchange_spec(&d, vhost.name())?
             };
             vhost.declare_exchange(name, spec, d.passive)?;
             (!d.nowait).then_some(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {}))

@@ -971,3 +971,51 @@ fn a_queue_method_on_channel_zero_is_504() {
         other => panic!("expected connection.close 504, got {other:?}"),
     }
 }
+
+/// Texts RabbitMQ 3.10.8 gave in raw-socket probes: a second channel.open, a method on a channel never opened
+/// (both 504, closing the connection), and an `alternate-exchange` that is not a string (406 on the channel).
+#[test]
+fn channel_state_and_exchange_argument_errors_are_worded_as_rabbitmq_words_them() {
+    use amq_protocol::protocol::{channel as ch, exchange};
+    let broker = support::start_amqp();
+    let close_text = |client: &mut RawClient| match client.method() {
+        Some(AMQPClass::Connection(conn_methods::AMQPMethod::Close(close))) => {
+            format!("{} {}", close.reply_code, close.reply_text)
+        }
+        Some(AMQPClass::Channel(ch::AMQPMethod::Close(close))) => {
+            format!("{} {}", close.reply_code, close.reply_text)
+        }
+        other => panic!("expected a close, got {other:?}"),
+    };
+    let mut client = RawClient::open(broker_stream(&broker));
+    client.send_on(1, AMQPClass::Channel(ch::AMQPMethod::Open(ch::Open {})));
+    assert_eq!(
+        close_text(&mut client),
+        "504 CHANNEL_ERROR - second 'channel.open' seen"
+    );
+    let mut client = RawClient::open(broker_stream(&broker));
+    client.send_on(
+        2,
+        AMQPClass::Queue(amq_protocol::protocol::queue::AMQPMethod::Declare(
+            amq_protocol::protocol::queue::Declare::default(),
+        )),
+    );
+    assert_eq!(
+        close_text(&mut client),
+        "504 CHANNEL_ERROR - expected 'channel.open'"
+    );
+    let mut client = RawClient::open(broker_stream(&broker));
+    client.send_on(
+        1,
+        AMQPClass::Exchange(exchange::AMQPMethod::Declare(exchange::Declare {
+            exchange: "ae-int".into(),
+            kind: "direct".into(),
+            arguments: field_table(&[("alternate-exchange", AMQPValue::LongInt(5))]),
+            ..Default::default()
+        })),
+    );
+    assert_eq!(
+        close_text(&mut client),
+        "406 PRECONDITION_FAILED - invalid type 'signedint' for arg 'alternate-exchange' in exchange 'ae-int' in vhost '/'"
+    );
+}
