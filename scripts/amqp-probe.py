@@ -109,10 +109,30 @@ def consume(queue, tag=b"", bits=0):
     return struct.pack(">H", 0) + shortstr(queue) + shortstr(tag) + bytes([bits]) + table([])
 
 
-def publish_and_content(c, exchange, key, body=b"x"):
-    c.send(1, 60, 40, struct.pack(">H", 0) + shortstr(exchange) + shortstr(key) + b"\x00")
-    c.s.sendall(frame(1, struct.pack(">HHQH", 60, 0, len(body), 0), kind=2) + frame(1, body, kind=3))
+def content(channel, body, expiration=None, user_id=None):
+    """A content header (with the expiration and user-id properties if given) and one body frame."""
+    flags, props = 0, b""
+    if expiration is not None:
+        flags |= 1 << 8
+        props += shortstr(expiration)
+    if user_id is not None:
+        flags |= 1 << 4
+        props += shortstr(user_id)
+    header = struct.pack(">HHQH", 60, 0, len(body), flags) + props
+    return frame(channel, header, kind=2) + frame(channel, body, kind=3)
+
+
+def publish_and_content(c, exchange, key, body=b"x", bits=0, **props):
+    c.send(1, 60, 40, struct.pack(">H", 0) + shortstr(exchange) + shortstr(key) + bytes([bits]))
+    c.s.sendall(content(1, body, **props))
     return c.reply()
+
+
+def publish_then(c, exchange, key, body=b"x"):
+    """Publishes without waiting for an answer (there is none when all goes well)."""
+    c.send(1, 60, 40, struct.pack(">H", 0) + shortstr(exchange) + shortstr(key) + b"\x00")
+    c.s.sendall(content(1, body))
+    return "sent"
 
 
 def twice(first, second):
@@ -183,6 +203,42 @@ CASES = [
     ("method on a channel never opened", lambda c: c.call(2, 50, 10, queue_declare(b"c2"))),
     ("access.request", lambda c: c.call(1, 30, 10, shortstr(b"/data") + bytes([0b11100]))),
     ("connection.update-secret", lambda c: c.call(0, 10, 70, longstr(b"secret") + shortstr(b"refresh"))),
+    ("exchange redeclared with another type", twice(
+        lambda c: c.call(1, 40, 10, exchange_declare(b"retype", b"direct")),
+        lambda c: c.call(1, 40, 10, exchange_declare(b"retype", b"fanout")))),
+    ("exchange amq.direct redeclared as fanout", lambda c: c.call(1, 40, 10, exchange_declare(b"amq.direct", b"fanout"))),
+    ("exchange new amq. name", lambda c: c.call(1, 40, 10, exchange_declare(b"amq.mine", b"direct"))),
+    ("exchange.delete if-unused with a binding", lambda c: "%s / %s / %s / %s" % (
+        c.call(1, 40, 10, exchange_declare(b"used", b"direct")), c.call(1, 50, 10, queue_declare(b"qu")),
+        c.call(1, 50, 20, queue_bind(b"qu", b"used", b"k")),
+        c.call(1, 40, 20, struct.pack(">H", 0) + shortstr(b"used") + b"\x01"))),
+    ("queue.delete if-empty with a message", lambda c: "%s / %s / %s" % (
+        c.call(1, 50, 10, queue_declare(b"full")), publish_then(c, b"", b"full"),
+        c.call(1, 50, 40, struct.pack(">H", 0) + shortstr(b"full") + b"\x02"))),
+    ("queue.delete if-unused with a consumer", lambda c: "%s / %s / %s" % (
+        c.call(1, 50, 10, queue_declare(b"busy")), c.call(1, 60, 20, consume(b"busy", b"c")),
+        c.call(1, 50, 40, struct.pack(">H", 0) + shortstr(b"busy") + b"\x01"))),
+    ("queue passive missing", q(b"missing", passive=1)),
+    ("basic.get empty", twice(q(b"empty"), lambda c: c.call(1, 60, 70, struct.pack(">H", 0) + shortstr(b"empty") + b"\x00"))),
+    ("basic.publish immediate", lambda c: publish_and_content(c, b"", b"nowhere", bits=2)),
+    ("basic.publish mandatory unroutable", lambda c: publish_and_content(c, b"", b"nowhere", bits=1)),
+    ("basic.publish to an internal exchange", twice(
+        lambda c: c.call(1, 40, 10, struct.pack(">H", 0) + shortstr(b"inner") + shortstr(b"direct") + b"\x08" + table([])),
+        lambda c: publish_and_content(c, b"inner", b"k"))),
+    ("basic.publish expiration abc", lambda c: publish_and_content(c, b"", b"nowhere", expiration=b"abc")),
+    ("basic.publish user_id not the login", lambda c: publish_and_content(c, b"", b"nowhere", user_id=b"mallory")),
+    ("basic.consume x-priority as S", twice(q(b"prio"), lambda c: c.call(1, 60, 20, struct.pack(">H", 0) + shortstr(b"prio")
+                                                                      + shortstr(b"") + b"\x00"
+                                                                      + table([(b"x-priority", S, b"high")])))),
+    ("basic.consume tag reused", lambda c: "%s / %s / %s" % (
+        c.call(1, 50, 10, queue_declare(b"tags")), c.call(1, 60, 20, consume(b"tags", b"same")),
+        c.call(1, 60, 20, consume(b"tags", b"same")))),
+    ("basic.nack unknown tag", lambda c: c.call(1, 60, 120, struct.pack(">Q", 9) + b"\x00")),
+    ("basic.ack multiple with tag 0 and nothing unacked", lambda c: "%s / %s" % (
+        c.send(1, 60, 80, struct.pack(">Q", 0) + b"\x01"), c.call(1, 50, 10, queue_declare(b"after-ack0")))),
+    ("queue.declare server-named with nowait", lambda c: "%s / %s" % (
+        c.send(1, 50, 10, struct.pack(">H", 0) + shortstr(b"") + bytes([16]) + table([])),
+        c.call(1, 50, 10, queue_declare(b"after-nowait")))),
 ]
 
 
