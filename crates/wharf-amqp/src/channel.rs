@@ -308,6 +308,18 @@ pub fn handle(session: &mut Session, frame: Frame) -> ChannelResult {
         return match frame {
             Frame::Method(_, class) => match class {
                 AMQPClass::Channel(ch::AMQPMethod::Open(_)) => {
+                    let (open, max) = (session.channels.len(), usize::from(session.channel_max()));
+                    if open >= max {
+                        // One channel too many (how a client that leaks channels ends): RabbitMQ 3.10.8's code
+                        // and words, which count open channels.
+                        return hard(Fault::connection(
+                            NOT_ALLOWED,
+                            format!(
+                                "number of channels opened ({open}) has reached the negotiated channel_max ({max})"
+                            ),
+                        ));
+                    }
+                    // The specification's rule, which RabbitMQ does not check: numbers run 1..=channel_max.
                     if id > session.channel_max() {
                         return hard(Fault::connection(
                             CHANNEL_ERROR,

@@ -1019,3 +1019,47 @@ fn channel_state_and_exchange_argument_errors_are_worded_as_rabbitmq_words_them(
         "406 PRECONDITION_FAILED - invalid type 'signedint' for arg 'alternate-exchange' in exchange 'ae-int' in vhost '/'"
     );
 }
+
+/// One channel more than the negotiated channel_max: RabbitMQ 3.10.8 closes the connection with 530 NOT_ALLOWED
+/// "number of channels opened (2) has reached the negotiated channel_max (2)" (raw socket against the reference
+/// node, tune-ok channel_max 2, channels 1 and 2 open, then channel.open 3).
+#[test]
+fn one_channel_over_channel_max_is_530_in_rabbitmq_s_words() {
+    use amq_protocol::protocol::channel as ch;
+    let broker = support::start_amqp();
+    let (mut client, tune) = RawClient::until_tune(broker_stream(&broker));
+    client.send(AMQPClass::Connection(conn_methods::AMQPMethod::TuneOk(
+        conn_methods::TuneOk {
+            channel_max: 2,
+            frame_max: tune.frame_max,
+            heartbeat: 0,
+        },
+    )));
+    client.send(AMQPClass::Connection(conn_methods::AMQPMethod::Open(
+        conn_methods::Open {
+            virtual_host: "/".into(),
+        },
+    )));
+    assert!(matches!(
+        client.method(),
+        Some(AMQPClass::Connection(conn_methods::AMQPMethod::OpenOk(_)))
+    ));
+    for id in 1..=2 {
+        client.send_on(id, AMQPClass::Channel(ch::AMQPMethod::Open(ch::Open {})));
+        assert!(matches!(
+            client.method(),
+            Some(AMQPClass::Channel(ch::AMQPMethod::OpenOk(_)))
+        ));
+    }
+    client.send_on(3, AMQPClass::Channel(ch::AMQPMethod::Open(ch::Open {})));
+    match client.method() {
+        Some(AMQPClass::Connection(conn_methods::AMQPMethod::Close(close))) => {
+            assert_eq!(close.reply_code, 530);
+            assert_eq!(
+                close.reply_text.as_str(),
+                "NOT_ALLOWED - number of channels opened (2) has reached the negotiated channel_max (2)"
+            );
+        }
+        other => panic!("expected connection.close 530, got {other:?}"),
+    }
+}
