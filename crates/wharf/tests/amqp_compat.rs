@@ -1027,23 +1027,7 @@ fn channel_state_and_exchange_argument_errors_are_worded_as_rabbitmq_words_them(
 fn one_channel_over_channel_max_is_530_in_rabbitmq_s_words() {
     use amq_protocol::protocol::channel as ch;
     let broker = support::start_amqp();
-    let (mut client, tune) = RawClient::until_tune(broker_stream(&broker));
-    client.send(AMQPClass::Connection(conn_methods::AMQPMethod::TuneOk(
-        conn_methods::TuneOk {
-            channel_max: 2,
-            frame_max: tune.frame_max,
-            heartbeat: 0,
-        },
-    )));
-    client.send(AMQPClass::Connection(conn_methods::AMQPMethod::Open(
-        conn_methods::Open {
-            virtual_host: "/".into(),
-        },
-    )));
-    assert!(matches!(
-        client.method(),
-        Some(AMQPClass::Connection(conn_methods::AMQPMethod::OpenOk(_)))
-    ));
+    let mut client = RawClient::open_connection(broker_stream(&broker), Some(2), None);
     for id in 1..=2 {
         client.send_on(id, AMQPClass::Channel(ch::AMQPMethod::Open(ch::Open {})));
         assert!(matches!(

@@ -261,12 +261,17 @@ impl RawClient {
         RawClient::open_with_frame_max(s, None)
     }
 
-    /// As [`RawClient::open`], asking for `frame_max` instead of the server's value.
-    pub fn open_with_frame_max(s: TcpStream, frame_max: Option<u32>) -> RawClient {
+    /// Finishes the handshake with these `channel_max` and `frame_max` (the server's values where `None`, no
+    /// heartbeats) and opens vhost `/`; no channel is opened.
+    pub fn open_connection(
+        s: TcpStream,
+        channel_max: Option<u16>,
+        frame_max: Option<u32>,
+    ) -> RawClient {
         let (mut client, tune) = RawClient::until_tune(s);
         client.send(AMQPClass::Connection(conn_methods::AMQPMethod::TuneOk(
             conn_methods::TuneOk {
-                channel_max: tune.channel_max,
+                channel_max: channel_max.unwrap_or(tune.channel_max),
                 frame_max: frame_max.unwrap_or(tune.frame_max),
                 heartbeat: 0,
             },
@@ -280,6 +285,12 @@ impl RawClient {
             client.method(),
             Some(AMQPClass::Connection(conn_methods::AMQPMethod::OpenOk(_)))
         ));
+        client
+    }
+
+    /// As [`RawClient::open`], asking for `frame_max` instead of the server's value.
+    pub fn open_with_frame_max(s: TcpStream, frame_max: Option<u32>) -> RawClient {
+        let mut client = RawClient::open_connection(s, None, frame_max);
         let mut out = Vec::new();
         write_method(
             &mut out,
