@@ -394,7 +394,7 @@ pub fn handle(session: &mut Session, frame: Frame) -> ChannelResult {
         }
         _ => hard(Fault::connection(
             UNEXPECTED_FRAME,
-            format!("content frame on channel {id} without basic.publish"),
+            "expected method frame, got non method frame instead",
         )),
     }
 }
@@ -413,9 +413,13 @@ fn content(session: &mut Session, id: u16, frame: Frame) -> ChannelResult {
     match frame {
         Frame::Header(_, header, properties) if publish.body_size.is_none() => {
             if header.class_id != BASIC_CLASS_ID {
+                // RabbitMQ 3.10.8's code and words (raw-socket probe), like the other frames out of place below.
                 return hard(Fault::connection(
-                    FRAME_ERROR,
-                    format!("content header of class {}", header.class_id),
+                    UNEXPECTED_FRAME,
+                    format!(
+                        "expected content header for class 60, got one for class {} instead",
+                        header.class_id
+                    ),
                 ));
             }
             if header.body_size > max {
@@ -452,10 +456,16 @@ fn content(session: &mut Session, id: u16, frame: Frame) -> ChannelResult {
             }
             publish.body.extend_from_slice(&bytes);
         }
+        _ if publish.body_size.is_none() => {
+            return hard(Fault::connection(
+                UNEXPECTED_FRAME,
+                "expected content header for class 60, got non content header frame instead",
+            ))
+        }
         _ => {
             return hard(Fault::connection(
                 UNEXPECTED_FRAME,
-                format!("expected content on channel {id}"),
+                "expected content body, got non content body frame instead",
             ))
         }
     }

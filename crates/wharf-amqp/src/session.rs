@@ -433,9 +433,10 @@ impl Session {
         }
         match frame {
             Frame::Heartbeat(0) => Step::Continue,
+            // RabbitMQ 3.10.8's code and words (its text shows the frame's empty payload as Erlang prints it).
             Frame::Heartbeat(_) => self.fault(Fault::connection(
-                FRAME_ERROR,
-                "heartbeat frame on a channel other than 0",
+                UNEXPECTED_FRAME,
+                "type 8, all octets = <<>>",
             )),
             Frame::Method(0, class) => self.connection_method(class),
             Frame::Header(0, ..) | Frame::Body(0, _) => self.fault(Fault::connection(

@@ -1047,3 +1047,87 @@ fn one_channel_over_channel_max_is_530_in_rabbitmq_s_words() {
         other => panic!("expected connection.close 530, got {other:?}"),
     }
 }
+
+/// Frames out of place, each closing the connection with 505 UNEXPECTED_FRAME in RabbitMQ 3.10.8's words (raw
+/// sockets against the reference node): a content frame without basic.publish, a method where the content
+/// header or body belongs, a content header of another class, a heartbeat on a channel other than 0.
+#[test]
+fn frames_out_of_place_are_505_in_rabbitmq_s_words() {
+    use std::io::Write as _;
+    fn raw(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![kind];
+        f.extend_from_slice(&channel.to_be_bytes());
+        f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        f.extend_from_slice(payload);
+        f.push(0xCE);
+        f
+    }
+    let publish = {
+        let mut out = Vec::new();
+        wharf_amqp::frame::write_method(
+            &mut out,
+            1,
+            AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Publish(
+                amq_protocol::protocol::basic::Publish {
+                    routing_key: "nowhere".into(),
+                    ..Default::default()
+                },
+            )),
+        )
+        .unwrap();
+        out
+    };
+    let declare = {
+        let mut out = Vec::new();
+        wharf_amqp::frame::write_method(
+            &mut out,
+            1,
+            AMQPClass::Queue(amq_protocol::protocol::queue::AMQPMethod::Declare(
+                amq_protocol::protocol::queue::Declare::default(),
+            )),
+        )
+        .unwrap();
+        out
+    };
+    let header = |class: u16| {
+        let mut p = class.to_be_bytes().to_vec();
+        p.extend_from_slice(&[0, 0]);
+        p.extend_from_slice(&2u64.to_be_bytes());
+        p.extend_from_slice(&[0, 0]);
+        raw(2, 1, &p)
+    };
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            raw(3, 1, b"x"),
+            "expected method frame, got non method frame instead",
+        ),
+        (
+            [publish.clone(), declare.clone()].concat(),
+            "expected content header for class 60, got non content header frame instead",
+        ),
+        (
+            [publish.clone(), header(60), declare].concat(),
+            "expected content body, got non content body frame instead",
+        ),
+        (
+            [publish, header(50)].concat(),
+            "expected content header for class 60, got one for class 50 instead",
+        ),
+        (raw(8, 1, b""), "type 8, all octets = <<>>"),
+    ];
+    let broker = support::start_amqp();
+    for (bytes, text) in cases {
+        let mut client = RawClient::open(broker_stream(&broker));
+        client.s.write_all(&bytes).unwrap();
+        match client.method() {
+            Some(AMQPClass::Connection(conn_methods::AMQPMethod::Close(close))) => {
+                assert_eq!(close.reply_code, 505, "{text}");
+                assert_eq!(
+                    close.reply_text.as_str(),
+                    format!("UNEXPECTED_FRAME - {text}")
+                );
+            }
+            other => panic!("expected connection.close 505 ({text}), got {other:?}"),
+        }
+    }
+}
