@@ -236,6 +236,18 @@ CASES = [
     ("basic.nack unknown tag", lambda c: c.call(1, 60, 120, struct.pack(">Q", 9) + b"\x00")),
     ("basic.ack multiple with tag 0 and nothing unacked", lambda c: "%s / %s" % (
         c.send(1, 60, 80, struct.pack(">Q", 0) + b"\x01"), c.call(1, 50, 10, queue_declare(b"after-ack0")))),
+    ("heartbeat on channel 1", lambda c: (c.s.sendall(frame(1, b"", kind=8)), c.reply())[1]),
+    ("content body without basic.publish", lambda c: (c.s.sendall(frame(1, b"x", kind=3)), c.reply())[1]),
+    ("method where the content header belongs", lambda c: (
+        c.send(1, 60, 40, struct.pack(">H", 0) + shortstr(b"") + shortstr(b"k") + b"\x00"),
+        c.call(1, 50, 10, queue_declare(b"mid")))[1]),
+    ("method where the content body belongs", lambda c: (
+        c.send(1, 60, 40, struct.pack(">H", 0) + shortstr(b"") + shortstr(b"k") + b"\x00"),
+        c.s.sendall(frame(1, struct.pack(">HHQH", 60, 0, 2, 0), kind=2)),
+        c.call(1, 50, 10, queue_declare(b"mid")))[2]),
+    ("content header of class 50", lambda c: (
+        c.send(1, 60, 40, struct.pack(">H", 0) + shortstr(b"") + shortstr(b"k") + b"\x00"),
+        c.s.sendall(frame(1, struct.pack(">HHQH", 50, 0, 1, 0), kind=2)), c.reply())[2]),
     ("queue.declare server-named with nowait", lambda c: "%s / %s" % (
         c.send(1, 50, 10, struct.pack(">H", 0) + shortstr(b"") + bytes([16]) + table([])),
         c.call(1, 50, 10, queue_declare(b"after-nowait")))),
