@@ -248,6 +248,14 @@ CASES = [
     ("content header of class 50", lambda c: (
         c.send(1, 60, 40, struct.pack(">H", 0) + shortstr(b"") + shortstr(b"k") + b"\x00"),
         c.s.sendall(frame(1, struct.pack(">HHQH", 50, 0, 1, 0), kind=2)), c.reply())[2]),
+    ("client sends channel.flow-ok", lambda c: c.call(1, 20, 21, b"\x01")),
+    ("client sends channel.close-ok unasked", lambda c: c.call(1, 20, 41, b"")),
+    ("client sends queue.declare-ok", lambda c: c.call(1, 50, 11, shortstr(b"q") + struct.pack(">II", 0, 0))),
+    ("client sends exchange.declare-ok", lambda c: c.call(1, 40, 11, b"")),
+    ("client sends basic.get-empty", lambda c: c.call(1, 60, 72, shortstr(b""))),
+    ("client sends basic.consume-ok", lambda c: c.call(1, 60, 21, shortstr(b"t"))),
+    ("client sends tx.select-ok", lambda c: c.call(1, 90, 11, b"")),
+    ("client sends confirm.select-ok", lambda c: c.call(1, 85, 11, b"")),
     ("queue.declare server-named with nowait", lambda c: "%s / %s" % (
         c.send(1, 50, 10, struct.pack(">H", 0) + shortstr(b"") + bytes([16]) + table([])),
         c.call(1, 50, 10, queue_declare(b"after-nowait")))),

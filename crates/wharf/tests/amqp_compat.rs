@@ -1131,3 +1131,40 @@ fn frames_out_of_place_are_505_in_rabbitmq_s_words() {
         }
     }
 }
+
+/// Methods only the server sends, sent by a client (a declare-ok, channel.flow-ok, a close-ok nobody asked
+/// for, basic.consume-ok): RabbitMQ 3.10.8 closes the connection with 503 "unimplemented method" (raw sockets
+/// against the reference node).
+#[test]
+fn methods_only_the_server_sends_are_503_unimplemented() {
+    use amq_protocol::protocol::{basic, channel as ch, queue};
+    let broker = support::start_amqp();
+    let methods = [
+        AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+            queue: "q".into(),
+            message_count: 0,
+            consumer_count: 0,
+        })),
+        AMQPClass::Channel(ch::AMQPMethod::FlowOk(ch::FlowOk { active: true })),
+        AMQPClass::Channel(ch::AMQPMethod::CloseOk(ch::CloseOk {})),
+        AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+            consumer_tag: "t".into(),
+        })),
+    ];
+    for method in methods {
+        let what = format!("{method:?}");
+        let mut client = RawClient::open(broker_stream(&broker));
+        client.send_on(1, method);
+        match client.method() {
+            Some(AMQPClass::Connection(conn_methods::AMQPMethod::Close(close))) => {
+                assert_eq!(close.reply_code, 503, "{what}");
+                assert_eq!(
+                    close.reply_text.as_str(),
+                    "COMMAND_INVALID - unimplemented method",
+                    "{what}"
+                );
+            }
+            other => panic!("expected connection.close 503 for {what}, got {other:?}"),
+        }
+    }
+}
