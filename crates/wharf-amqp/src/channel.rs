@@ -345,7 +345,7 @@ pub fn handle(session: &mut Session, frame: Frame) -> ChannelResult {
                     Fault::connection(
                         CHANNEL_ERROR,
                         // RabbitMQ 3.10.8's words (the frame names the channel).
-                        "expected 'channel.open'".to_string(),
+                        "expected 'channel.open'",
                     )
                     .at(class.get_amqp_class_id(), class.get_amqp_method_id()),
                 ),
@@ -647,7 +647,7 @@ fn method(session: &mut Session, id: u16, class: AMQPClass) -> Result<(), Fault>
         AMQPClass::Channel(ch::AMQPMethod::Open(_)) => {
             return Err(Fault::connection(
                 CHANNEL_ERROR,
-                "second 'channel.open' seen".to_string(),
+                "second 'channel.open' seen",
             ))
         }
         AMQPClass::Channel(ch::AMQPMethod::Flow(flow)) => {
@@ -787,7 +787,7 @@ fn method(session: &mut Session, id: u16, class: AMQPClass) -> Result<(), Fault>
         // A method only the server sends (declare-ok, channel.flow-ok, an unasked close-ok, …): RabbitMQ 3.10.8's
         // code and words.
         other => {
-            return Err(Fault::connection(COMMAND_INVALID, "unimplemented method")
+            return Err(Fault::unimplemented_method()
                 .at(other.get_amqp_class_id(), other.get_amqp_method_id()))
         }
     }
@@ -987,7 +987,7 @@ fn basic_method(session: &mut Session, id: u16, method: basic::AMQPMethod) -> Re
             }
         }
         // Methods only the server sends (basic.deliver, get-ok, consume-ok, …), as RabbitMQ 3.10.8 answers them.
-        _ => return Err(Fault::connection(COMMAND_INVALID, "unimplemented method")),
+        _ => return Err(Fault::unimplemented_method()),
     }
     Ok(())
 }
@@ -1055,7 +1055,7 @@ fn tx_method(session: &mut Session, id: u16, method: tx::AMQPMethod) -> Result<(
             }
         }
         // select-ok, commit-ok, rollback-ok: only the server sends them (RabbitMQ 3.10.8's answer).
-        _ => return Err(Fault::connection(COMMAND_INVALID, "unimplemented method")),
+        _ => return Err(Fault::unimplemented_method()),
     };
     session.send(id, AMQPClass::Tx(reply));
     Ok(())

@@ -149,12 +149,11 @@ pub fn queue_args(vhost: &str, queue: &str, table: &FieldTable) -> Result<QueueA
             "x-dead-letter-exchange" => {
                 // RabbitMQ words this one type error differently from the others.
                 args.dead_letter_exchange = Some(string(value).ok_or_else(|| {
-                    Fault::channel(
-                        PRECONDITION_FAILED,
-                        format!(
-                            "invalid type '{}' for arg 'x-dead-letter-exchange' in queue '{queue}' in vhost '{vhost}'",
-                            type_name(value)
-                        ),
+                    Fault::invalid_arg_type(
+                        key.as_str(),
+                        type_name(value),
+                        &format!("queue '{queue}'"),
+                        vhost,
                     )
                 })?)
             }

@@ -48,6 +48,21 @@ impl Fault {
         }
     }
 
+    /// A method only the server sends, sent by a client (a declare-ok, channel.flow-ok, basic.deliver, an
+    /// unasked close-ok, …): RabbitMQ 3.10.8's answer, a 503 connection error.
+    pub fn unimplemented_method() -> Self {
+        Self::connection(COMMAND_INVALID, "unimplemented method")
+    }
+
+    /// A field-table argument of the wrong type in the wording RabbitMQ 3.10.8 uses for `x-dead-letter-exchange`
+    /// and `alternate-exchange` (`owner` names what declared it: `queue 'q'`, `exchange 'x'`).
+    pub fn invalid_arg_type(arg: &str, type_name: &str, owner: &str, vhost: &str) -> Self {
+        Self::channel(
+            PRECONDITION_FAILED,
+            format!("invalid type '{type_name}' for arg '{arg}' in {owner} in vhost '{vhost}'"),
+        )
+    }
+
     pub fn at(mut self, class_id: u16, method_id: u16) -> Self {
         self.class_id = class_id;
         self.method_id = method_id;

@@ -78,13 +78,11 @@ pub fn exchange_spec(declare: &exchange::Declare, vhost: &str) -> Result<Exchang
         Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_string()),
         Some(other) => {
-            return Err(Fault::channel(
-                PRECONDITION_FAILED,
-                format!(
-                    "invalid type '{}' for arg 'alternate-exchange' in exchange '{}' in vhost '{vhost}'",
-                    crate::queue_args::type_name(other),
-                    declare.exchange
-                ),
+            return Err(Fault::invalid_arg_type(
+                "alternate-exchange",
+                crate::queue_args::type_name(other),
+                &format!("exchange '{}'", declare.exchange),
+                vhost,
             ))
         }
     };

@@ -56,12 +56,7 @@ pub fn exchange_method(
             (!u.nowait).then_some(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {}))
         }
         // declare-ok and the other replies only the server sends (RabbitMQ 3.10.8's answer).
-        _ => {
-            return Err(Fault::connection(
-                crate::reply::COMMAND_INVALID,
-                "unimplemented method",
-            ))
-        }
+        _ => return Err(Fault::unimplemented_method()),
     };
     if let Some(reply) = reply {
         session.send(id, AMQPClass::Exchange(reply));

@@ -794,12 +794,11 @@ impl Log {
         // Every way out of the round below reports to the group commit; a panic would not, and would leave the
         // round in progress with no leader, so that every later wait on this log hung. The guard reports it as a
         // failure instead (the log's state is unknown after it).
-        let guard = RoundGuard {
+        let mut guard = RoundGuard {
             commit: &self.commit,
             armed: true,
         };
         let result = self.lead_round_unguarded(gather);
-        let mut guard = guard;
         guard.armed = false;
         result
     }
