@@ -30,6 +30,12 @@ if ! python3 -c "import pika" 2>/dev/null; then
   python3 -m pip install -q "pika==1.3.2"
 fi
 
+# aio-pika (asyncio, over aiormq and the pamqp codec) for crates/wharf/tests/amqp_clients.rs.
+if ! python3 -c "import aio_pika" 2>/dev/null; then
+  echo "installing aio-pika"
+  python3 -m pip install -q "aio-pika==10.2.1" "aiormq==7.2.4" "pamqp==4.0.1"
+fi
+
 # Celery (with kombu and py-amqp), the most common way Python applications use RabbitMQ, for
 # crates/wharf/tests/amqp_clients.rs.
 if ! python3 -c "import celery" 2>/dev/null; then

@@ -12,6 +12,11 @@
 //!   offline in GOPATH mode): 186 checks, from the default Dial's negotiation through every exchange kind and
 //!   queue argument, the Go types of headers, confirms, transactions, the channel and connection errors Go apps
 //!   see through NotifyClose, to 20 graceful closes reported without an error (tests/clients/go_smoke/main.go);
+//! - aio-pika 10.2.1 (asyncio; aiormq 7.2.4 over the pamqp 4.0.1 codec): typed headers and properties, the
+//!   queue iterator with `message.process()` acks and a requeue, prefetch across two consumers, mandatory returns,
+//!   a 404 that closes only its channel, transactions, per-message TTL with dead-lettering, and aio-pika's RPC
+//!   (expired calls dead-lettered back through a headers exchange) and Master/Worker patterns
+//!   (tests/clients/aio_pika_smoke.py);
 //! - Celery 5.7.0 over kombu and py-amqp (tests/clients/celery_smoke.py): a worker process and a client, results
 //!   through the `rpc://` backend, groups, chains, retries, exceptions, countdown tasks, remote control through
 //!   the pidbox fanout exchange, late acks across a worker killed with SIGKILL mid-task, purge, warm shutdown.
@@ -125,6 +130,11 @@ fn python_smoke_test_passes(name: &str, what: &str) {
 #[test]
 fn pika_client_works() {
     python_smoke_test_passes("pika_smoke.py", "pika's smoke test");
+}
+
+#[test]
+fn aio_pika_works() {
+    python_smoke_test_passes("aio_pika_smoke.py", "aio-pika's smoke test");
 }
 
 #[test]
