@@ -234,7 +234,7 @@ pub fn queue_args(vhost: &str, queue: &str, table: &FieldTable) -> Result<QueueA
             PRECONDITION_FAILED,
             format!(
                 "invalid arg 'x-dead-letter-routing-key' for queue '{queue}' in vhost '{vhost}': \
-                 x-dead-letter-exchange is required"
+                 routing_key_but_no_dlx_defined"
             ),
         ));
     }

@@ -118,11 +118,12 @@ pub fn sender_routes(properties: &AMQPProperties) -> Result<(Vec<String>, bool),
             Some(other) => {
                 return Err(Fault::channel(
                     PRECONDITION_FAILED,
+                    // RabbitMQ 3.10's words, an Erlang term naming the header and the field type.
                     format!(
-                        "invalid message: unacceptable type in header '{header}': {:?}",
-                        other.get_type()
+                        "invalid message: {{unacceptable_type_in_header,\"{header}\",{}}}",
+                        crate::queue_args::type_name(other)
                     ),
-                ))
+                ));
             }
         }
     }

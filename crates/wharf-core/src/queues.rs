@@ -539,8 +539,10 @@ fn dispatch(queue: &Arc<Queue>, s: &mut QueueState, dead: &mut Vec<DeadLetter>) 
         let Some(index) = pick_consumer(s, single_active) else {
             return;
         };
+        // Only what expired before this millisecond: a message whose TTL is 0 goes to a consumer that can
+        // take it at once, and is dropped only if none can (RabbitMQ's "now or never"; `enqueue` expires it).
         if let Some(now) = now {
-            expire_head(s, now, dead);
+            expire_head(s, now.saturating_sub(1), dead);
         }
         let Some(ready) = s.backlog.pop() else {
             return;

@@ -66,6 +66,40 @@ fn connection_close(client: &mut RawClient) -> String {
     }
 }
 
+/// basic.publish to the default exchange on channel 1 with its content, as bytes for a raw client.
+fn raw_publish(routing_key: &str, properties: &BasicProperties, body: &[u8]) -> Vec<u8> {
+    use amq_protocol::protocol::basic;
+    let mut out = Vec::new();
+    wharf_amqp::frame::write_method(
+        &mut out,
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: "".into(),
+            routing_key: routing_key.into(),
+            mandatory: false,
+            immediate: false,
+        })),
+    )
+    .unwrap();
+    let properties = wharf_amqp::frame::encode_properties(properties).unwrap();
+    wharf_amqp::frame::write_content(&mut out, 1, &properties, body, 131_072);
+    out
+}
+
+/// Answers the server's channel.close on channel 1 and opens it again.
+fn reopen_channel_1(client: &mut RawClient) {
+    use amq_protocol::protocol::channel as ch;
+    client.send_on(
+        1,
+        AMQPClass::Channel(ch::AMQPMethod::CloseOk(ch::CloseOk {})),
+    );
+    client.send_on(1, AMQPClass::Channel(ch::AMQPMethod::Open(ch::Open {})));
+    assert!(matches!(
+        client.method(),
+        Some(AMQPClass::Channel(ch::AMQPMethod::OpenOk(_)))
+    ));
+}
+
 async fn declare(channel: &Channel, name: &str, arguments: FieldTable) {
     channel
         .queue_declare(name.into(), QueueDeclareOptions::default(), arguments)
@@ -88,28 +122,15 @@ async fn a_user_id_other_than_the_login_is_refused() {
     // RabbitMQ: 406 "user_id property set to 'mallory' but authenticated user was 'guest'", closing the channel;
     // the login's own name is accepted. (A raw client reads the channel.close itself: lapin may report only
     // that the channel is closing.)
-    use amq_protocol::protocol::{basic, channel as ch};
+    use amq_protocol::protocol::channel as ch;
     let (broker, _conn, channel) = open().await;
     declare(&channel, "uid", FieldTable::default()).await;
     let publish_as = |user: &str| {
-        let mut out = Vec::new();
-        wharf_amqp::frame::write_method(
-            &mut out,
-            1,
-            AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
-                exchange: "".into(),
-                routing_key: "uid".into(),
-                mandatory: false,
-                immediate: false,
-            })),
-        )
-        .unwrap();
-        let properties = wharf_amqp::frame::encode_properties(
+        raw_publish(
+            "uid",
             &BasicProperties::default().with_user_id(ShortString::from(user)),
+            user.as_bytes(),
         )
-        .unwrap();
-        wharf_amqp::frame::write_content(&mut out, 1, &properties, user.as_bytes(), 131_072);
-        out
     };
     let mut client = RawClient::open(broker_stream(&broker));
     client.s.write_all(&publish_as("mallory")).unwrap();
@@ -127,15 +148,7 @@ async fn a_user_id_other_than_the_login_is_refused() {
         other => panic!("expected channel.close 406, got {other:?}"),
     }
     // The connection goes on: channel 1 again, publishing under the login's own name.
-    client.send_on(
-        1,
-        AMQPClass::Channel(ch::AMQPMethod::CloseOk(ch::CloseOk {})),
-    );
-    client.send_on(1, AMQPClass::Channel(ch::AMQPMethod::Open(ch::Open {})));
-    assert!(matches!(
-        client.method(),
-        Some(AMQPClass::Channel(ch::AMQPMethod::OpenOk(_)))
-    ));
+    reopen_channel_1(&mut client);
     client.s.write_all(&publish_as("guest")).unwrap();
     let got = tokio::time::timeout(WAIT, async {
         loop {
@@ -946,6 +959,15 @@ async fn classic_queue_arguments_are_checked_as_rabbitmq_checks_them() {
         text.contains("invalid type 'signedint' for arg 'x-dead-letter-exchange' in queue 'dlx-int' in vhost '/'"),
         "{text}"
     );
+    let text = refused(
+        "dlrk-alone",
+        field_table(&[("x-dead-letter-routing-key", long("k"))]),
+    )
+    .await;
+    assert!(
+        text.contains("invalid arg 'x-dead-letter-routing-key' for queue 'dlrk-alone' in vhost '/': routing_key_but_no_dlx_defined"),
+        "{text}"
+    );
     declare(
         &channel,
         "unknown-arg",
@@ -953,6 +975,42 @@ async fn classic_queue_arguments_are_checked_as_rabbitmq_checks_them() {
     )
     .await;
     assert!(conn.status().connected());
+}
+
+/// `CC` / `BCC` headers must be arrays: RabbitMQ 3.10.8 closes the channel of a publish whose `CC` is a
+/// string with 406 "invalid message: {unacceptable_type_in_header,"CC",longstr}" (pika against the reference
+/// node, scripts/amqp-semantics.py). Raw socket: lapin may report only that the channel is closing.
+#[test]
+fn a_cc_header_that_is_not_an_array_is_406_in_rabbitmq_s_words() {
+    use amq_protocol::protocol::channel as ch;
+    let broker = support::start_amqp();
+    let mut client = RawClient::open(broker_stream(&broker));
+    for (header, value, type_name) in [
+        ("CC", long("other"), "longstr"),
+        ("BCC", AMQPValue::LongInt(5), "signedint"),
+    ] {
+        let headers = BasicProperties::default().with_headers(field_table(&[(header, value)]));
+        client
+            .s
+            .write_all(&raw_publish("anywhere", &headers, b"m"))
+            .unwrap();
+        match client.method() {
+            Some(AMQPClass::Channel(ch::AMQPMethod::Close(close))) => {
+                assert_eq!(
+                    (close.reply_code, close.reply_text.as_str()),
+                    (
+                        406,
+                        format!(
+                            "PRECONDITION_FAILED - invalid message: {{unacceptable_type_in_header,\"{header}\",{type_name}}}"
+                        )
+                        .as_str()
+                    ),
+                );
+            }
+            other => panic!("expected channel.close 406, got {other:?}"),
+        }
+        reopen_channel_1(&mut client);
+    }
 }
 
 /// A method of another class on channel 0 of an open connection: RabbitMQ 3.10.8 closes the connection with 504

@@ -220,6 +220,91 @@ async fn dead_letters_on_reject_ttl_and_max_length_with_x_death() {
     assert!(get(&channel, "dead").await.is_none());
 }
 
+/// A TTL of 0 means "now or never", as in RabbitMQ: a message goes to a consumer that can take it at once,
+/// and is dead-lettered (reason `expired`) when none can — for the queue's `x-message-ttl` and for a
+/// message's `expiration` alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_of_zero_delivers_to_a_ready_consumer_and_expires_otherwise() {
+    let broker = start();
+    let (conn, channel) = connect(&broker).await;
+    declare_with(&channel, "zero.dead", false, FieldTable::default())
+        .await
+        .unwrap();
+    let dlx = [
+        ("x-dead-letter-exchange", text("")),
+        ("x-dead-letter-routing-key", text("zero.dead")),
+    ];
+    let mut queue_ttl = dlx.to_vec();
+    queue_ttl.push(("x-message-ttl", AMQPValue::LongInt(0)));
+    declare_with(&channel, "zero.queue", false, args(&queue_ttl))
+        .await
+        .unwrap();
+    declare_with(&channel, "zero.message", false, args(&dlx))
+        .await
+        .unwrap();
+    let expire_now = BasicProperties::default().with_expiration("0".into());
+
+    // Nobody consuming: dead-lettered at once, whichever TTL says 0.
+    publish(
+        &channel,
+        "zero.queue",
+        "nobody-q",
+        BasicProperties::default(),
+    )
+    .await;
+    publish(&channel, "zero.message", "nobody-m", expire_now.clone()).await;
+    for (queue, body) in [("zero.queue", "nobody-q"), ("zero.message", "nobody-m")] {
+        let dead = wait_get(&channel, "zero.dead").await;
+        assert_eq!(String::from_utf8_lossy(&dead.delivery.data), body);
+        assert_eq!(
+            first_death(&dead),
+            ("expired".to_string(), queue.to_string(), 1)
+        );
+        dead.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+
+    // A consumer with credit on each queue: both messages are delivered, nothing is dead-lettered.
+    let consumer_channel = conn.create_channel().await.unwrap();
+    let mut consumers = Vec::new();
+    for queue in ["zero.queue", "zero.message"] {
+        consumers.push(
+            consumer_channel
+                .basic_consume(
+                    queue.into(),
+                    format!("c-{queue}").as_str().into(),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    publish(
+        &channel,
+        "zero.queue",
+        "ready-q",
+        BasicProperties::default(),
+    )
+    .await;
+    publish(&channel, "zero.message", "ready-m", expire_now).await;
+    for (consumer, body) in consumers.iter_mut().zip(["ready-q", "ready-m"]) {
+        let delivery = tokio::time::timeout(OP_TIMEOUT, consumer.next())
+            .await
+            .expect("a TTL-0 message reaches the ready consumer")
+            .expect("consumer stream open")
+            .expect("delivery");
+        assert_eq!(String::from_utf8_lossy(&delivery.data), body);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        get(&channel, "zero.dead").await.is_none(),
+        "a delivered TTL-0 message was also dead-lettered"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reject_publish_overflow_nacks_the_publisher() {
     let broker = start();
