@@ -115,6 +115,18 @@ def drain(ch, queue, n=100, ack=True):
     return got
 
 
+def drain_flagged(ch, queue):
+    """Takes every message of `queue` (auto-ack) as (body, redelivered), then deletes the queue."""
+    got = []
+    for _ in range(100):
+        m, _, b = ch.basic_get(queue, auto_ack=True)
+        if m is None:
+            break
+        got.append((b.decode(), m.redelivered))
+    ch.queue_delete(queue)
+    return got
+
+
 def wait_get(ch, queue, timeout=3.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -189,14 +201,7 @@ def requeue_order(ch):
         tags.append(m.delivery_tag)
     ch.basic_nack(tags[1], requeue=True)  # m1
     ch.basic_nack(tags[3], multiple=True, requeue=True)  # m0, m2, m3
-    seen = []
-    for _ in range(10):
-        m, _, b = ch.basic_get(q, auto_ack=True)
-        if m is None:
-            break
-        seen.append((b.decode(), m.redelivered))
-    ch.queue_delete(q)
-    return seen
+    return drain_flagged(ch, q)
 
 
 attempt("requeue order", requeue_order)
@@ -716,5 +721,375 @@ def ack_twice(ch):
 attempt("ack twice", ack_twice)
 attempt("ack tag 0 multiple", lambda ch: (ch.basic_ack(0, multiple=True), conn.sleep(0.2), ch.is_open)[2])
 attempt("nack tag 0 multiple", lambda ch: (ch.basic_nack(0, multiple=True), conn.sleep(0.2), ch.is_open)[2])
+
+
+# --- consumers, prefetch, cancel ---------------------------------------------------------------------------
+def consumer_priorities(ch):
+    q = filled(ch, "cprio", 0)
+    got = []
+    ch.basic_qos(prefetch_count=2)
+    for label, prio in (("low", 0), ("high", 10), ("mid", 5)):
+        ch.basic_consume(
+            q, lambda c, m, p, b, label=label: got.append((label, b.decode())), arguments={"x-priority": prio}
+        )
+    for i in range(7):
+        ch.basic_publish("", q, f"m{i}".encode())
+    pump(0.3)
+    ch.queue_delete(q)
+    return got
+
+
+attempt("consumer priorities", consumer_priorities)
+
+
+def qos_global(ch):
+    """prefetch 3 per consumer and 4 for the channel (global): two consumers take 4 between them."""
+    q = filled(ch, "qosg", 10)
+    ch.basic_qos(prefetch_count=3)
+    ch.basic_qos(prefetch_count=4, global_qos=True)
+    got = []
+    for label in ("a", "b"):
+        ch.basic_consume(q, lambda c, m, p, b, label=label: got.append(label))
+    pump(0.3)
+    counts = sorted((label, got.count(label)) for label in set(got))
+    ch.queue_delete(q)
+    return counts
+
+
+attempt("qos global", qos_global)
+
+
+def qos_after_consume(ch):
+    """A new per-consumer prefetch applies to consumers created after it, not before."""
+    q = filled(ch, "qosa", 10)
+    ch.basic_qos(prefetch_count=2)
+    got = []
+    ch.basic_consume(q, lambda c, m, p, b: got.append("first"))
+    ch.basic_qos(prefetch_count=5)
+    ch.basic_consume(q, lambda c, m, p, b: got.append("second"))
+    pump(0.3)
+    counts = (got.count("first"), got.count("second"))
+    ch.queue_delete(q)
+    return counts
+
+
+attempt("qos after consume", qos_after_consume)
+
+
+def cancel_keeps_unacked(ch):
+    q = filled(ch, "cancel", 3)
+    tags = []
+    ch.basic_qos(prefetch_count=2)
+    ctag = ch.basic_consume(q, lambda c, m, p, b: tags.append(m.delivery_tag))
+    pump(0.2)
+    ch.basic_cancel(ctag)
+    before = ch.queue_declare(q, passive=True).method.message_count
+    ch.basic_ack(tags[-1], multiple=True)
+    pump(0.1)
+    after = ch.queue_declare(q, passive=True).method
+    ch.queue_delete(q)
+    return (len(tags), before, after.message_count, after.consumer_count, ch.is_open)
+
+
+attempt("cancel keeps unacked", cancel_keeps_unacked)
+
+
+def redelivery_after_close(ch):
+    q = filled(ch, "redeliv", 4)
+    other = channel()
+    other.basic_qos(prefetch_count=10)
+    other.basic_consume(q, lambda c, m, p, b: None)
+    pump(0.2)
+    other.close()
+    pump(0.1)
+    return drain_flagged(ch, q)
+
+
+attempt("redelivery after close", redelivery_after_close)
+
+
+def auto_delete_queue(ch):
+    q = name("autodel")
+    ch.queue_declare(q, auto_delete=True)
+    ch.basic_publish("", q, b"x")
+    ctag = ch.basic_consume(q, lambda *a: None, auto_ack=True)
+    pump(0.1)
+    ch.basic_cancel(ctag)
+    pump(0.1)
+    try:
+        ch.queue_declare(q, passive=True)
+        return "still there"
+    except ChannelClosedByBroker as e:
+        return (e.reply_code, e.reply_text)
+
+
+attempt("auto-delete queue", auto_delete_queue)
+
+
+def auto_delete_never_consumed(ch):
+    q = name("autodel2")
+    ch.queue_declare(q, auto_delete=True)
+    pump(0.1)
+    return ch.queue_declare(q, passive=True).method.queue
+
+
+attempt("auto-delete never consumed", auto_delete_never_consumed)
+
+
+def exclusive_gone_with_connection(ch):
+    other = connect()
+    q = name("exclgone")
+    other.channel().queue_declare(q, exclusive=True)
+    other.close()
+    conn.sleep(0.2)
+    try:
+        ch.queue_declare(q, passive=True)
+        return "still there"
+    except ChannelClosedByBroker as e:
+        return (e.reply_code, e.reply_text)
+
+
+attempt("exclusive gone with its connection", exclusive_gone_with_connection)
+
+
+def cancel_on_delete(ch):
+    q = filled(ch, "cancelnotify", 0)
+    events = []
+    c = channel()
+    c.basic_consume(q, lambda *a: None)
+    c._impl.add_on_cancel_callback(lambda frame: events.append(("cancelled", frame.method.NAME)))
+    ch.queue_delete(q)
+    pump(0.3)
+    return (events, c.is_open)
+
+
+attempt("consumer cancelled by queue delete", cancel_on_delete)
+
+
+# --- exchanges ---------------------------------------------------------------------------------------------
+def exchange_to_exchange(ch):
+    up, down = name("e2e.up"), name("e2e.down")
+    ch.exchange_declare(up, "topic")
+    ch.exchange_declare(down, "direct")
+    ch.exchange_bind(down, up, "a.*")
+    ch.exchange_bind(up, down, "loop")  # a cycle: delivered once all the same
+    q = name("e2eq")
+    ch.queue_declare(q)
+    ch.queue_bind(q, down, "a.b")
+    ch.queue_bind(q, down, "loop")
+    ch.queue_bind(q, up, "#")  # the queue reached by two paths: one copy
+    for key in ("a.b", "a.c", "loop"):
+        ch.basic_publish(up, key, key.encode())
+    conn.sleep(0.1)
+    first = drain(ch, q)
+    ch.exchange_unbind(down, up, "a.*")
+    ch.basic_publish(up, "a.b", b"after unbind")
+    conn.sleep(0.1)
+    second = drain(ch, q)
+    for x in (up, down):
+        ch.exchange_delete(x)
+    ch.queue_delete(q)
+    return (first, second)
+
+
+attempt("exchange to exchange", exchange_to_exchange)
+
+
+def auto_delete_exchange(ch):
+    x = name("xautodel")
+    ch.exchange_declare(x, "fanout", auto_delete=True)
+    q = name("xautodelq")
+    ch.queue_declare(q)
+    ch.queue_bind(q, x)
+    ch.queue_unbind(q, x)
+    try:
+        ch.exchange_declare(x, "fanout", passive=True)
+        return "still there"
+    except ChannelClosedByBroker as e:
+        return (e.reply_code, e.reply_text)
+
+
+attempt("auto-delete exchange", auto_delete_exchange)
+
+
+def duplicate_routes(ch):
+    """One copy per queue however many bindings match."""
+    q = name("dups")
+    ch.queue_declare(q)
+    ch.queue_bind(q, "amq.topic", "a.*")
+    ch.queue_bind(q, "amq.topic", "#")
+    ch.queue_bind(q, "amq.topic", "a.b")
+    ch.queue_bind(q, "amq.topic", "a.b")  # twice: one binding
+    ch.basic_publish("amq.topic", "a.b", b"once")
+    conn.sleep(0.1)
+    first = drain(ch, q)
+    ch.queue_unbind(q, "amq.topic", "a.*")
+    ch.queue_unbind(q, "amq.topic", "#")
+    ch.queue_unbind(q, "amq.topic", "a.b")
+    ch.basic_publish("amq.topic", "a.b", b"unbound")
+    conn.sleep(0.1)
+    second = drain(ch, q)
+    ch.queue_delete(q)
+    return (first, second)
+
+
+attempt("duplicate routes", duplicate_routes)
+
+
+def internal_exchange(ch):
+    x = name("internal")
+    ch.exchange_declare(x, "fanout", internal=True)
+    ch.basic_publish(x, "", b"x")
+    conn.sleep(0.2)
+    return ch.queue_declare("", exclusive=True).method.message_count  # raises with the close reason
+
+
+attempt("publish to internal exchange", internal_exchange)
+
+
+def depth_after_publish_to(ch, exchange):
+    q = name("viaexchange")
+    ch.queue_declare(q)
+    ch.basic_publish(exchange, q, b"x")
+    conn.sleep(0.1)
+    n = ch.queue_declare(q, passive=True).method.message_count
+    ch.queue_delete(q)
+    return n
+
+
+attempt("publish to amq.default", lambda ch: depth_after_publish_to(ch, "amq.default"))
+attempt("bind to the default exchange", lambda ch: ch.queue_bind(ch.queue_declare("", exclusive=True).method.queue, ""))
+attempt("bind to amq.default", lambda ch: ch.queue_bind(ch.queue_declare("", exclusive=True).method.queue, "amq.default"))
+attempt("delete the default exchange", lambda ch: ch.exchange_delete(""))
+attempt("delete amq.direct", lambda ch: ch.exchange_delete("amq.direct"))
+attempt("exchange passive missing", lambda ch: ch.exchange_declare(name("nox"), passive=True))
+attempt("fanout ignores key", lambda ch: routed(ch, "fanout", {"q": ("ignored", None)}, [("any", "m", None)]))
+
+
+# --- transactions and confirms -----------------------------------------------------------------------------
+def tx_ack_rollback(ch):
+    q = filled(ch, "txack", 2)
+    ch.tx_select()
+    m, _, _ = ch.basic_get(q)
+    ch.basic_ack(m.delivery_tag)
+    ch.tx_rollback()
+    still_unacked = ch.queue_declare(q, passive=True).method.message_count
+    ch.basic_ack(m.delivery_tag)
+    ch.tx_commit()
+    m2, _, _ = ch.basic_get(q)
+    ch.basic_reject(m2.delivery_tag, requeue=True)
+    ch.tx_commit()
+    after = ch.queue_declare(q, passive=True).method.message_count
+    ch.queue_delete(q)
+    return (still_unacked, after)
+
+
+attempt("tx ack rollback", tx_ack_rollback)
+attempt("tx.commit without select", lambda ch: ch.tx_commit())
+attempt("tx.rollback without select", lambda ch: ch.tx_rollback())
+attempt("confirm on a tx channel", lambda ch: (ch.tx_select(), ch.confirm_delivery()))
+attempt("tx on a confirm channel", lambda ch: (ch.confirm_delivery(), ch.tx_select()))
+
+
+def confirm_and_return_order(ch):
+    """A mandatory publish nobody takes: basic.return comes before its basic.ack."""
+    events = []
+    ch._impl.add_on_return_callback(lambda c, m, p, b: events.append("return"))
+    ch._impl.confirm_delivery(lambda frame: events.append(type(frame.method).__name__))
+    ch._impl.basic_publish("amq.direct", "nobody", b"x", mandatory=True)
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch._impl.basic_publish("", q, b"y", mandatory=True)
+    pump(0.3)
+    return events
+
+
+attempt("return before ack", confirm_and_return_order)
+
+
+def nack_without_requeue_no_dlx(ch):
+    q = filled(ch, "nackdrop", 2)
+    m, _, _ = ch.basic_get(q)
+    ch.basic_nack(m.delivery_tag, requeue=False)
+    return (drain(ch, q), ch.queue_declare(q, passive=True).method.message_count)
+
+
+attempt("nack without requeue, no DLX", nack_without_requeue_no_dlx)
+
+
+def reject_publish_dlx(ch):
+    dead = filled(ch, "rpdead", 0)
+    q = name("rpdlx")
+    ch.queue_declare(
+        q,
+        arguments={
+            "x-max-length": 1,
+            "x-overflow": "reject-publish-dlx",
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": dead,
+        },
+    )
+    ch.confirm_delivery()
+    res = []
+    for body in (b"kept", b"refused"):
+        try:
+            ch.basic_publish("", q, body)
+            res.append("ack")
+        except pika.exceptions.NackError:
+            res.append("nack")
+    m, p, b = wait_get(ch, dead)
+    res.append((b, headers_of(p) if p else None))
+    res.append(drain(ch, q))
+    return res
+
+
+attempt("reject-publish-dlx", reject_publish_dlx)
+
+
+def priority_with_max_length(ch):
+    q = name("priolen")
+    ch.queue_declare(q, arguments={"x-max-priority": 3, "x-max-length": 3})
+    for i, prio in enumerate([1, 3, 0, 2, 3]):
+        ch.basic_publish("", q, f"m{i}p{prio}".encode(), pika.BasicProperties(priority=prio))
+    got = drain(ch, q)
+    ch.queue_delete(q)
+    return got
+
+
+attempt("priority with max-length", priority_with_max_length)
+
+
+def get_empty(ch):
+    q = filled(ch, "empty", 0)
+    m, p, b = ch.basic_get(q)
+    return (m, p, b)
+
+
+attempt("get-empty", get_empty)
+
+
+def properties_round_trip(ch):
+    q = filled(ch, "props", 0)
+    props = pika.BasicProperties(
+        content_type="application/json",
+        content_encoding="gzip",
+        headers={"a": 1, "nested": {"b": [1, "two", True]}},
+        delivery_mode=2,
+        priority=7,
+        correlation_id="cid",
+        reply_to="rt",
+        expiration="60000",
+        message_id="mid",
+        timestamp=1700000000,
+        type="t",
+        user_id="guest",
+        app_id="app",
+        cluster_id="cluster",
+    )
+    ch.basic_publish("", q, b"body", props)
+    m, p, b = wait_get(ch, q)
+    return {k: getattr(p, k) for k in sorted(vars(p)) if not k.startswith("_")}
+
+
+attempt("properties round trip", properties_round_trip)
 
 conn.close()
