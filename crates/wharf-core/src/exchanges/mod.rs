@@ -4,7 +4,7 @@
 //!
 //! Pure state: [`Exchanges`] knows no queues (a queue is only a [`Destination`] name) and no wire format
 //! (binding arguments and message headers arrive as [`HeaderValue`]s the protocol crate rendered). The
-//! vhost (`queues.rs`) holds it under a read-mostly lock and checks that bound queues exist, so every
+//! vhost (`queues/vhost.rs`) holds it under a read-mostly lock and checks that bound queues exist, so every
 //! rule about exchanges is unit-tested here without sockets.
 
 pub mod headers;
