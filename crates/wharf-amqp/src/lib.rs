@@ -23,3 +23,4 @@ mod unacked;
 
 pub use config::AmqpConfig;
 pub use server::{serve, Broker};
+pub use session::{Session, Step};

@@ -101,7 +101,7 @@ impl std::fmt::Debug for SyncWait {
 
 /// What to do once a batch of publishes is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AfterSync {
+pub enum AfterSync {
     /// Settle publisher confirms `first..=last` on `channel` (`ok`: no queue refused the messages), if the
     /// channel is still the opening `generation` that published them. Consecutive publishes of a read share
     /// one action (see [`Session::after_sync`]).
