@@ -8,7 +8,12 @@
 //! Shared by the CI test `tests/session_garbage.rs` (seeded random byte strings) and the fuzz target
 //! `fuzz/fuzz_targets/amqp_session.rs` (libFuzzer's). The properties checked: nothing panics, the session's
 //! output parses as frames, and once the connection is released its exclusive queues are gone and no queue
-//! keeps one of its consumers.
+//! keeps one of its consumers. In a conservation run (half of the inputs) the client keeps a ledger — ids in
+//! the bodies, the server's confirms, what was delivered and what the client settled — and every message the
+//! server confirmed must be back in its queue at the end unless a settle the client sent may have covered it
+//! (acknowledged means safe, through channel closes, recover, cancels, connection errors and the release). A
+//! build that dropped one requeued message of a closed channel, or a delivery in flight when the connection
+//! went, failed this within the first inputs.
 
 #![allow(dead_code)]
 
@@ -24,7 +29,7 @@ use amq_protocol::types::{
 use bytes::BytesMut;
 use wharf_amqp::frame::{next_frame_with, write_content, write_method, MethodMemo};
 use wharf_amqp::{AmqpConfig, Broker, Session, Step};
-use wharf_core::queues::{QueueError, QueueEvent, VHost};
+use wharf_core::queues::{QueueArgs, QueueError, QueueEvent, QueueSpec, VHost};
 
 /// Most operations one input drives (a long input is cut here, so one run stays fast).
 const OPS_MAX: usize = 400;
@@ -195,10 +200,107 @@ impl Choices<'_> {
     }
 }
 
-/// The channels the generated client believes open (it learns of the server's closes from its output).
+/// The channels the generated client believes open (it learns of the server's closes from its output), and,
+/// in conservation mode, its ledger of messages.
 #[derive(Default)]
 struct Client {
     open: [bool; 4],
+    /// Conservation mode (the input's first byte chooses): the client keeps to what drops no message by policy
+    /// — publishes through the default exchange to `q1` / `q2` (declared before the run, no arguments), no
+    /// `expiration`, bodies carrying a unique id, no purge or delete, every channel in confirm mode — and the
+    /// run checks at the end that every message the server confirmed is back in its queue unless the client
+    /// delivered a settle that may have covered it.
+    conserve: bool,
+    ledger: Ledger,
+}
+
+/// What the client of a conservation run knows of its messages.
+#[derive(Default)]
+struct Ledger {
+    next_id: u64,
+    /// Per channel: publishes since its confirm.select, and the ids of those not confirmed yet, by sequence.
+    published: [u64; 4],
+    unconfirmed: [std::collections::BTreeMap<u64, u64>; 4],
+    confirmed: std::collections::HashSet<u64>,
+    /// Per channel: what the server delivered that the client has not settled, by delivery tag.
+    delivered: [std::collections::BTreeMap<u64, u64>; 4],
+    /// Ids a settle sent by the client may have covered (acked, or rejected without requeue: gone for good).
+    maybe_settled: std::collections::HashSet<u64>,
+    /// Per channel: the delivery whose content comes next (tag, and whether it is settled as it leaves).
+    content_next: [Option<(u64, bool)>; 4],
+    /// Per channel: the `no_ack` of each basic.get and basic.consume waiting for its answer, and of each
+    /// consumer by tag.
+    gets: [std::collections::VecDeque<bool>; 4],
+    consumes: [std::collections::VecDeque<(String, bool)>; 4],
+    no_ack: HashMap<(u16, String), bool>,
+}
+
+impl Ledger {
+    /// Channel `ch` opened again or closed: what it had delivered goes back to its queue (requeued by the
+    /// server), its confirms start over.
+    fn channel_reset(&mut self, ch: u16) {
+        let i = usize::from(ch);
+        if let Some(d) = self.delivered.get_mut(i) {
+            d.clear();
+        }
+        if let Some(u) = self.unconfirmed.get_mut(i) {
+            u.clear();
+        }
+        if let Some(p) = self.published.get_mut(i) {
+            *p = 0;
+        }
+        if let Some(c) = self.content_next.get_mut(i) {
+            *c = None;
+        }
+        if let Some(g) = self.gets.get_mut(i) {
+            g.clear();
+        }
+        if let Some(c) = self.consumes.get_mut(i) {
+            c.clear();
+        }
+        self.no_ack.retain(|(c, _), _| *c != ch);
+    }
+
+    /// The client settles `tag` (and everything before it with `multiple`; all with tag 0 and `multiple`):
+    /// acked or dropped unless `requeue`, else back in the queue.
+    fn client_settle(&mut self, ch: u16, tag: u64, multiple: bool, requeue: bool) {
+        let Some(delivered) = self.delivered.get_mut(usize::from(ch)) else {
+            return;
+        };
+        let covered: Vec<u64> = if multiple {
+            delivered
+                .keys()
+                .copied()
+                .filter(|t| tag == 0 || *t <= tag)
+                .collect()
+        } else {
+            vec![tag]
+        };
+        for t in covered {
+            if let Some(id) = delivered.remove(&t) {
+                if !requeue {
+                    self.maybe_settled.insert(id);
+                }
+            }
+        }
+    }
+
+    /// The server confirmed `tag` (and all before it with `multiple`) on `ch`.
+    fn server_ack(&mut self, ch: u16, tag: u64, multiple: bool) {
+        let Some(unconfirmed) = self.unconfirmed.get_mut(usize::from(ch)) else {
+            return;
+        };
+        let seqs: Vec<u64> = if multiple {
+            unconfirmed.range(..=tag).map(|(s, _)| *s).collect()
+        } else {
+            vec![tag]
+        };
+        for seq in seqs {
+            if let Some(id) = unconfirmed.remove(&seq) {
+                self.confirmed.insert(id);
+            }
+        }
+    }
 }
 
 fn method(out: &mut Vec<u8>, channel: u16, class: AMQPClass) {
@@ -220,8 +322,19 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
                 AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
             );
             *open = true;
+            if client.conserve {
+                method(
+                    out,
+                    ch,
+                    AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
+                        nowait: false,
+                    })),
+                );
+                client.ledger.channel_reset(ch);
+            }
         }
     }
+    let conserve = client.conserve;
     match c.below(28) {
         // A second channel.open is a connection error: only now and then.
         0 | 1 if rare => method(
@@ -244,6 +357,7 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
             if let Some(open) = client.open.get_mut(usize::from(ch)) {
                 *open = false;
             }
+            client.ledger.channel_reset(ch);
         }
         3 if !rare => {}
         3 => method(
@@ -308,6 +422,21 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
             };
             method(out, ch, AMQPClass::Exchange(class))
         }
+        8 | 9 if conserve => method(
+            out,
+            ch,
+            AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+                queue: c.short(&["q1", "q2"]),
+                passive: true,
+                durable: false,
+                exclusive: false,
+                auto_delete: false,
+                nowait: false,
+                arguments: FieldTable::default(),
+            })),
+        ),
+        // Purge and delete drop messages by design: not in a conservation run.
+        11 | 12 if conserve => {}
         8 | 9 => method(
             out,
             ch,
@@ -368,19 +497,28 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
                 global: c.flag(),
             })),
         ),
-        14 | 15 => method(
-            out,
-            ch,
-            AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
-                queue: c.short(&QUEUES),
-                consumer_tag: c.short(&TAGS),
-                no_local: c.flag(),
-                no_ack: c.flag(),
-                exclusive: c.below(4) == 0,
-                nowait: c.below(4) == 0,
-                arguments: c.table(0),
-            })),
-        ),
+        14 | 15 => {
+            let (queue, consumer_tag) = (c.short(&QUEUES), c.short(&TAGS));
+            let (no_local, no_ack, exclusive) = (c.flag(), c.flag(), c.below(4) == 0);
+            // The ledger pairs each consume-ok with its consume: no nowait in a conservation run.
+            let nowait = !conserve && c.below(4) == 0;
+            if let Some(pending) = client.ledger.consumes.get_mut(usize::from(ch)) {
+                pending.push_back((consumer_tag.to_string(), no_ack));
+            }
+            method(
+                out,
+                ch,
+                AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+                    queue,
+                    consumer_tag,
+                    no_local,
+                    no_ack,
+                    exclusive,
+                    nowait,
+                    arguments: c.table(0),
+                })),
+            )
+        }
         16 => method(
             out,
             ch,
@@ -390,23 +528,48 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
             })),
         ),
         17..=19 => {
+            let (exchange, routing_key) = if conserve {
+                (ShortString::from(""), c.short(&["q1", "q2"]))
+            } else {
+                (c.short(&EXCHANGES), c.short(&KEYS))
+            };
             method(
                 out,
                 ch,
                 AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
-                    exchange: c.short(&EXCHANGES),
-                    routing_key: c.short(&KEYS),
-                    mandatory: c.flag(),
+                    exchange,
+                    routing_key,
+                    mandatory: !conserve && c.flag(),
                     immediate: rare && c.flag(),
                 })),
             );
-            let properties = c.properties();
+            let mut properties = c.properties();
+            if conserve {
+                // An expiration drops the message by design.
+                properties = BasicProperties::default()
+                    .with_priority(properties.priority().unwrap_or(0))
+                    .with_delivery_mode(properties.delivery_mode().unwrap_or(1));
+            }
             let size = match c.below(4) {
                 0 => 0,
                 1 => c.below(BODY_MAX),
                 _ => c.below(64),
             };
-            let body = vec![c.byte(); size];
+            let mut body = vec![c.byte(); size];
+            if conserve {
+                // The message's id leads its body.
+                let id = client.ledger.next_id;
+                client.ledger.next_id += 1;
+                body.splice(..body.len().min(8), id.to_be_bytes());
+                let i = usize::from(ch);
+                if let (Some(n), Some(unconfirmed)) = (
+                    client.ledger.published.get_mut(i),
+                    client.ledger.unconfirmed.get_mut(i),
+                ) {
+                    *n += 1;
+                    unconfirmed.insert(*n, id);
+                }
+            }
             if let Ok(encoded) = wharf_amqp::frame::encode_properties(&properties) {
                 // Now and then a body longer or shorter than its header says, or no body at all.
                 match c.below(16) {
@@ -421,16 +584,29 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
                 }
             }
         }
-        20 => method(
-            out,
-            ch,
-            AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get {
-                queue: c.short(&QUEUES),
-                no_ack: c.flag(),
-            })),
-        ),
+        20 => {
+            let (queue, no_ack) = (c.short(&QUEUES), c.flag());
+            if let Some(pending) = client.ledger.gets.get_mut(usize::from(ch)) {
+                pending.push_back(no_ack);
+            }
+            method(
+                out,
+                ch,
+                AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get { queue, no_ack })),
+            )
+        }
         21 | 22 => {
-            let delivery_tag = c.below(8) as u64;
+            // Mostly a tag the client holds (when it keeps a ledger), else a small one, maybe unknown.
+            let held: Vec<u64> = client
+                .ledger
+                .delivered
+                .get(usize::from(ch))
+                .map(|d| d.keys().copied().collect())
+                .unwrap_or_default();
+            let delivery_tag = match held.get(c.below(held.len() + 1)) {
+                Some(tag) if c.below(4) != 0 => *tag,
+                _ => c.below(8) as u64,
+            };
             let (multiple, requeue) = (c.flag(), c.flag());
             let class = match c.below(3) {
                 0 => basic::AMQPMethod::Ack(basic::Ack {
@@ -447,11 +623,25 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
                     requeue,
                 }),
             };
+            let (multiple, requeue) = match &class {
+                basic::AMQPMethod::Ack(_) => (multiple, false),
+                basic::AMQPMethod::Reject(_) => (false, requeue),
+                _ => (multiple, requeue),
+            };
+            client
+                .ledger
+                .client_settle(ch, delivery_tag, multiple, requeue);
             method(out, ch, AMQPClass::Basic(class))
         }
         23 => {
             // requeue=false is 540, a connection error: rarely.
             let requeue = !rare || c.flag();
+            if requeue {
+                // What the channel holds goes back to its queues (and may come again, with new tags).
+                if let Some(d) = client.ledger.delivered.get_mut(usize::from(ch)) {
+                    d.clear();
+                }
+            }
             let class = if c.flag() {
                 basic::AMQPMethod::Recover(basic::Recover { requeue })
             } else {
@@ -513,8 +703,9 @@ struct Heard {
     connection_closed: Option<String>,
 }
 
-/// Reads the session's output, which must be frames a client can read, for what the client must answer.
-fn read_output(session: &mut Session) -> Heard {
+/// Reads the session's output, which must be frames a client can read, for what the client must answer (and,
+/// in a conservation run, for its ledger: confirms, deliveries and their ids).
+fn read_output(session: &mut Session, ledger: &mut Ledger) -> Heard {
     let out = session.take_output();
     let mut buf = BytesMut::from(&out[..]);
     let mut memo = MethodMemo::default();
@@ -527,11 +718,77 @@ fn read_output(session: &mut Session) -> Heard {
                 format!("{next:?}").chars().take(160).collect::<String>()
             );
         }
+        let i = |ch: u16| usize::from(ch);
         match next {
             Ok(Some(wharf_amqp::frame::Frame::Method(
                 ch,
                 AMQPClass::Channel(channel::AMQPMethod::Close(_)),
-            ))) => heard.closed_channels.push(ch),
+            ))) => {
+                heard.closed_channels.push(ch);
+                ledger.channel_reset(ch);
+            }
+            Ok(Some(wharf_amqp::frame::Frame::Method(ch, AMQPClass::Basic(method)))) => {
+                match method {
+                    basic::AMQPMethod::Ack(ack) => {
+                        ledger.server_ack(ch, ack.delivery_tag, ack.multiple)
+                    }
+                    basic::AMQPMethod::Nack(nack) => {
+                        if let Some(u) = ledger.unconfirmed.get_mut(i(ch)) {
+                            u.retain(|seq, _| {
+                                !(*seq == nack.delivery_tag
+                                    || nack.multiple && *seq <= nack.delivery_tag)
+                            });
+                        }
+                    }
+                    basic::AMQPMethod::Deliver(deliver) => {
+                        let key = (ch, deliver.consumer_tag.to_string());
+                        // A consumer the ledger does not know (its consume not answered yet) counts as no-ack:
+                        // that only weakens the check.
+                        let auto = ledger.no_ack.get(&key).copied().unwrap_or(true);
+                        if let Some(next) = ledger.content_next.get_mut(i(ch)) {
+                            *next = Some((deliver.delivery_tag, auto));
+                        }
+                    }
+                    basic::AMQPMethod::GetOk(get) => {
+                        let auto = ledger
+                            .gets
+                            .get_mut(i(ch))
+                            .and_then(|g| g.pop_front())
+                            .unwrap_or(true);
+                        if let Some(next) = ledger.content_next.get_mut(i(ch)) {
+                            *next = Some((get.delivery_tag, auto));
+                        }
+                    }
+                    basic::AMQPMethod::GetEmpty(_) => {
+                        if let Some(g) = ledger.gets.get_mut(i(ch)) {
+                            g.pop_front();
+                        }
+                    }
+                    basic::AMQPMethod::ConsumeOk(ok) => {
+                        if let Some((_, no_ack)) =
+                            ledger.consumes.get_mut(i(ch)).and_then(|c| c.pop_front())
+                        {
+                            ledger
+                                .no_ack
+                                .insert((ch, ok.consumer_tag.to_string()), no_ack);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Ok(Some(wharf_amqp::frame::Frame::Body(ch, body))) => {
+                if let Some((tag, auto)) = ledger.content_next.get_mut(i(ch)).and_then(Option::take)
+                {
+                    if let Some(id) = body.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+                        let id = u64::from_be_bytes(id);
+                        if auto {
+                            ledger.maybe_settled.insert(id);
+                        } else if let Some(d) = ledger.delivered.get_mut(i(ch)) {
+                            d.insert(tag, id);
+                        }
+                    }
+                }
+            }
             Ok(Some(wharf_amqp::frame::Frame::Method(
                 0,
                 AMQPClass::Connection(connection::AMQPMethod::Close(close)),
@@ -552,6 +809,54 @@ pub struct Outcome {
     pub connection_ended: bool,
     /// The server's connection.close, if it sent one.
     pub close_reason: Option<String>,
+    /// In a conservation run: messages confirmed, and of those found back in their queues at the end.
+    pub confirmed: usize,
+    pub confirmed_left: usize,
+}
+
+/// Every message the server confirmed is back in its queue, unless a settle the client sent may have covered
+/// it; and no message is there twice.
+fn check_conservation(vhost: &VHost, ledger: &Ledger) -> usize {
+    let mut remaining = std::collections::HashSet::new();
+    for name in ["q1", "q2"] {
+        loop {
+            match vhost.get(0, name, true) {
+                Ok(Some(delivery)) => {
+                    let id = delivery
+                        .message
+                        .body
+                        .get(..8)
+                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                        .map(u64::from_be_bytes);
+                    if let Some(id) = id {
+                        assert!(remaining.insert(id), "message {id} is in the queues twice");
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => panic!("queue {name} at the end: {e}"),
+            }
+        }
+    }
+    let mut lost: Vec<u64> = ledger
+        .confirmed
+        .iter()
+        .filter(|id| !remaining.contains(id) && !ledger.maybe_settled.contains(id))
+        .copied()
+        .collect();
+    lost.sort_unstable();
+    assert!(
+        lost.is_empty(),
+        "confirmed messages lost (neither in their queue nor settled by the client): {lost:?}; {} confirmed, {} \
+         left in the queues, {} maybe settled",
+        ledger.confirmed.len(),
+        remaining.len(),
+        ledger.maybe_settled.len()
+    );
+    ledger
+        .confirmed
+        .iter()
+        .filter(|id| remaining.contains(id))
+        .count()
 }
 
 /// One client frame into the session (printed first when tracing).
@@ -597,7 +902,21 @@ pub fn run(data: &[u8]) -> Outcome {
     let mut choices = Choices { data, at: 0 };
     let mut ended = false;
     let mut ops = 0;
-    let mut client = Client::default();
+    let mut client = Client {
+        conserve: choices.flag(),
+        ..Client::default()
+    };
+    for name in ["q1", "q2"] {
+        let spec = QueueSpec {
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            arguments: QueueArgs::default(),
+        };
+        if let Err(e) = vhost.declare_queue(0, name, false, spec) {
+            panic!("declaring {name}: {e}");
+        }
+    }
     let mut close_reason = None;
     'ops: for _ in 0..OPS_MAX {
         loop {
@@ -635,7 +954,7 @@ pub fn run(data: &[u8]) -> Outcome {
             session.synced(durable, wait.actions);
         }
         session.flush_confirms();
-        let heard = read_output(&mut session);
+        let heard = read_output(&mut session, &mut client.ledger);
         let mut out = Vec::new();
         for ch in heard.closed_channels {
             method(
@@ -673,7 +992,7 @@ pub fn run(data: &[u8]) -> Outcome {
     while let Ok((_, event)) = events.try_recv() {
         session.requeue_event(event);
     }
-    read_output(&mut session);
+    read_output(&mut session, &mut client.ledger);
     drop(session);
     // Its exclusive queues are gone and no queue keeps a consumer of it.
     for name in ["q1", "q2", "amq.q", "dlq"] {
@@ -694,9 +1013,16 @@ pub fn run(data: &[u8]) -> Outcome {
                 .requeue(d.consumer, d.position, d.message, d.expires_at);
         }
     }
+    let confirmed_left = if client.conserve {
+        check_conservation(&vhost, &client.ledger)
+    } else {
+        0
+    };
     Outcome {
         ops,
         connection_ended: ended,
         close_reason,
+        confirmed: client.ledger.confirmed.len(),
+        confirmed_left,
     }
 }
