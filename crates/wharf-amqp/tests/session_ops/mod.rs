@@ -11,9 +11,12 @@
 //! keeps one of its consumers. In a conservation run (half of the inputs) the client keeps a ledger — ids in
 //! the bodies, the server's confirms, what was delivered and what the client settled — and every message the
 //! server confirmed must be back in its queue at the end unless a settle the client sent may have covered it
-//! (acknowledged means safe, through channel closes, recover, cancels, connection errors and the release). A
-//! build that dropped one requeued message of a closed channel, or a delivery in flight when the connection
-//! went, failed this within the first inputs.
+//! (acknowledged means safe, through channel closes, recover, cancels, connection errors and the release). Half
+//! of those run on a vhost with a store: `q1` is durable, persistent messages go through its log (confirms wait
+//! for the fsync), and after the release the vhost is dropped and opened again from its files before the check,
+//! which then expects every confirmed persistent message of `q1` back. A build that dropped one requeued message
+//! of a closed channel, one delivery in flight when the connection went, or the first message of a recovered
+//! queue failed this within the first inputs.
 
 #![allow(dead_code)]
 
@@ -211,6 +214,10 @@ struct Client {
     /// run checks at the end that every message the server confirmed is back in its queue unless the client
     /// delivered a settle that may have covered it.
     conserve: bool,
+    /// A conservation run on a vhost with a store: `q1` is durable (its persistent messages sit in a log),
+    /// and after the connection is released the vhost is dropped and opened again from disk before the check
+    /// (then only persistent messages confirmed into `q1` are expected back).
+    durable: bool,
     ledger: Ledger,
 }
 
@@ -233,6 +240,8 @@ struct Ledger {
     gets: [std::collections::VecDeque<bool>; 4],
     consumes: [std::collections::VecDeque<(String, bool)>; 4],
     no_ack: HashMap<(u16, String), bool>,
+    /// Each published id's queue and whether it was persistent (delivery-mode 2).
+    sent: HashMap<u64, (&'static str, bool)>,
 }
 
 impl Ledger {
@@ -528,8 +537,9 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
             })),
         ),
         17..=19 => {
+            let target = c.pick(&["q1", "q2"]);
             let (exchange, routing_key) = if conserve {
-                (ShortString::from(""), c.short(&["q1", "q2"]))
+                (ShortString::from(""), ShortString::from(target))
             } else {
                 (c.short(&EXCHANGES), c.short(&KEYS))
             };
@@ -548,7 +558,7 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
                 // An expiration drops the message by design.
                 properties = BasicProperties::default()
                     .with_priority(properties.priority().unwrap_or(0))
-                    .with_delivery_mode(properties.delivery_mode().unwrap_or(1));
+                    .with_delivery_mode(if c.flag() { 2 } else { 1 });
             }
             let size = match c.below(4) {
                 0 => 0,
@@ -560,6 +570,8 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
                 // The message's id leads its body.
                 let id = client.ledger.next_id;
                 client.ledger.next_id += 1;
+                let persistent = properties.delivery_mode() == &Some(2);
+                client.ledger.sent.insert(id, (target, persistent));
                 body.splice(..body.len().min(8), id.to_be_bytes());
                 let i = usize::from(ch);
                 if let (Some(n), Some(unconfirmed)) = (
@@ -816,11 +828,20 @@ pub struct Outcome {
 
 /// Every message the server confirmed is back in its queue, unless a settle the client sent may have covered
 /// it; and no message is there twice.
-fn check_conservation(vhost: &VHost, ledger: &Ledger) -> usize {
+/// After a restart (`restarted`), only persistent messages of the durable `q1` are expected.
+fn check_conservation(vhost: &VHost, ledger: &Ledger, restarted: bool) -> usize {
+    let expected = |id: &&u64| {
+        !restarted
+            || ledger
+                .sent
+                .get(id)
+                .is_some_and(|(queue, persistent)| *queue == "q1" && *persistent)
+    };
     let mut remaining = std::collections::HashSet::new();
     for name in ["q1", "q2"] {
         loop {
             match vhost.get(0, name, true) {
+                Err(QueueError::NotFound { .. }) if restarted && name == "q2" => break,
                 Ok(Some(delivery)) => {
                     let id = delivery
                         .message
@@ -840,6 +861,7 @@ fn check_conservation(vhost: &VHost, ledger: &Ledger) -> usize {
     let mut lost: Vec<u64> = ledger
         .confirmed
         .iter()
+        .filter(expected)
         .filter(|id| !remaining.contains(id) && !ledger.maybe_settled.contains(id))
         .copied()
         .collect();
@@ -859,6 +881,24 @@ fn check_conservation(vhost: &VHost, ledger: &Ledger) -> usize {
         .count()
 }
 
+/// The vhost `/` over a store in `dir` (definitions and queue logs, fsync on every commit), as the broker opens
+/// it, with `q1` durable if it was declared so before.
+fn open_store(dir: &std::path::Path) -> (Arc<VHost>, Arc<wharf_log::LogManager>) {
+    let logs = Arc::new(
+        wharf_log::LogManager::open(dir.join("logs"), wharf_log::ManagerConfig::default())
+            .expect("the log manager"),
+    );
+    let vhost = VHost::open(
+        "/",
+        &dir.join("amqp"),
+        Arc::clone(&logs),
+        wharf_log::Durability::Always,
+        wharf_core::flow::MemoryGauge::unlimited(),
+    )
+    .expect("the vhost's store");
+    (vhost, logs)
+}
+
 /// One client frame into the session (printed first when tracing).
 fn handle(session: &mut Session, frame: wharf_amqp::frame::Frame) -> Step {
     if trace() {
@@ -870,7 +910,24 @@ fn handle(session: &mut Session, frame: wharf_amqp::frame::Frame) -> Step {
 
 /// Runs the client that `data` describes against a fresh in-memory broker.
 pub fn run(data: &[u8]) -> Outcome {
-    let vhost = VHost::new();
+    let mut choices = Choices { data, at: 0 };
+    let conserve = choices.flag();
+    let durable = conserve && choices.flag();
+    let store = durable.then(|| tempfile::tempdir().expect("a temporary directory"));
+    // The log runs its fsyncs on tokio's blocking pool, and settle waits have timeouts: a runtime for both,
+    // which also runs the waits to their end.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a tokio runtime");
+    let _context = runtime.enter();
+    let (vhost, logs) = match &store {
+        Some(dir) => {
+            let (vhost, logs) = open_store(dir.path());
+            (vhost, Some(logs))
+        }
+        None => (VHost::new(), None),
+    };
     let broker = Broker::new(
         AmqpConfig::default(),
         HashMap::from([("/".to_string(), Arc::clone(&vhost))]),
@@ -899,16 +956,16 @@ pub fn run(data: &[u8]) -> Outcome {
     }
     let mut buf = BytesMut::from(&handshake[..]);
     let mut memo = MethodMemo::default();
-    let mut choices = Choices { data, at: 0 };
     let mut ended = false;
     let mut ops = 0;
     let mut client = Client {
-        conserve: choices.flag(),
+        conserve,
+        durable,
         ..Client::default()
     };
     for name in ["q1", "q2"] {
         let spec = QueueSpec {
-            durable: false,
+            durable: durable && name == "q1",
             exclusive: false,
             auto_delete: false,
             arguments: QueueArgs::default(),
@@ -944,14 +1001,9 @@ pub fn run(data: &[u8]) -> Outcome {
         }
         session.start_sync();
         while let Some(wait) = session.next_sync_wait() {
-            // An in-memory vhost has nothing to wait for: every wait is done at once.
-            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            let mut future = wait.wait;
-            let durable = match future.as_mut().poll(&mut cx) {
-                std::task::Poll::Ready(durable) => durable,
-                std::task::Poll::Pending => panic!("a wait pending on an in-memory vhost"),
-            };
-            session.synced(durable, wait.actions);
+            // An in-memory vhost has nothing to wait for; a store's waits end with its fsync.
+            let done = runtime.block_on(wait.wait);
+            session.synced(done, wait.actions);
         }
         session.flush_confirms();
         let heard = read_output(&mut session, &mut client.ledger);
@@ -1013,10 +1065,18 @@ pub fn run(data: &[u8]) -> Outcome {
                 .requeue(d.consumer, d.position, d.message, d.expires_at);
         }
     }
-    let confirmed_left = if client.conserve {
-        check_conservation(&vhost, &client.ledger)
-    } else {
-        0
+    let confirmed_left = match (&store, logs) {
+        (Some(dir), Some(logs)) => {
+            // A restart: everything of this run dropped, the vhost opened again from its files.
+            drop(broker);
+            drop(vhost);
+            drop(events);
+            drop(logs);
+            let (vhost, _logs) = open_store(dir.path());
+            check_conservation(&vhost, &client.ledger, true)
+        }
+        _ if client.conserve => check_conservation(&vhost, &client.ledger, false),
+        _ => 0,
     };
     Outcome {
         ops,
