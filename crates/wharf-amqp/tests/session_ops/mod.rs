@@ -532,8 +532,11 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
             let no_ack = if conserve { c.below(8) == 0 } else { c.flag() };
             let (no_local, exclusive) = (c.flag(), c.below(4) == 0);
             if no_ack {
-                if let Some(name) = ["q1", "q2"].into_iter().find(|q| *q == queue.as_str()) {
-                    client.ledger.no_ack_queues.insert(name);
+                // The empty name is the channel's last declared queue: either.
+                for name in ["q1", "q2"] {
+                    if queue.as_str() == name || queue.as_str().is_empty() {
+                        client.ledger.no_ack_queues.insert(name);
+                    }
                 }
             }
             // The ledger pairs each consume-ok with its consume: no nowait in a conservation run.
