@@ -1092,4 +1092,139 @@ def properties_round_trip(ch):
 
 attempt("properties round trip", properties_round_trip)
 
+
+# --- round 3: names, expiry through requeue, overflow with mandatory ---------------------------------------
+def empty_names(ch):
+    res = []
+    try:
+        ch.queue_bind("", "amq.fanout")
+        res.append("bind ok")
+    except ChannelClosedByBroker as e:
+        res.append((e.reply_code, e.reply_text))
+    ch = channel()
+    first = ch.queue_declare("", exclusive=True).method.queue
+    second = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind("", "amq.fanout")  # the last declared: second
+    ch.basic_publish("amq.fanout", "", b"fan")
+    conn.sleep(0.1)
+    res.append((first != second, drain(ch, first), drain(ch, second)))
+    ch.basic_publish("", second, b"x")
+    conn.sleep(0.05)
+    res.append(("purge ''", ch.queue_purge("").method.message_count))
+    m, _, _ = ch.basic_get("")
+    res.append(("get ''", m))
+    res.append(("delete ''", ch.queue_delete("").method.message_count))
+    try:
+        ch.queue_declare(second, passive=True)
+        res.append("second still there")
+    except ChannelClosedByBroker as e:
+        res.append((e.reply_code, e.reply_text.replace(second, "SECOND")))
+    return res
+
+
+attempt("empty queue names", empty_names)
+
+
+def expiry_kept_through_requeue(ch):
+    """A message requeued keeps the expiry it got when it entered the queue."""
+    q = name("expreq")
+    ch.queue_declare(q, arguments={"x-message-ttl": 300})
+    ch.basic_publish("", q, b"x")
+    m, _, _ = ch.basic_get(q)
+    conn.sleep(0.4)
+    ch.basic_nack(m.delivery_tag, requeue=True)
+    conn.sleep(0.1)
+    n = ch.queue_declare(q, passive=True).method.message_count
+    ch.queue_delete(q)
+    return n
+
+
+attempt("expiry kept through requeue", expiry_kept_through_requeue)
+
+
+def reject_publish_mandatory(ch):
+    """reject-publish with mandatory: a nack, and no basic.return (the message was routed)."""
+    q = name("rpm")
+    ch.queue_declare(q, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    events = []
+    ch._impl.add_on_return_callback(lambda c, m, p, b: events.append(("return", m.reply_code)))
+    ch._impl.confirm_delivery(lambda frame: events.append(type(frame.method).__name__))
+    for body in (b"a", b"b"):
+        ch._impl.basic_publish("", q, body, mandatory=True)
+    pump(0.3)
+    ch.queue_delete(q)
+    return events
+
+
+attempt("reject-publish with mandatory", reject_publish_mandatory)
+
+
+def exclusive_redeclare_by_owner(ch):
+    q = name("exclown")
+    ch.queue_declare(q, exclusive=True)
+    res = [ch.queue_declare(q, passive=True).method.queue == q]
+    try:
+        ch.queue_declare(q, exclusive=False)
+        res.append("redeclared")
+    except ChannelClosedByBroker as e:
+        res.append((e.reply_code, e.reply_text))
+    return res
+
+
+attempt("exclusive queue redeclared by its owner", exclusive_redeclare_by_owner)
+
+
+def auto_delete_on_channel_close(ch):
+    q = name("adclose")
+    ch.queue_declare(q, auto_delete=True)
+    c = channel()
+    c.basic_consume(q, lambda *a: None)
+    c.close()
+    conn.sleep(0.1)
+    try:
+        ch.queue_declare(q, passive=True)
+        return "still there"
+    except ChannelClosedByBroker as e:
+        return (e.reply_code, e.reply_text)
+
+
+attempt("auto-delete queue when its consumer's channel closes", auto_delete_on_channel_close)
+
+
+def prefetch_zero_is_unlimited(ch):
+    q = filled(ch, "pf0", 300)
+    ch.basic_qos(prefetch_count=0)
+    got = []
+    ch.basic_consume(q, lambda c, m, p, b: got.append(m.delivery_tag))
+    pump(0.5)
+    return (len(got), drain_flagged(ch, q))
+
+
+attempt("prefetch 0 is unlimited", prefetch_zero_is_unlimited)
+
+
+
+
+def alternate_exchange_chain(ch):
+    a, b = name("aea"), name("aeb")
+    ch.exchange_declare(b, "fanout", arguments={"alternate-exchange": a})
+    ch.exchange_declare(a, "direct", arguments={"alternate-exchange": b})  # a loop, nothing bound
+    q = name("aeq")
+    ch.queue_declare(q)
+    returned = []
+    ch.add_on_return_callback(lambda c, m, p, body: returned.append(m.reply_text))
+    ch.basic_publish(a, "k", b"loop", mandatory=True)
+    pump(0.2)
+    ch.queue_bind(q, b)
+    ch.basic_publish(a, "k", b"via b")
+    conn.sleep(0.1)
+    res = (returned, drain(ch, q))
+    for x in (a, b):
+        ch.exchange_delete(x)
+    ch.queue_delete(q)
+    return res
+
+
+attempt("alternate exchange loop", alternate_exchange_chain)
+
 conn.close()
