@@ -127,6 +127,15 @@ def drain_flagged(ch, queue):
     return got
 
 
+def queue_gone(ch, q):
+    """'still there', or the 404 a passive declare of `q` gets."""
+    try:
+        ch.queue_declare(q, passive=True)
+        return "still there"
+    except ChannelClosedByBroker as e:
+        return (e.reply_code, e.reply_text)
+
+
 def wait_get(ch, queue, timeout=3.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -816,11 +825,7 @@ def auto_delete_queue(ch):
     pump(0.1)
     ch.basic_cancel(ctag)
     pump(0.1)
-    try:
-        ch.queue_declare(q, passive=True)
-        return "still there"
-    except ChannelClosedByBroker as e:
-        return (e.reply_code, e.reply_text)
+    return queue_gone(ch, q)
 
 
 attempt("auto-delete queue", auto_delete_queue)
@@ -842,11 +847,7 @@ def exclusive_gone_with_connection(ch):
     other.channel().queue_declare(q, exclusive=True)
     other.close()
     conn.sleep(0.2)
-    try:
-        ch.queue_declare(q, passive=True)
-        return "still there"
-    except ChannelClosedByBroker as e:
-        return (e.reply_code, e.reply_text)
+    return queue_gone(ch, q)
 
 
 attempt("exclusive gone with its connection", exclusive_gone_with_connection)
@@ -1181,11 +1182,7 @@ def auto_delete_on_channel_close(ch):
     c.basic_consume(q, lambda *a: None)
     c.close()
     conn.sleep(0.1)
-    try:
-        ch.queue_declare(q, passive=True)
-        return "still there"
-    except ChannelClosedByBroker as e:
-        return (e.reply_code, e.reply_text)
+    return queue_gone(ch, q)
 
 
 attempt("auto-delete queue when its consumer's channel closes", auto_delete_on_channel_close)
