@@ -17,9 +17,9 @@
 //! which then expects every confirmed persistent message of `q1` back; half of those restarts are clean (journals
 //! flushed and logs closed first, as the broker shuts down), and then no message the client surely settled may
 //! come back. (A no-ack delivery counts as consumed once the queue hands it out, as in RabbitMQ, so queues that
-//! had a no-ack consumer are left out of the loss check.) A build that dropped one requeued message of a closed
-//! channel, one delivery in flight when the connection went, or the first message of a recovered queue, or
-//! whose journal flush did nothing, failed this within the first inputs.
+//! had a no-ack consumer are left out of the loss check.) The ledger's model of the server is exact because
+//! the run is lockstep: an op's frames are fed, the server's answer read, and only then the next op made; a
+//! settle counts once the answer shows it was not refused (no close of its channel or connection).
 
 #![allow(dead_code)]
 
@@ -43,6 +43,8 @@ const OPS_MAX: usize = 400;
 const BODY_MAX: usize = 9_000;
 /// The frame_max the generated client negotiates: small, so bodies span frames.
 const FRAME_MAX: u32 = 4096;
+/// The client uses channels 1 to `CHANNELS - 1`; per-channel state is indexed by channel number.
+const CHANNELS: usize = 4;
 
 const QUEUES: [&str; 6] = ["q1", "q2", "", "amq.rabbitmq.reply-to", "amq.q", "dlq"];
 const EXCHANGES: [&str; 7] = [
@@ -210,18 +212,16 @@ impl Choices<'_> {
 /// in conservation mode, its ledger of messages.
 #[derive(Default)]
 struct Client {
-    open: [bool; 4],
+    open: [bool; CHANNELS],
     /// Conservation mode (the input's first byte chooses): the client keeps to what drops no message by policy
     /// — publishes through the default exchange to `q1` / `q2` (declared before the run, no arguments), no
     /// `expiration`, bodies carrying a unique id, no purge or delete, every channel in confirm mode — and the
     /// run checks at the end that every message the server confirmed is back in its queue unless the client
     /// delivered a settle that may have covered it.
     conserve: bool,
-    /// A conservation run on a vhost with a store: `q1` is durable (its persistent messages sit in a log),
-    /// and after the connection is released the vhost is dropped and opened again from disk before the check
-    /// (then only persistent messages confirmed into `q1` are expected back).
-    durable: bool,
-    /// With `durable`: the restart is clean (journals flushed and logs closed first, as the broker shuts down),
+    /// In a conservation run on a vhost with a store (`q1` durable, its persistent messages in a log; after
+    /// the release the vhost is dropped and opened again from disk before the check, which then expects only
+    /// persistent messages of `q1` back): the restart is clean (journals flushed and logs closed first, as the broker shuts down),
     /// so messages the client surely settled must not come back either; else it is a crash (nothing flushed).
     clean_restart: bool,
     ledger: Ledger,
@@ -232,22 +232,28 @@ struct Client {
 struct Ledger {
     next_id: u64,
     /// Per channel: publishes since its confirm.select, and the ids of those not confirmed yet, by sequence.
-    published: [u64; 4],
-    unconfirmed: [std::collections::BTreeMap<u64, u64>; 4],
+    published: [u64; CHANNELS],
+    unconfirmed: [std::collections::BTreeMap<u64, u64>; CHANNELS],
     confirmed: std::collections::HashSet<u64>,
     /// Per channel: what the server delivered that the client has not settled, by delivery tag.
-    delivered: [std::collections::BTreeMap<u64, u64>; 4],
+    delivered: [std::collections::BTreeMap<u64, u64>; CHANNELS],
     /// Ids a settle sent by the client may have covered (acked, or rejected without requeue: gone for good).
     maybe_settled: std::collections::HashSet<u64>,
     /// Of those, the ids a settle certainly covered (it named a tag the channel held): after a clean restart
     /// these must not come back.
     surely_settled: std::collections::HashSet<u64>,
     /// Per channel: the delivery whose content comes next (tag, and whether it is settled as it leaves).
-    content_next: [Option<(u64, bool)>; 4],
+    content_next: [Option<(u64, bool)>; CHANNELS],
     /// Per channel: the `no_ack` of each basic.get and basic.consume waiting for its answer, and of each
     /// consumer by tag.
-    gets: [std::collections::VecDeque<bool>; 4],
-    consumes: [std::collections::VecDeque<(String, bool)>; 4],
+    gets: [std::collections::VecDeque<bool>; CHANNELS],
+    consumes: [std::collections::VecDeque<(String, bool, String)>; CHANNELS],
+    /// Per channel: the queue its last declare-ok named (what the empty queue name means there).
+    last_declared: [Option<String>; CHANNELS],
+    /// The client's last settle without requeue, taken off `delivered` when sent: (channel, ids). It counts
+    /// once the server's answer to it is read: void if that closed the channel or the connection (the
+    /// messages went back), settled otherwise.
+    pending_settle: Option<(u16, Vec<u64>)>,
     no_ack: HashMap<(u16, String), bool>,
     /// Each published id's queue and whether it was persistent (delivery-mode 2).
     sent: HashMap<u64, (&'static str, bool)>,
@@ -281,11 +287,15 @@ impl Ledger {
         if let Some(c) = self.consumes.get_mut(i) {
             c.clear();
         }
+        if let Some(q) = self.last_declared.get_mut(i) {
+            *q = None;
+        }
         self.no_ack.retain(|(c, _), _| *c != ch);
     }
 
     /// The client settles `tag` (and everything before it with `multiple`; all with tag 0 and `multiple`):
-    /// acked or dropped unless `requeue`, else back in the queue.
+    /// acked or dropped unless `requeue`, else back in the queue. Either way the messages leave `delivered`:
+    /// if the server refuses the settle (an unknown tag), it closes the channel and requeues them.
     fn client_settle(&mut self, ch: u16, tag: u64, multiple: bool, requeue: bool) {
         let Some(delivered) = self.delivered.get_mut(usize::from(ch)) else {
             return;
@@ -299,18 +309,109 @@ impl Ledger {
         } else {
             vec![tag]
         };
-        // A settle naming a tag the channel holds (or 0 with `multiple`: all of them) is one the server takes;
-        // one naming another tag closes the channel (406) and settles nothing.
-        let valid = (multiple && tag == 0) || delivered.contains_key(&tag);
-        for t in covered {
-            if let Some(id) = delivered.remove(&t) {
-                if !requeue {
-                    self.maybe_settled.insert(id);
-                    if valid {
-                        self.surely_settled.insert(id);
-                    }
+        let ids: Vec<u64> = covered.iter().filter_map(|t| delivered.remove(t)).collect();
+        if !requeue {
+            self.pending_settle = Some((ch, ids));
+        }
+    }
+
+    /// The server's answer to the last batch was read: a pending settle counts unless its channel or the
+    /// connection was closed.
+    fn settle_answered(&mut self, heard: &Heard) {
+        if let Some((ch, ids)) = self.pending_settle.take() {
+            if heard.connection_closed.is_none() && !heard.closed_channels.contains(&ch) {
+                self.maybe_settled.extend(ids.iter().copied());
+                self.surely_settled.extend(ids);
+            }
+        }
+    }
+
+    /// The run ended before the server's answer to a settle was read: it may have counted.
+    fn settle_unanswered(&mut self) {
+        if let Some((_, ids)) = self.pending_settle.take() {
+            self.maybe_settled.extend(ids);
+        }
+    }
+
+    /// A basic-class method from the server on `ch`.
+    fn heard(&mut self, ch: u16, method: basic::AMQPMethod, conserve: bool) {
+        let i = usize::from(ch);
+        match method {
+            basic::AMQPMethod::Ack(ack) => self.server_ack(ch, ack.delivery_tag, ack.multiple),
+            basic::AMQPMethod::Nack(nack) => {
+                if let Some(u) = self.unconfirmed.get_mut(i) {
+                    u.retain(|seq, _| {
+                        !(*seq == nack.delivery_tag || nack.multiple && *seq <= nack.delivery_tag)
+                    });
                 }
             }
+            basic::AMQPMethod::Deliver(deliver) => {
+                let key = (ch, deliver.consumer_tag.to_string());
+                // Every consume of a conservation run waits for its consume-ok, which comes before any
+                // delivery to it; outside one the ledger is not checked.
+                let known = self.no_ack.get(&key).copied();
+                assert!(
+                    known.is_some() || !conserve,
+                    "a delivery to a consumer the ledger does not know: {key:?}"
+                );
+                if let Some(next) = self.content_next.get_mut(i) {
+                    *next = Some((deliver.delivery_tag, known.unwrap_or(true)));
+                }
+            }
+            basic::AMQPMethod::GetOk(get) => {
+                let asked = self.gets.get_mut(i).and_then(|g| g.pop_front());
+                assert!(
+                    asked.is_some() || !conserve,
+                    "a get-ok the ledger did not ask for on channel {ch}"
+                );
+                if let Some(next) = self.content_next.get_mut(i) {
+                    *next = Some((get.delivery_tag, asked.unwrap_or(true)));
+                }
+            }
+            basic::AMQPMethod::GetEmpty(_) => {
+                if let Some(g) = self.gets.get_mut(i) {
+                    g.pop_front();
+                }
+            }
+            basic::AMQPMethod::ConsumeOk(ok) => {
+                let Some((_, no_ack, queue)) = self.consumes.get_mut(i).and_then(|c| c.pop_front())
+                else {
+                    return;
+                };
+                self.no_ack
+                    .insert((ch, ok.consumer_tag.to_string()), no_ack);
+                // The empty name is the channel's last declared queue.
+                let queue = match queue.as_str() {
+                    "" => self
+                        .last_declared
+                        .get(i)
+                        .cloned()
+                        .flatten()
+                        .unwrap_or_default(),
+                    _ => queue,
+                };
+                if let Some(name) = ["q1", "q2"].into_iter().find(|q| no_ack && *q == queue) {
+                    self.no_ack_queues.insert(name);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A body frame from the server on `ch`: the first of a delivery's content carries its id.
+    fn body(&mut self, ch: u16, body: &[u8]) {
+        let i = usize::from(ch);
+        let Some((tag, auto)) = self.content_next.get_mut(i).and_then(Option::take) else {
+            return;
+        };
+        let Some(id) = body.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
+            return;
+        };
+        let id = u64::from_be_bytes(id);
+        if auto {
+            self.maybe_settled.insert(id);
+        } else if let Some(d) = self.delivered.get_mut(i) {
+            d.insert(tag, id);
         }
     }
 
@@ -340,7 +441,7 @@ fn method(out: &mut Vec<u8>, channel: u16, class: AMQPClass) {
 /// open (opening it first if need be), as a client does; now and then one breaks a rule of the connection
 /// (which ends the run), so that those paths run too without cutting every run short.
 fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
-    let ch = 1 + c.below(3) as u16;
+    let ch = 1 + c.below(CHANNELS - 1) as u16;
     let rare = c.below(128) == 0;
     if let Some(open) = client.open.get_mut(usize::from(ch)) {
         // Rarely, a method on a channel that is not open (a connection error).
@@ -359,7 +460,6 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
                         nowait: false,
                     })),
                 );
-                client.ledger.channel_reset(ch);
             }
         }
     }
@@ -531,18 +631,10 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
             // Fewer no-ack consumers in a conservation run: each makes its queue's check weaker (below).
             let no_ack = if conserve { c.below(8) == 0 } else { c.flag() };
             let (no_local, exclusive) = (c.flag(), c.below(4) == 0);
-            if no_ack {
-                // The empty name is the channel's last declared queue: either.
-                for name in ["q1", "q2"] {
-                    if queue.as_str() == name || queue.as_str().is_empty() {
-                        client.ledger.no_ack_queues.insert(name);
-                    }
-                }
-            }
             // The ledger pairs each consume-ok with its consume: no nowait in a conservation run.
             let nowait = !conserve && c.below(4) == 0;
             if let Some(pending) = client.ledger.consumes.get_mut(usize::from(ch)) {
-                pending.push_back((consumer_tag.to_string(), no_ack));
+                pending.push_back((consumer_tag.to_string(), no_ack, queue.to_string()));
             }
             method(
                 out,
@@ -615,8 +707,10 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
             if let Ok(encoded) = wharf_amqp::frame::encode_properties(&properties) {
                 // Now and then a body longer or shorter than its header says, or no body at all.
                 match c.below(16) {
-                    0 if rare => {}
-                    1 if rare && size > 0 => {
+                    // (Not in a conservation run: the frames after it would be read as its content, and
+                    // the ledger would count ops the server never saw.)
+                    0 if rare && !conserve => {}
+                    1 if rare && !conserve && size > 0 => {
                         let mut wrong = Vec::new();
                         write_content(&mut wrong, ch, &encoded, &body, FRAME_MAX);
                         wrong.truncate(wrong.len().saturating_sub(c.below(12)));
@@ -706,7 +800,7 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
                 nowait: c.flag(),
             })),
         ),
-        26 if rare => {
+        26 if rare && !conserve => {
             // Out of place: content with no publish, a heartbeat on a channel, a close on channel 0.
             match c.below(4) {
                 0 => write_content(out, ch, &[0, 0], b"stray", FRAME_MAX),
@@ -747,7 +841,8 @@ struct Heard {
 
 /// Reads the session's output, which must be frames a client can read, for what the client must answer (and,
 /// in a conservation run, for its ledger: confirms, deliveries and their ids).
-fn read_output(session: &mut Session, ledger: &mut Ledger) -> Heard {
+fn read_output(session: &mut Session, ledger: &mut Ledger, conserve: bool) -> Heard {
+    use wharf_amqp::frame::Frame;
     let out = session.take_output();
     let mut buf = BytesMut::from(&out[..]);
     let mut memo = MethodMemo::default();
@@ -755,90 +850,37 @@ fn read_output(session: &mut Session, ledger: &mut Ledger) -> Heard {
     while !buf.is_empty() {
         let next = next_frame_with(&mut buf, 1 << 20, &mut memo);
         if trace() {
-            eprintln!(
-                "S {}",
-                format!("{next:?}").chars().take(160).collect::<String>()
-            );
+            let shown: String = format!("{next:?}").chars().take(160).collect();
+            eprintln!("S {shown}");
         }
-        let i = |ch: u16| usize::from(ch);
-        match next {
-            Ok(Some(wharf_amqp::frame::Frame::Method(
-                ch,
-                AMQPClass::Channel(channel::AMQPMethod::Close(_)),
-            ))) => {
+        let frame = match next {
+            Ok(Some(frame)) => frame,
+            other => panic!("the server wrote what does not read as frames: {other:?}"),
+        };
+        match frame {
+            Frame::Method(ch, AMQPClass::Channel(channel::AMQPMethod::Close(_))) => {
                 heard.closed_channels.push(ch);
                 ledger.channel_reset(ch);
             }
-            Ok(Some(wharf_amqp::frame::Frame::Method(ch, AMQPClass::Basic(method)))) => {
-                match method {
-                    basic::AMQPMethod::Ack(ack) => {
-                        ledger.server_ack(ch, ack.delivery_tag, ack.multiple)
-                    }
-                    basic::AMQPMethod::Nack(nack) => {
-                        if let Some(u) = ledger.unconfirmed.get_mut(i(ch)) {
-                            u.retain(|seq, _| {
-                                !(*seq == nack.delivery_tag
-                                    || nack.multiple && *seq <= nack.delivery_tag)
-                            });
-                        }
-                    }
-                    basic::AMQPMethod::Deliver(deliver) => {
-                        let key = (ch, deliver.consumer_tag.to_string());
-                        // A consumer the ledger does not know (its consume not answered yet) counts as no-ack:
-                        // that only weakens the check.
-                        let auto = ledger.no_ack.get(&key).copied().unwrap_or(true);
-                        if let Some(next) = ledger.content_next.get_mut(i(ch)) {
-                            *next = Some((deliver.delivery_tag, auto));
-                        }
-                    }
-                    basic::AMQPMethod::GetOk(get) => {
-                        let auto = ledger
-                            .gets
-                            .get_mut(i(ch))
-                            .and_then(|g| g.pop_front())
-                            .unwrap_or(true);
-                        if let Some(next) = ledger.content_next.get_mut(i(ch)) {
-                            *next = Some((get.delivery_tag, auto));
-                        }
-                    }
-                    basic::AMQPMethod::GetEmpty(_) => {
-                        if let Some(g) = ledger.gets.get_mut(i(ch)) {
-                            g.pop_front();
-                        }
-                    }
-                    basic::AMQPMethod::ConsumeOk(ok) => {
-                        if let Some((_, no_ack)) =
-                            ledger.consumes.get_mut(i(ch)).and_then(|c| c.pop_front())
-                        {
-                            ledger
-                                .no_ack
-                                .insert((ch, ok.consumer_tag.to_string()), no_ack);
-                        }
-                    }
-                    _ => {}
+            Frame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(close))) => {
+                heard.connection_closed =
+                    Some(format!("{} {}", close.reply_code, close.reply_text));
+            }
+            Frame::Method(ch, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok))) => {
+                if let Some(last) = ledger.last_declared.get_mut(usize::from(ch)) {
+                    *last = Some(ok.queue.to_string());
                 }
             }
-            Ok(Some(wharf_amqp::frame::Frame::Body(ch, body))) => {
-                if let Some((tag, auto)) = ledger.content_next.get_mut(i(ch)).and_then(Option::take)
-                {
-                    if let Some(id) = body.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
-                        let id = u64::from_be_bytes(id);
-                        if auto {
-                            ledger.maybe_settled.insert(id);
-                        } else if let Some(d) = ledger.delivered.get_mut(i(ch)) {
-                            d.insert(tag, id);
-                        }
-                    }
+            Frame::Method(ch, AMQPClass::Basic(method)) => ledger.heard(ch, method, conserve),
+            // Content without a body (only outside conservation runs, whose bodies carry an id): no body
+            // frame follows for the delivery.
+            Frame::Header(ch, header, _) if header.body_size == 0 => {
+                if let Some(next) = ledger.content_next.get_mut(usize::from(ch)) {
+                    *next = None;
                 }
             }
-            Ok(Some(wharf_amqp::frame::Frame::Method(
-                0,
-                AMQPClass::Connection(connection::AMQPMethod::Close(close)),
-            ))) => {
-                heard.connection_closed = Some(format!("{} {}", close.reply_code, close.reply_text))
-            }
-            Ok(Some(_)) => {}
-            other => panic!("the server wrote what does not read as frames: {other:?}"),
+            Frame::Body(ch, body) => ledger.body(ch, &body),
+            _ => {}
         }
     }
     heard
@@ -1014,7 +1056,6 @@ pub fn run(data: &[u8]) -> Outcome {
     let mut ops = 0;
     let mut client = Client {
         conserve,
-        durable,
         clean_restart,
         ..Client::default()
     };
@@ -1030,7 +1071,7 @@ pub fn run(data: &[u8]) -> Outcome {
         }
     }
     let mut close_reason = None;
-    'ops: for _ in 0..OPS_MAX {
+    'ops: loop {
         loop {
             match next_frame_with(&mut buf, session.frame_limit(), &mut memo) {
                 Ok(Some(frame)) => match handle(&mut session, frame) {
@@ -1061,7 +1102,8 @@ pub fn run(data: &[u8]) -> Outcome {
             session.synced(done, wait.actions);
         }
         session.flush_confirms();
-        let heard = read_output(&mut session, &mut client.ledger);
+        let heard = read_output(&mut session, &mut client.ledger, client.conserve);
+        client.ledger.settle_answered(&heard);
         let mut out = Vec::new();
         for ch in heard.closed_channels {
             method(
@@ -1081,7 +1123,7 @@ pub fn run(data: &[u8]) -> Outcome {
                 0,
                 AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
             );
-        } else if !choices.done() {
+        } else if !choices.done() && ops < OPS_MAX {
             ops += 1;
             if let Op::Deliveries = next_op(&mut choices, &mut out, &mut client) {
                 while let Ok((channel, event)) = events.try_recv() {
@@ -1094,12 +1136,13 @@ pub fn run(data: &[u8]) -> Outcome {
         buf.extend_from_slice(&out);
     }
     drop(buf);
+    client.ledger.settle_unanswered();
     // The connection goes: what it held goes back, as the connection task does it.
     session.release_all();
     while let Ok((_, event)) = events.try_recv() {
         session.requeue_event(event);
     }
-    read_output(&mut session, &mut client.ledger);
+    read_output(&mut session, &mut client.ledger, client.conserve);
     drop(session);
     // Its exclusive queues are gone and no queue keeps a consumer of it.
     for name in ["q1", "q2", "amq.q", "dlq"] {
