@@ -11,10 +11,13 @@
 //! keeps one of its consumers. In a conservation run (half of the inputs) the client keeps a ledger — ids in
 //! the bodies, the server's confirms, what was delivered and what the client settled — and every message the
 //! server confirmed must be back in its queue at the end unless a settle the client sent may have covered it
-//! (acknowledged means safe, through channel closes, recover, cancels, connection errors and the release). Half
+//! (acknowledged means safe, through channel closes, recover, cancels, connection errors and the release). In
+//! half of the conservation runs both queues are priority queues (`x-max-priority` 5: messages kept by level, a
+//! durable one indexing every ready message). Half
 //! of those run on a vhost with a store: `q1` is durable, persistent messages go through its log (confirms wait
-//! for the fsync), and after the release the vhost is dropped and opened again from its files before the check,
-//! which then expects every confirmed persistent message of `q1` back; half of those restarts are clean (journals
+//! for the fsync), and after the release the live state is checked (messages read and put back), then the vhost
+//! is dropped and opened again from its files and checked again, expecting every confirmed persistent message of
+//! `q1` back; half of those restarts are clean (journals
 //! flushed and logs closed first, as the broker shuts down), and then no message the client surely settled may
 //! come back. (A no-ack delivery counts as consumed once the queue hands it out, as in RabbitMQ, so queues that
 //! had a no-ack consumer are left out of the loss check.) The ledger's model of the server is exact because
@@ -901,8 +904,14 @@ pub struct Outcome {
 /// Every message the server confirmed is back in its queue, unless a settle the client sent may have covered
 /// it; and no message is there twice.
 /// After a restart (`restarted`: `Some(clean)`), only persistent messages of the durable `q1` are expected;
-/// after a clean one, no message the client surely settled may be there.
-fn check_conservation(vhost: &VHost, ledger: &Ledger, restarted: Option<bool>) -> usize {
+/// after a clean one, no message the client surely settled may be there. With `keep`, the messages are read
+/// with acknowledgement and put back afterwards, so the state can be checked again after a restart.
+fn check_conservation(
+    vhost: &VHost,
+    ledger: &Ledger,
+    restarted: Option<bool>,
+    keep: bool,
+) -> usize {
     let clean = restarted == Some(true);
     let restarted = restarted.is_some();
     let expected = |id: &&u64| {
@@ -913,9 +922,10 @@ fn check_conservation(vhost: &VHost, ledger: &Ledger, restarted: Option<bool>) -
                 .is_some_and(|(queue, persistent)| *queue == "q1" && *persistent)
     };
     let mut remaining = std::collections::HashSet::new();
+    let mut taken = Vec::new();
     for name in ["q1", "q2"] {
         loop {
-            match vhost.get(0, name, true) {
+            match vhost.get(0, name, !keep) {
                 Err(QueueError::NotFound { .. }) if restarted && name == "q2" => break,
                 Ok(Some(delivery)) => {
                     let id = delivery
@@ -927,11 +937,18 @@ fn check_conservation(vhost: &VHost, ledger: &Ledger, restarted: Option<bool>) -
                     if let Some(id) = id {
                         assert!(remaining.insert(id), "message {id} is in the queues twice");
                     }
+                    if keep {
+                        taken.push(delivery);
+                    }
                 }
                 Ok(None) => break,
                 Err(e) => panic!("queue {name} at the end: {e}"),
             }
         }
+    }
+    for d in taken {
+        d.queue
+            .requeue(d.consumer, d.position, d.message, d.expires_at);
     }
     if clean {
         let mut back: Vec<u64> = remaining
@@ -1009,6 +1026,9 @@ pub fn run(data: &[u8]) -> Outcome {
     let conserve = choices.flag();
     let durable = conserve && choices.flag();
     let clean_restart = durable && choices.flag();
+    // Priority queues keep their messages by level (a durable one indexes every ready message), another path
+    // through the backlog, requeue and recovery.
+    let priorities = conserve && choices.flag();
     let store = durable.then(|| tempfile::tempdir().expect("a temporary directory"));
     // The log runs its fsyncs on tokio's blocking pool, and settle waits have timeouts: a runtime for both,
     // which also runs the waits to their end.
@@ -1064,7 +1084,10 @@ pub fn run(data: &[u8]) -> Outcome {
             durable: durable && name == "q1",
             exclusive: false,
             auto_delete: false,
-            arguments: QueueArgs::default(),
+            arguments: QueueArgs {
+                max_priority: priorities.then_some(5),
+                ..QueueArgs::default()
+            },
         };
         if let Err(e) = vhost.declare_queue(0, name, false, spec) {
             panic!("declaring {name}: {e}");
@@ -1165,8 +1188,9 @@ pub fn run(data: &[u8]) -> Outcome {
     }
     let confirmed_left = match (&store, logs) {
         (Some(dir), Some(logs)) => {
-            // A restart: everything of this run dropped, the vhost opened again from its files; a clean one
-            // first does what the broker's shutdown does.
+            // The live state first (read and put back), then a restart: everything of this run dropped, the
+            // vhost opened again from its files; a clean one first does what the broker's shutdown does.
+            check_conservation(&vhost, &client.ledger, None, true);
             if client.clean_restart {
                 vhost.flush_journals();
                 if let Err(e) = logs.close() {
@@ -1178,9 +1202,9 @@ pub fn run(data: &[u8]) -> Outcome {
             drop(events);
             drop(logs);
             let (vhost, _logs) = open_store(dir.path());
-            check_conservation(&vhost, &client.ledger, Some(client.clean_restart))
+            check_conservation(&vhost, &client.ledger, Some(client.clean_restart), false)
         }
-        _ if client.conserve => check_conservation(&vhost, &client.ledger, None),
+        _ if client.conserve => check_conservation(&vhost, &client.ledger, None, false),
         _ => 0,
     };
     Outcome {
