@@ -3,27 +3,33 @@
 //! and field tables drawn from small sets that make them collide (the same few queue, exchange and consumer-tag
 //! names, argument keys the broker checks, values of every field type), content with right and wrong sizes,
 //! frames out of place, and the deliveries the queues hand back. Frames go through the real reader
-//! ([`next_frame_with`], with its memo), as the connection feeds them.
+//! ([`next_frame_with`], with its memo), as the connection feeds them. Shared by the CI test
+//! `tests/session_garbage.rs` (seeded random byte strings) and the fuzz target
+//! `fuzz/fuzz_targets/amqp_session.rs` (libFuzzer's).
 //!
-//! Shared by the CI test `tests/session_garbage.rs` (seeded random byte strings) and the fuzz target
-//! `fuzz/fuzz_targets/amqp_session.rs` (libFuzzer's). The properties checked: nothing panics, the session's
-//! output parses as frames, and once the connection is released its exclusive queues are gone and no queue
-//! keeps one of its consumers. In a conservation run (half of the inputs) the client keeps a ledger — ids in
-//! the bodies, the server's confirms, what was delivered and what the client settled — and every message the
-//! server confirmed must be back in its queue at the end unless a settle the client sent may have covered it
-//! (acknowledged means safe, through channel closes, recover, cancels, connection errors and the release). In
-//! half of the conservation runs both queues are priority queues (`x-max-priority` 5: messages kept by level, a
-//! durable one indexing every ready message). Half
-//! of those run on a vhost with a store: `q1` is durable, persistent messages go through its log (confirms wait
-//! for the fsync), and after the release the live state is checked (messages read and put back), then the vhost
-//! is dropped and opened again from its files and checked again, expecting every confirmed persistent message of
-//! `q1` back; half of those restarts are clean (journals
-//! flushed and logs closed first, as the broker shuts down), and then no message the client surely settled may
-//! come back. (A no-ack delivery counts as consumed once the queue hands it out, as in RabbitMQ, so queues that
-//! had a no-ack consumer are left out of the loss check.) The ledger's model of the server is exact because
-//! the run is lockstep: an op's frames are fed, the server's answer read, and only then the next op made; a
-//! settle counts once the answer shows it was not refused (no close of its channel or connection).
+//! Checked on every run: nothing panics, the session's output parses as frames, and once the connection is
+//! released its exclusive queues are gone and no queue keeps one of its consumers.
+//!
+//! Conservation runs (half of the inputs; the first choices decide) keep to what drops no message by policy and
+//! keep a ledger — an id in each body, the server's confirms, what was delivered, what the client settled:
+//! - every message the server confirmed must be back in its queue at the end unless a settle the client sent
+//!   may have covered it (acknowledged means safe, through channel closes, recover, cancels, connection errors
+//!   and the release);
+//! - in half of them both queues are priority queues (`x-max-priority` 5; a durable one indexes every ready
+//!   message by level);
+//! - in half of them the vhost has a store: `q1` is durable and persistent messages go through its log
+//!   (confirms wait for the fsync); after the release the live state is checked (messages read and put back),
+//!   then the vhost is dropped and opened again from its files and checked again, expecting every confirmed
+//!   persistent message of `q1` back; half of those restarts are clean (journals flushed and logs closed
+//!   first, as the broker shuts down), and then no message the client surely settled may come back;
+//! - a no-ack delivery counts as consumed once the queue hands it out, as in RabbitMQ, so queues that had a
+//!   no-ack consumer are left out of the loss check.
+//!
+//! The ledger's model of the server is exact because the run is lockstep: an op's frames are fed, the server's
+//! answer read, and only then the next op made; a settle counts once the answer shows it was not refused (no
+//! close of its channel or connection).
 
+// Each includer uses a different part (the fuzz target only `run`).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
