@@ -12,9 +12,11 @@
 //!
 //! Conservation runs (half of the inputs; the first choices decide) keep to what drops no message by policy and
 //! keep a ledger — an id in each body, the server's confirms, what was delivered, what the client settled:
-//! - every message the server confirmed must be back in its queue at the end unless a settle the client sent
-//!   may have covered it (acknowledged means safe, through channel closes, recover, cancels, connection errors
-//!   and the release);
+//! - messages go to `q1` or `q2` through the default exchange, or through `amq.fanout` to whichever of them the
+//!   server's bind-oks and unbind-oks say are bound; the ledger counts each copy (message id and queue);
+//! - every copy the server confirmed must be back in its queue at the end unless a settle the client sent may
+//!   have covered it (acknowledged means safe, through channel closes, recover, cancels, connection errors and
+//!   the release);
 //! - in half of them both queues are priority queues (`x-max-priority` 5; a durable one indexes every ready
 //!   message by level);
 //! - in half of them the vhost has a store: `q1` is durable and persistent messages go through its log
@@ -56,11 +58,12 @@ const FRAME_MAX: u32 = 4096;
 const CHANNELS: usize = 4;
 
 const QUEUES: [&str; 6] = ["q1", "q2", "", "amq.rabbitmq.reply-to", "amq.q", "dlq"];
-const EXCHANGES: [&str; 7] = [
+const EXCHANGES: [&str; 8] = [
     "",
     "x1",
     "x2",
     "amq.direct",
+    "amq.fanout",
     "amq.topic",
     "amq.headers",
     "dlx",
@@ -236,26 +239,44 @@ struct Client {
     ledger: Ledger,
 }
 
-/// What the client of a conservation run knows of its messages.
+/// The queues a conservation run publishes to, each with the number that tells its copies apart.
+const LEDGER_QUEUES: [(&str, u64); 2] = [("q1", 1), ("q2", 2)];
+
+/// One copy of a message: its id and the queue it was routed to (a message published to `amq.fanout`
+/// has a copy in each bound queue), as one number. 0 names no queue.
+fn copy_of(id: u64, queue: u64) -> u64 {
+    id * 4 + queue
+}
+
+/// The queue a name means in a conservation run (0: neither).
+fn queue_number(name: &str) -> u64 {
+    LEDGER_QUEUES
+        .iter()
+        .find(|(q, _)| *q == name)
+        .map_or(0, |(_, n)| *n)
+}
+
+/// What the client of a conservation run knows of its messages, by copy ([`copy_of`]).
 #[derive(Default)]
 struct Ledger {
     next_id: u64,
-    /// Per channel: publishes since its confirm.select, and the ids of those not confirmed yet, by sequence.
+    /// Per channel: publishes since its confirm.select, and the copies of those not confirmed yet, by sequence.
     published: [u64; CHANNELS],
-    unconfirmed: [std::collections::BTreeMap<u64, u64>; CHANNELS],
+    unconfirmed: [std::collections::BTreeMap<u64, Vec<u64>>; CHANNELS],
     confirmed: std::collections::HashSet<u64>,
     /// Per channel: what the server delivered that the client has not settled, by delivery tag.
     delivered: [std::collections::BTreeMap<u64, u64>; CHANNELS],
-    /// Ids a settle sent by the client may have covered (acked, or rejected without requeue: gone for good).
+    /// Copies a settle sent by the client may have covered (acked, or rejected without requeue: gone for good).
     maybe_settled: std::collections::HashSet<u64>,
-    /// Of those, the ids a settle certainly covered (it named a tag the channel held): after a clean restart
-    /// these must not come back.
+    /// Of those, the copies a settle certainly covered (the server took it): after a clean restart these
+    /// must not come back.
     surely_settled: std::collections::HashSet<u64>,
-    /// Per channel: the delivery whose content comes next (tag, and whether it is settled as it leaves).
-    content_next: [Option<(u64, bool)>; CHANNELS],
-    /// Per channel: the `no_ack` of each basic.get and basic.consume waiting for its answer, and of each
-    /// consumer by tag.
-    gets: [std::collections::VecDeque<bool>; CHANNELS],
+    /// Per channel: the delivery whose content comes next (tag, whether it is settled as it leaves, and the
+    /// number of its queue).
+    content_next: [Option<(u64, bool, u64)>; CHANNELS],
+    /// Per channel: each basic.get (`no_ack`, queue name) and basic.consume waiting for its answer; each
+    /// consumer's `no_ack` and queue number by tag.
+    gets: [std::collections::VecDeque<(bool, String)>; CHANNELS],
     consumes: [std::collections::VecDeque<(String, bool, String)>; CHANNELS],
     /// Per channel: the queue its last declare-ok named (what the empty queue name means there).
     last_declared: [Option<String>; CHANNELS],
@@ -263,9 +284,13 @@ struct Ledger {
     /// once the server's answer to it is read: void if that closed the channel or the connection (the
     /// messages went back), settled otherwise.
     pending_settle: Option<(u16, Vec<u64>)>,
-    no_ack: HashMap<(u16, String), bool>,
-    /// Each published id's queue and whether it was persistent (delivery-mode 2).
-    sent: HashMap<u64, (&'static str, bool)>,
+    consumers: HashMap<(u16, String), (bool, u64)>,
+    /// Whether each published copy was persistent (delivery-mode 2).
+    sent: HashMap<u64, bool>,
+    /// The queues bound to `amq.fanout`, as its bind-oks and unbind-oks said, and the binding asked for by
+    /// the op just sent (queue number, bind or unbind).
+    fanout: std::collections::BTreeSet<u64>,
+    pending_bind: Option<(u64, bool)>,
     /// Queues a no-ack consumer was asked for. A no-ack delivery is consumed once the queue hands it to the
     /// connection (RabbitMQ's rule too): if the connection goes before writing it, it is gone — from a durable
     /// queue for good, a queue in memory puts it back — and the client never saw it, so missing messages of
@@ -299,7 +324,7 @@ impl Ledger {
         if let Some(q) = self.last_declared.get_mut(i) {
             *q = None;
         }
-        self.no_ack.retain(|(c, _), _| *c != ch);
+        self.consumers.retain(|(c, _), _| *c != ch);
     }
 
     /// The client settles `tag` (and everything before it with `multiple`; all with tag 0 and `multiple`):
@@ -327,6 +352,7 @@ impl Ledger {
     /// The server's answer to the last batch was read: a pending settle counts unless its channel or the
     /// connection was closed.
     fn settle_answered(&mut self, heard: &Heard) {
+        self.pending_bind = None;
         if let Some((ch, ids)) = self.pending_settle.take() {
             if heard.connection_closed.is_none() && !heard.closed_channels.contains(&ch) {
                 self.maybe_settled.extend(ids.iter().copied());
@@ -358,13 +384,14 @@ impl Ledger {
                 let key = (ch, deliver.consumer_tag.to_string());
                 // Every consume of a conservation run waits for its consume-ok, which comes before any
                 // delivery to it; outside one the ledger is not checked.
-                let known = self.no_ack.get(&key).copied();
+                let known = self.consumers.get(&key).copied();
                 assert!(
                     known.is_some() || !conserve,
                     "a delivery to a consumer the ledger does not know: {key:?}"
                 );
+                let (auto, queue) = known.unwrap_or((true, 0));
                 if let Some(next) = self.content_next.get_mut(i) {
-                    *next = Some((deliver.delivery_tag, known.unwrap_or(true)));
+                    *next = Some((deliver.delivery_tag, auto, queue));
                 }
             }
             basic::AMQPMethod::GetOk(get) => {
@@ -373,8 +400,10 @@ impl Ledger {
                     asked.is_some() || !conserve,
                     "a get-ok the ledger did not ask for on channel {ch}"
                 );
+                let (auto, queue) = asked.unwrap_or((true, String::new()));
+                let queue = queue_number(&self.resolve(ch, queue));
                 if let Some(next) = self.content_next.get_mut(i) {
-                    *next = Some((get.delivery_tag, asked.unwrap_or(true)));
+                    *next = Some((get.delivery_tag, auto, queue));
                 }
             }
             basic::AMQPMethod::GetEmpty(_) => {
@@ -387,19 +416,12 @@ impl Ledger {
                 else {
                     return;
                 };
-                self.no_ack
-                    .insert((ch, ok.consumer_tag.to_string()), no_ack);
-                // The empty name is the channel's last declared queue.
-                let queue = match queue.as_str() {
-                    "" => self
-                        .last_declared
-                        .get(i)
-                        .cloned()
-                        .flatten()
-                        .unwrap_or_default(),
-                    _ => queue,
-                };
-                if let Some(name) = ["q1", "q2"].into_iter().find(|q| no_ack && *q == queue) {
+                let queue = self.resolve(ch, queue);
+                self.consumers.insert(
+                    (ch, ok.consumer_tag.to_string()),
+                    (no_ack, queue_number(&queue)),
+                );
+                if let Some((name, _)) = LEDGER_QUEUES.iter().find(|(q, _)| no_ack && *q == queue) {
                     self.no_ack_queues.insert(name);
                 }
             }
@@ -407,20 +429,46 @@ impl Ledger {
         }
     }
 
+    /// What `queue` names on `ch`: the empty name is the channel's last declared queue.
+    fn resolve(&self, ch: u16, queue: String) -> String {
+        match queue.as_str() {
+            "" => self
+                .last_declared
+                .get(usize::from(ch))
+                .cloned()
+                .flatten()
+                .unwrap_or_default(),
+            _ => queue,
+        }
+    }
+
+    /// The server's bind-ok or unbind-ok for the op just sent.
+    fn bound(&mut self) {
+        match self.pending_bind.take() {
+            Some((queue, true)) => {
+                self.fanout.insert(queue);
+            }
+            Some((queue, false)) => {
+                self.fanout.remove(&queue);
+            }
+            None => {}
+        }
+    }
+
     /// A body frame from the server on `ch`: the first of a delivery's content carries its id.
     fn body(&mut self, ch: u16, body: &[u8]) {
         let i = usize::from(ch);
-        let Some((tag, auto)) = self.content_next.get_mut(i).and_then(Option::take) else {
+        let Some((tag, auto, queue)) = self.content_next.get_mut(i).and_then(Option::take) else {
             return;
         };
         let Some(id) = body.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
             return;
         };
-        let id = u64::from_be_bytes(id);
+        let copy = copy_of(u64::from_be_bytes(id), queue);
         if auto {
-            self.maybe_settled.insert(id);
+            self.maybe_settled.insert(copy);
         } else if let Some(d) = self.delivered.get_mut(i) {
-            d.insert(tag, id);
+            d.insert(tag, copy);
         }
     }
 
@@ -435,8 +483,8 @@ impl Ledger {
             vec![tag]
         };
         for seq in seqs {
-            if let Some(id) = unconfirmed.remove(&seq) {
-                self.confirmed.insert(id);
+            if let Some(copies) = unconfirmed.remove(&seq) {
+                self.confirmed.extend(copies);
             }
         }
     }
@@ -537,6 +585,8 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
                 nowait: c.below(4) == 0,
             })),
         ),
+        // Exchange-to-exchange bindings could route amq.fanout's messages on: not in a conservation run.
+        7 if conserve => {}
         7 => {
             let (destination, source, routing_key) =
                 (c.short(&EXCHANGES), c.short(&EXCHANGES), c.short(&KEYS));
@@ -589,9 +639,23 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
             })),
         ),
         10 => {
-            let (q, x, key) = (c.short(&QUEUES), c.short(&EXCHANGES), c.short(&KEYS));
+            // A conservation run binds its own queues to amq.fanout more often than not.
+            let (q, x, key) = if conserve && c.flag() {
+                (
+                    c.short(&["q1", "q2", ""]),
+                    ShortString::from("amq.fanout"),
+                    c.short(&KEYS),
+                )
+            } else {
+                (c.short(&QUEUES), c.short(&EXCHANGES), c.short(&KEYS))
+            };
             let arguments = c.table(0);
-            let class = if c.flag() {
+            let bind = c.flag();
+            if conserve && x.as_str() == "amq.fanout" {
+                let queue = queue_number(&client.ledger.resolve(ch, q.to_string()));
+                client.ledger.pending_bind = (queue != 0).then_some((queue, bind));
+            }
+            let class = if bind {
                 queue::AMQPMethod::Bind(queue::Bind {
                     queue: q,
                     exchange: x,
@@ -668,11 +732,18 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
             })),
         ),
         17..=19 => {
-            let target = c.pick(&["q1", "q2"]);
-            let (exchange, routing_key) = if conserve {
-                (ShortString::from(""), ShortString::from(target))
+            // A conservation run publishes to one queue through the default exchange, or to every queue
+            // bound to amq.fanout (as its bind-oks said).
+            let target = c.pick(&["q1", "q2", "amq.fanout"]);
+            let (exchange, routing_key, copies) = if conserve && target == "amq.fanout" {
+                let copies: Vec<u64> = client.ledger.fanout.iter().copied().collect();
+                (ShortString::from(target), c.short(&KEYS), copies)
+            } else if conserve {
+                let copies = vec![queue_number(target)];
+                (ShortString::from(""), ShortString::from(target), copies)
             } else {
-                (c.short(&EXCHANGES), c.short(&KEYS))
+                let (exchange, key) = (c.short(&EXCHANGES), c.short(&KEYS));
+                (exchange, key, Vec::new())
             };
             method(
                 out,
@@ -702,7 +773,10 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
                 let id = client.ledger.next_id;
                 client.ledger.next_id += 1;
                 let persistent = properties.delivery_mode() == &Some(2);
-                client.ledger.sent.insert(id, (target, persistent));
+                let copies: Vec<u64> = copies.iter().map(|q| copy_of(id, *q)).collect();
+                for copy in &copies {
+                    client.ledger.sent.insert(*copy, persistent);
+                }
                 body.splice(..body.len().min(8), id.to_be_bytes());
                 let i = usize::from(ch);
                 if let (Some(n), Some(unconfirmed)) = (
@@ -710,7 +784,7 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
                     client.ledger.unconfirmed.get_mut(i),
                 ) {
                     *n += 1;
-                    unconfirmed.insert(*n, id);
+                    unconfirmed.insert(*n, copies);
                 }
             }
             if let Ok(encoded) = wharf_amqp::frame::encode_properties(&properties) {
@@ -732,7 +806,7 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
         20 => {
             let (queue, no_ack) = (c.short(&QUEUES), c.flag());
             if let Some(pending) = client.ledger.gets.get_mut(usize::from(ch)) {
-                pending.push_back(no_ack);
+                pending.push_back((no_ack, queue.to_string()));
             }
             method(
                 out,
@@ -880,6 +954,10 @@ fn read_output(session: &mut Session, ledger: &mut Ledger, conserve: bool) -> He
                     *last = Some(ok.queue.to_string());
                 }
             }
+            Frame::Method(
+                _,
+                AMQPClass::Queue(queue::AMQPMethod::BindOk(_) | queue::AMQPMethod::UnbindOk(_)),
+            ) => ledger.bound(),
             Frame::Method(ch, AMQPClass::Basic(method)) => ledger.heard(ch, method, conserve),
             // Content without a body (only outside conservation runs, whose bodies carry an id): no body
             // frame follows for the delivery.
@@ -905,6 +983,8 @@ pub struct Outcome {
     /// In a conservation run: messages confirmed, and of those found back in their queues at the end.
     pub confirmed: usize,
     pub confirmed_left: usize,
+    /// Of the confirmed copies, those of messages routed through amq.fanout to both queues.
+    pub fanned_out: usize,
 }
 
 /// Every message the server confirmed is back in its queue, unless a settle the client sent may have covered
@@ -920,16 +1000,13 @@ fn check_conservation(
 ) -> usize {
     let clean = restarted == Some(true);
     let restarted = restarted.is_some();
-    let expected = |id: &&u64| {
-        !restarted
-            || ledger
-                .sent
-                .get(id)
-                .is_some_and(|(queue, persistent)| *queue == "q1" && *persistent)
+    let q1 = queue_number("q1");
+    let expected = |copy: &&u64| {
+        !restarted || (**copy % 4 == q1 && ledger.sent.get(copy).copied().unwrap_or(false))
     };
     let mut remaining = std::collections::HashSet::new();
     let mut taken = Vec::new();
-    for name in ["q1", "q2"] {
+    for (name, queue) in LEDGER_QUEUES {
         loop {
             match vhost.get(0, name, !keep) {
                 Err(QueueError::NotFound { .. }) if restarted && name == "q2" => break,
@@ -941,7 +1018,10 @@ fn check_conservation(
                         .and_then(|b| <[u8; 8]>::try_from(b).ok())
                         .map(u64::from_be_bytes);
                     if let Some(id) = id {
-                        assert!(remaining.insert(id), "message {id} is in the queues twice");
+                        assert!(
+                            remaining.insert(copy_of(id, queue)),
+                            "message {id} is in {name} twice"
+                        );
                     }
                     if keep {
                         taken.push(delivery);
@@ -956,38 +1036,40 @@ fn check_conservation(
         d.queue
             .requeue(d.consumer, d.position, d.message, d.expires_at);
     }
+    // Copies shown as (id, queue number).
+    let show = |copies: Vec<u64>| -> Vec<(u64, u64)> {
+        let mut shown: Vec<(u64, u64)> = copies.iter().map(|c| (c / 4, c % 4)).collect();
+        shown.sort_unstable();
+        shown
+    };
     if clean {
-        let mut back: Vec<u64> = remaining
+        let back: Vec<u64> = remaining
             .intersection(&ledger.surely_settled)
             .copied()
             .collect();
-        back.sort_unstable();
         assert!(
             back.is_empty(),
-            "settled messages came back after a clean restart: {back:?}"
+            "settled messages came back after a clean restart (id, queue): {:?}",
+            show(back)
         );
     }
-    let mut lost: Vec<u64> = ledger
+    let no_ack = |copy: &u64| {
+        LEDGER_QUEUES
+            .iter()
+            .any(|(name, n)| copy % 4 == *n && ledger.no_ack_queues.contains(name))
+    };
+    let lost: Vec<u64> = ledger
         .confirmed
         .iter()
         .filter(expected)
-        .filter(|id| !remaining.contains(id) && !ledger.maybe_settled.contains(id))
-        .filter(|id| {
-            !ledger
-                .sent
-                .get(id)
-                .is_some_and(|(queue, _)| ledger.no_ack_queues.contains(queue))
-        })
+        .filter(|c| !remaining.contains(c) && !ledger.maybe_settled.contains(c) && !no_ack(c))
         .copied()
         .collect();
-    lost.sort_unstable();
-    let lost: Vec<(u64, Option<&(&str, bool)>)> =
-        lost.iter().map(|id| (*id, ledger.sent.get(id))).collect();
     assert!(
         lost.is_empty(),
-        "confirmed messages lost (neither in their queue nor settled by the client; id, queue and persistence): \
-         {lost:?}; {} confirmed, {} \
-         left in the queues, {} maybe settled",
+        "confirmed messages lost, neither in their queue nor settled by the client (id, queue): {:?}; {} \
+         copies confirmed, {} left in the queues, {} maybe settled",
+        show(lost),
         ledger.confirmed.len(),
         remaining.len(),
         ledger.maybe_settled.len()
@@ -995,7 +1077,7 @@ fn check_conservation(
     ledger
         .confirmed
         .iter()
-        .filter(|id| remaining.contains(id))
+        .filter(|c| remaining.contains(c))
         .count()
 }
 
@@ -1218,6 +1300,12 @@ pub fn run(data: &[u8]) -> Outcome {
         connection_ended: ended,
         close_reason,
         confirmed: client.ledger.confirmed.len(),
+        fanned_out: client
+            .ledger
+            .confirmed
+            .iter()
+            .filter(|c| client.ledger.confirmed.contains(&(*c ^ 3)))
+            .count(),
         confirmed_left,
     }
 }
