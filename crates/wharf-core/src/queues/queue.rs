@@ -119,14 +119,12 @@ impl Queue {
         }
     }
 
-    /// When a message entering this queue now expires: the sooner of the queue's TTL and the message's. The
-    /// clock is read only when there is a TTL.
-    fn expiry_of(&self, message: &Message) -> Option<i64> {
-        let ttl = match (self.spec.arguments.message_ttl_ms, message.expiration_ms) {
+    /// How long a message entering this queue lives: the sooner of the queue's TTL and the message's.
+    fn ttl_of(&self, message: &Message) -> Option<u64> {
+        match (self.spec.arguments.message_ttl_ms, message.expiration_ms) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
-        }?;
-        Some(crate::now_ms().saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)))
+        }
     }
 
     /// The time to expire messages against, for a queue that may hold expiring ones (others skip the clock
@@ -167,14 +165,20 @@ impl Queue {
             }
             return Ok(None);
         }
-        let expires_at = self.expiry_of(&message);
-        if expires_at.is_some() {
+        let ttl = self.ttl_of(&message);
+        if ttl.is_some() {
             self.may_expire.store(true, Ordering::Relaxed);
         }
+        // One clock reading for the message's expiry and for the expiries checked around it: a TTL of 0 then
+        // means "now or never" however long the dispatch takes — the message goes to a consumer that can take
+        // it at once (dispatch expires only what expired before `now`), and is dropped below if none could.
+        let now = self.expiry_clock();
+        let expires_at = ttl
+            .zip(now)
+            .map(|(ttl, now)| now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)));
         let sync = s.backlog.push(message, expires_at)?;
-        dispatch(self, &mut s, dead);
-        // A TTL of 0 drops what no consumer could take at once.
-        if let Some(now) = self.expiry_clock() {
+        dispatch_at(self, &mut s, dead, now);
+        if let Some(now) = now {
             expire_head(&mut s, now, dead);
         }
         if args.overflow == Overflow::DropHead {
@@ -373,17 +377,27 @@ fn pick_consumer(s: &QueueState, single_active: bool) -> Option<usize> {
 /// Hands ready messages to consumers with credit until either runs out, dropping expired ones on the way. A
 /// consumer whose connection is gone is dropped and its message stays ready.
 pub(super) fn dispatch(queue: &Arc<Queue>, s: &mut QueueState, dead: &mut Vec<DeadLetter>) {
+    dispatch_at(queue, s, dead, queue.expiry_clock());
+}
+
+/// [`dispatch`] with the clock read by the caller (`None`: the queue holds nothing that expires).
+fn dispatch_at(
+    queue: &Arc<Queue>,
+    s: &mut QueueState,
+    dead: &mut Vec<DeadLetter>,
+    now: Option<i64>,
+) {
     if s.consumers.is_empty() {
         return;
     }
     let single_active = queue.spec.arguments.single_active_consumer;
-    let now = queue.expiry_clock();
     while s.backlog.ready_count() > 0 {
         let Some(index) = pick_consumer(s, single_active) else {
             return;
         };
-        // Only what expired before this millisecond: a message whose TTL is 0 goes to a consumer that can
-        // take it at once, and is dropped only if none can (RabbitMQ's "now or never"; `enqueue` expires it).
+        // Only what expired before `now`: a message whose TTL is 0 (its expiry is `now` of its enqueue) goes to
+        // a consumer that can take it at once, and is dropped only if none can (RabbitMQ's "now or never";
+        // `enqueue` expires it).
         if let Some(now) = now {
             expire_head(s, now.saturating_sub(1), dead);
         }
