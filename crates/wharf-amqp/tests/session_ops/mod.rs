@@ -245,7 +245,8 @@ const LEDGER_QUEUES: [(&str, u64); 2] = [("q1", 1), ("q2", 2)];
 /// One copy of a message: its id and the queue it was routed to (a message published to `amq.fanout`
 /// has a copy in each bound queue), as one number. 0 names no queue.
 fn copy_of(id: u64, queue: u64) -> u64 {
-    id * 4 + queue
+    // Wrapping: outside conservation runs a body's first bytes are any bytes.
+    id.wrapping_mul(4).wrapping_add(queue)
 }
 
 /// The queue a name means in a conservation run (0: neither).
