@@ -992,11 +992,20 @@ attempt("confirm on a tx channel", lambda ch: (ch.tx_select(), ch.confirm_delive
 attempt("tx on a confirm channel", lambda ch: (ch.confirm_delivery(), ch.tx_select()))
 
 
+def confirms_and_returns(ch, with_code=False):
+    """Puts `ch` in confirm mode and returns the list its basic.ack / basic.nack / basic.return go to, in the
+    order they arrive (returns with their reply code when `with_code`)."""
+    events = []
+    ch._impl.add_on_return_callback(
+        lambda c, m, p, b: events.append(("return", m.reply_code) if with_code else "return")
+    )
+    ch._impl.confirm_delivery(lambda frame: events.append(type(frame.method).__name__))
+    return events
+
+
 def confirm_and_return_order(ch):
     """A mandatory publish nobody takes: basic.return comes before its basic.ack."""
-    events = []
-    ch._impl.add_on_return_callback(lambda c, m, p, b: events.append("return"))
-    ch._impl.confirm_delivery(lambda frame: events.append(type(frame.method).__name__))
+    events = confirms_and_returns(ch)
     ch._impl.basic_publish("amq.direct", "nobody", b"x", mandatory=True)
     q = ch.queue_declare("", exclusive=True).method.queue
     ch._impl.basic_publish("", q, b"y", mandatory=True)
@@ -1147,9 +1156,7 @@ def reject_publish_mandatory(ch):
     """reject-publish with mandatory: a nack, and no basic.return (the message was routed)."""
     q = name("rpm")
     ch.queue_declare(q, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
-    events = []
-    ch._impl.add_on_return_callback(lambda c, m, p, b: events.append(("return", m.reply_code)))
-    ch._impl.confirm_delivery(lambda frame: events.append(type(frame.method).__name__))
+    events = confirms_and_returns(ch, with_code=True)
     for body in (b"a", b"b"):
         ch._impl.basic_publish("", q, body, mandatory=True)
     pump(0.3)
