@@ -27,7 +27,8 @@ fn bytes_for(seed: u64) -> Vec<u8> {
 
 #[test]
 fn random_method_sequences_never_panic_and_release_everything() {
-    let (mut ops, mut ended, mut confirmed, mut confirmed_left, mut fanned_out) = (0, 0, 0, 0, 0);
+    let (mut ops, mut ended, mut confirmed, mut confirmed_left) = (0, 0, 0, 0);
+    let (mut via_exchange, mut dead_lettered) = (0, 0);
     let mut reasons = std::collections::BTreeMap::new();
     let only: Option<u64> = std::env::var("SESSION_OPS_SEED")
         .ok()
@@ -45,15 +46,16 @@ fn random_method_sequences_never_panic_and_release_everything() {
         ended += usize::from(outcome.connection_ended);
         confirmed += outcome.confirmed;
         confirmed_left += outcome.confirmed_left;
-        fanned_out += outcome.fanned_out;
+        via_exchange += outcome.via_exchange;
+        dead_lettered += outcome.dead_lettered;
         if let Some(r) = outcome.close_reason {
             let r: String = r.chars().take(60).collect();
             *reasons.entry(r).or_insert(0usize) += 1;
         }
     }
     eprintln!("{INPUTS} inputs: {ops} operations, {ended} connections closed by the broker before the input ended; \
-         conservation runs: {confirmed} messages confirmed, {confirmed_left} of them back in their queues at the end, {fanned_out} \
-         copies of messages fanned out to both queues");
+         conservation runs: {confirmed} copies confirmed ({via_exchange} routed through amq.fanout, amq.direct or \
+         amq.topic), {dead_lettered} dead-lettered to dlq, {confirmed_left} of all these back in their queues at the end");
     for (r, n) in &reasons {
         eprintln!("{n:6} {r}");
     }

@@ -12,17 +12,22 @@
 //!
 //! Conservation runs (half of the inputs; the first choices decide) keep to what drops no message by policy and
 //! keep a ledger — an id in each body, the server's confirms, what was delivered, what the client settled:
-//! - messages go to `q1` or `q2` through the default exchange, or through `amq.fanout` to whichever of them the
-//!   server's bind-oks and unbind-oks say are bound; the ledger counts each copy (message id and queue);
-//! - every copy the server confirmed must be back in its queue at the end unless a settle the client sent may
-//!   have covered it (acknowledged means safe, through channel closes, recover, cancels, connection errors and
-//!   the release);
+//! - messages go to `q1` or `q2` through the default exchange, or through `amq.fanout`, `amq.direct` or
+//!   `amq.topic` to whichever of them the server's bind-oks and unbind-oks say the key routes to (the ledger
+//!   keeps the bindings, told apart by key and arguments, and matches topic patterns itself); it counts each
+//!   copy (message id and queue);
+//! - in half of them `q1` dead-letters to `dlq` (default exchange, key `dlq`): a reject or nack without
+//!   requeue that the server took moves the copy there, where the client may consume it in turn;
+//! - every copy the server confirmed, and every dead letter, must be back in its queue at the end unless a
+//!   settle the client sent may have covered it (acknowledged means safe, through channel closes, recover,
+//!   cancels, connection errors and the release);
 //! - in half of them both queues are priority queues (`x-max-priority` 5; a durable one indexes every ready
 //!   message by level);
 //! - in half of them the vhost has a store: `q1` is durable and persistent messages go through its log
 //!   (confirms wait for the fsync); after the release the live state is checked (messages read and put back),
 //!   then the vhost is dropped and opened again from its files and checked again, expecting every confirmed
-//!   persistent message of `q1` back; half of those restarts are clean (journals flushed and logs closed
+//!   persistent message of `q1` back (and, after a clean restart, every persistent dead letter of the durable
+//!   `dlq`; a crash may lose those, dead-lettering being at most once); half of those restarts are clean (journals flushed and logs closed
 //!   first, as the broker shuts down), and then no message the client surely settled may come back;
 //! - a no-ack delivery counts as consumed once the queue hands it out, as in RabbitMQ, so queues that had a
 //!   no-ack consumer are left out of the loss check.
@@ -58,6 +63,9 @@ const FRAME_MAX: u32 = 4096;
 const CHANNELS: usize = 4;
 
 const QUEUES: [&str; 6] = ["q1", "q2", "", "amq.rabbitmq.reply-to", "amq.q", "dlq"];
+/// The names a conservation run consumes from: its ledger's queues, and the empty name (the channel's last
+/// declared queue, one of them too).
+const CONSERVED: [&str; 4] = ["q1", "q2", "dlq", ""];
 const EXCHANGES: [&str; 8] = [
     "",
     "x1",
@@ -240,7 +248,48 @@ struct Client {
 }
 
 /// The queues a conservation run publishes to, each with the number that tells its copies apart.
-const LEDGER_QUEUES: [(&str, u64); 2] = [("q1", 1), ("q2", 2)];
+/// `dlq` only ever receives `q1`'s dead letters (nothing is published or bound to it), so a copy in it is
+/// one message's one dead letter.
+const LEDGER_QUEUES: [(&str, u64); 3] = [("q1", 1), ("q2", 2), ("dlq", 3)];
+/// The exchanges a conservation run publishes through besides the default one, with the bindings it makes
+/// to them (queue, key, and one of [`binding_arguments`]) modelled by its ledger.
+const LEDGER_EXCHANGES: [&str; 3] = ["amq.fanout", "amq.direct", "amq.topic"];
+
+/// A binding's arguments in a conservation run: one of three tables, so that the ledger can tell bindings
+/// apart by their arguments as the broker does (bindings that differ only in arguments are distinct).
+fn binding_arguments(variant: u8) -> FieldTable {
+    let mut table = FieldTable::default();
+    match variant {
+        0 => {}
+        1 => {
+            table.insert("a".into(), AMQPValue::LongString("1".into()));
+        }
+        _ => {
+            table.insert("b".into(), AMQPValue::ShortInt(1));
+        }
+    }
+    table
+}
+
+/// Whether a topic binding's pattern matches a routing key (`*` one word, `#` zero or more): the ledger's own
+/// plain reading of the rule, against which the broker's trie is checked.
+fn topic_matches(pattern: &[&str], key: &[&str]) -> bool {
+    match pattern.split_first() {
+        None => key.is_empty(),
+        Some((&"#", rest)) => {
+            topic_matches(rest, key)
+                || key
+                    .split_first()
+                    .is_some_and(|(_, tail)| topic_matches(pattern, tail))
+        }
+        Some((word, rest)) => key.split_first().is_some_and(|(first, tail)| {
+            (*word == "*" || word == first) && topic_matches(rest, tail)
+        }),
+    }
+}
+
+/// A binding of a ledger queue to one of [`LEDGER_EXCHANGES`]: exchange, queue number, key, arguments variant.
+type LedgerBinding = (&'static str, u64, String, u8);
 
 /// One copy of a message: its id and the queue it was routed to (a message published to `amq.fanout`
 /// has a copy in each bound queue), as one number. 0 names no queue.
@@ -284,14 +333,23 @@ struct Ledger {
     /// The client's last settle without requeue, taken off `delivered` when sent: (channel, ids). It counts
     /// once the server's answer to it is read: void if that closed the channel or the connection (the
     /// messages went back), settled otherwise.
-    pending_settle: Option<(u16, Vec<u64>)>,
+    /// The last element: whether the settle dead-letters (a reject or nack without requeue, not an ack).
+    pending_settle: Option<(u16, Vec<u64>, bool)>,
     consumers: HashMap<(u16, String), (bool, u64)>,
     /// Whether each published copy was persistent (delivery-mode 2).
     sent: HashMap<u64, bool>,
-    /// The queues bound to `amq.fanout`, as its bind-oks and unbind-oks said, and the binding asked for by
-    /// the op just sent (queue number, bind or unbind).
-    fanout: std::collections::BTreeSet<u64>,
-    pending_bind: Option<(u64, bool)>,
+    /// The bindings of the ledger queues to [`LEDGER_EXCHANGES`], as the bind-oks and unbind-oks said, and
+    /// the binding asked for by the op just sent (bind or unbind).
+    bindings: std::collections::BTreeSet<LedgerBinding>,
+    pending_bind: Option<(LedgerBinding, bool)>,
+    /// Whether `q1` dead-letters to `dlq` in this run (through the default exchange, key `dlq`).
+    q1_dead_letters: bool,
+    /// Copies the server moved to `dlq`: a reject or nack without requeue of a `q1` delivery, once the
+    /// server's answer showed it was taken. Each must be in `dlq` unless the client settled it there (after a
+    /// crash not even that: dead-lettering is at most once, as in RabbitMQ).
+    dead_lettered: std::collections::HashSet<u64>,
+    /// Copies published through one of [`LEDGER_EXCHANGES`] (for the run's figures).
+    via_exchange: std::collections::HashSet<u64>,
     /// Queues a no-ack consumer was asked for. A no-ack delivery is consumed once the queue hands it to the
     /// connection (RabbitMQ's rule too): if the connection goes before writing it, it is gone — from a durable
     /// queue for good, a queue in memory puts it back — and the client never saw it, so missing messages of
@@ -331,7 +389,14 @@ impl Ledger {
     /// The client settles `tag` (and everything before it with `multiple`; all with tag 0 and `multiple`):
     /// acked or dropped unless `requeue`, else back in the queue. Either way the messages leave `delivered`:
     /// if the server refuses the settle (an unknown tag), it closes the channel and requeues them.
-    fn client_settle(&mut self, ch: u16, tag: u64, multiple: bool, requeue: bool) {
+    fn client_settle(
+        &mut self,
+        ch: u16,
+        tag: u64,
+        multiple: bool,
+        requeue: bool,
+        dead_letters: bool,
+    ) {
         let Some(delivered) = self.delivered.get_mut(usize::from(ch)) else {
             return;
         };
@@ -346,7 +411,7 @@ impl Ledger {
         };
         let ids: Vec<u64> = covered.iter().filter_map(|t| delivered.remove(t)).collect();
         if !requeue {
-            self.pending_settle = Some((ch, ids));
+            self.pending_settle = Some((ch, ids, dead_letters));
         }
     }
 
@@ -354,8 +419,18 @@ impl Ledger {
     /// connection was closed.
     fn settle_answered(&mut self, heard: &Heard) {
         self.pending_bind = None;
-        if let Some((ch, ids)) = self.pending_settle.take() {
+        if let Some((ch, ids, dead_letters)) = self.pending_settle.take() {
             if heard.connection_closed.is_none() && !heard.closed_channels.contains(&ch) {
+                let q1 = queue_number("q1");
+                for copy in ids
+                    .iter()
+                    .filter(|c| dead_letters && self.q1_dead_letters && *c % 4 == q1)
+                {
+                    let moved = copy_of(copy / 4, queue_number("dlq"));
+                    let persistent = self.sent.get(copy).copied().unwrap_or(false);
+                    self.sent.insert(moved, persistent);
+                    self.dead_lettered.insert(moved);
+                }
                 self.maybe_settled.extend(ids.iter().copied());
                 self.surely_settled.extend(ids);
             }
@@ -364,7 +439,7 @@ impl Ledger {
 
     /// The run ended before the server's answer to a settle was read: it may have counted.
     fn settle_unanswered(&mut self) {
-        if let Some((_, ids)) = self.pending_settle.take() {
+        if let Some((_, ids, _)) = self.pending_settle.take() {
             self.maybe_settled.extend(ids);
         }
     }
@@ -412,6 +487,10 @@ impl Ledger {
                     g.pop_front();
                 }
             }
+            // No delivery may follow a cancel-ok for its consumer.
+            basic::AMQPMethod::CancelOk(ok) => {
+                self.consumers.remove(&(ch, ok.consumer_tag.to_string()));
+            }
             basic::AMQPMethod::ConsumeOk(ok) => {
                 let Some((_, no_ack, queue)) = self.consumes.get_mut(i).and_then(|c| c.pop_front())
                 else {
@@ -446,14 +525,37 @@ impl Ledger {
     /// The server's bind-ok or unbind-ok for the op just sent.
     fn bound(&mut self) {
         match self.pending_bind.take() {
-            Some((queue, true)) => {
-                self.fanout.insert(queue);
+            Some((binding, true)) => {
+                self.bindings.insert(binding);
             }
-            Some((queue, false)) => {
-                self.fanout.remove(&queue);
+            Some((binding, false)) => {
+                self.bindings.remove(&binding);
             }
             None => {}
         }
+    }
+
+    /// The ledger queues a message published to `exchange` (one of [`LEDGER_EXCHANGES`]) with `key` reaches,
+    /// by the bindings the server acknowledged; each once, however many bindings match.
+    fn routes(&self, exchange: &str, key: &str) -> Vec<u64> {
+        let words: Vec<&str> = key.split('.').collect();
+        let queues: std::collections::BTreeSet<u64> = self
+            .bindings
+            .iter()
+            .filter(|(x, _, binding_key, _)| {
+                *x == exchange
+                    && match exchange {
+                        "amq.fanout" => true,
+                        "amq.direct" => binding_key == key,
+                        _ => {
+                            let pattern: Vec<&str> = binding_key.split('.').collect();
+                            topic_matches(&pattern, &words)
+                        }
+                    }
+            })
+            .map(|(_, queue, _, _)| *queue)
+            .collect();
+        queues.into_iter().collect()
     }
 
     /// A body frame from the server on `ch`: the first of a delivery's content carries its id.
@@ -586,7 +688,8 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
                 nowait: c.below(4) == 0,
             })),
         ),
-        // Exchange-to-exchange bindings could route amq.fanout's messages on: not in a conservation run.
+        // Exchange-to-exchange bindings could route the ledger exchanges' messages on: not in a conservation
+        // run.
         7 if conserve => {}
         7 => {
             let (destination, source, routing_key) =
@@ -615,7 +718,7 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
             out,
             ch,
             AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
-                queue: c.short(&["q1", "q2"]),
+                queue: c.short(&["q1", "q2", "dlq"]),
                 passive: true,
                 durable: false,
                 exclusive: false,
@@ -640,21 +743,35 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
             })),
         ),
         10 => {
-            // A conservation run binds its own queues to amq.fanout more often than not.
-            let (q, x, key) = if conserve && c.flag() {
+            // A conservation run binds its own queues to the ledger exchanges more often than not, with
+            // arguments the ledger tells apart.
+            let (mut q, x, key) = if conserve && c.flag() {
                 (
                     c.short(&["q1", "q2", ""]),
-                    ShortString::from("amq.fanout"),
+                    c.short(&LEDGER_EXCHANGES),
                     c.short(&KEYS),
                 )
             } else {
                 (c.short(&QUEUES), c.short(&EXCHANGES), c.short(&KEYS))
             };
-            let arguments = c.table(0);
+            let variant = c.below(3) as u8;
+            let modelled = LEDGER_EXCHANGES
+                .iter()
+                .find(|x_| conserve && **x_ == x.as_str());
+            let arguments = if modelled.is_some() {
+                binding_arguments(variant)
+            } else {
+                c.table(0)
+            };
+            // `dlq` takes dead letters only (a routed copy could share an id with one).
+            if modelled.is_some() && client.ledger.resolve(ch, q.to_string()) == "dlq" {
+                q = "q1".into();
+            }
             let bind = c.flag();
-            if conserve && x.as_str() == "amq.fanout" {
+            if let Some(exchange) = modelled {
                 let queue = queue_number(&client.ledger.resolve(ch, q.to_string()));
-                client.ledger.pending_bind = (queue != 0).then_some((queue, bind));
+                client.ledger.pending_bind =
+                    (queue != 0).then(|| ((*exchange, queue, key.to_string(), variant), bind));
             }
             let class = if bind {
                 queue::AMQPMethod::Bind(queue::Bind {
@@ -701,7 +818,27 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
             })),
         ),
         14 | 15 => {
-            let (queue, consumer_tag) = (c.short(&QUEUES), c.short(&TAGS));
+            // A conservation run consumes from the queues its ledger follows.
+            let queues: &[&str] = if conserve { &CONSERVED } else { &QUEUES };
+            let (queue, mut consumer_tag) = (c.short(queues), c.short(&TAGS));
+            // Reusing a tag the channel has is a connection error (530): a conservation run mostly lets the
+            // server name the consumer then, so that its state lives on.
+            let reused = client
+                .ledger
+                .consumers
+                .contains_key(&(ch, consumer_tag.to_string()))
+                || client
+                    .ledger
+                    .consumes
+                    .get(usize::from(ch))
+                    .is_some_and(|pending| {
+                        pending
+                            .iter()
+                            .any(|(tag, _, _)| tag == consumer_tag.as_str())
+                    });
+            if conserve && reused && !consumer_tag.as_str().is_empty() && c.below(8) != 0 {
+                consumer_tag = "".into();
+            }
             // Fewer no-ack consumers in a conservation run: each makes its queue's check weaker (below).
             let no_ack = if conserve { c.below(8) == 0 } else { c.flag() };
             let (no_local, exclusive) = (c.flag(), c.below(4) == 0);
@@ -733,12 +870,13 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
             })),
         ),
         17..=19 => {
-            // A conservation run publishes to one queue through the default exchange, or to every queue
-            // bound to amq.fanout (as its bind-oks said).
-            let target = c.pick(&["q1", "q2", "amq.fanout"]);
-            let (exchange, routing_key, copies) = if conserve && target == "amq.fanout" {
-                let copies: Vec<u64> = client.ledger.fanout.iter().copied().collect();
-                (ShortString::from(target), c.short(&KEYS), copies)
+            // A conservation run publishes to one queue through the default exchange, or through a ledger
+            // exchange to the queues its bindings route the key to (as the bind-oks said).
+            let target = c.pick(&["q1", "q2", "amq.fanout", "amq.direct", "amq.topic"]);
+            let (exchange, routing_key, copies) = if conserve && target.starts_with("amq.") {
+                let key = c.short(&KEYS);
+                let copies = client.ledger.routes(target, key.as_str());
+                (ShortString::from(target), key, copies)
             } else if conserve {
                 let copies = vec![queue_number(target)];
                 (ShortString::from(""), ShortString::from(target), copies)
@@ -746,6 +884,7 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
                 let (exchange, key) = (c.short(&EXCHANGES), c.short(&KEYS));
                 (exchange, key, Vec::new())
             };
+            let via_exchange = !exchange.as_str().is_empty();
             method(
                 out,
                 ch,
@@ -777,6 +916,9 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
                 let copies: Vec<u64> = copies.iter().map(|q| copy_of(id, *q)).collect();
                 for copy in &copies {
                     client.ledger.sent.insert(*copy, persistent);
+                    if via_exchange {
+                        client.ledger.via_exchange.insert(*copy);
+                    }
                 }
                 body.splice(..body.len().min(8), id.to_be_bytes());
                 let i = usize::from(ch);
@@ -805,7 +947,8 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
             }
         }
         20 => {
-            let (queue, no_ack) = (c.short(&QUEUES), c.flag());
+            let queues: &[&str] = if conserve { &CONSERVED } else { &QUEUES };
+            let (queue, no_ack) = (c.short(queues), c.flag());
             if let Some(pending) = client.ledger.gets.get_mut(usize::from(ch)) {
                 pending.push_back((no_ack, queue.to_string()));
             }
@@ -823,6 +966,12 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
                 .get(usize::from(ch))
                 .map(|d| d.keys().copied().collect())
                 .unwrap_or_default();
+            // A conservation run mostly settles what it holds: with nothing held the tag is unknown (a 406
+            // that closes the channel, and requeues whatever the channel held), so then it mostly takes its
+            // deliveries instead.
+            if conserve && held.is_empty() && c.below(8) != 0 {
+                return Op::Deliveries;
+            }
             let delivery_tag = match held.get(c.below(held.len() + 1)) {
                 Some(tag) if c.below(4) != 0 => *tag,
                 _ => c.below(8) as u64,
@@ -843,14 +992,14 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
                     requeue,
                 }),
             };
-            let (multiple, requeue) = match &class {
-                basic::AMQPMethod::Ack(_) => (multiple, false),
-                basic::AMQPMethod::Reject(_) => (false, requeue),
-                _ => (multiple, requeue),
+            let (multiple, requeue, ack) = match &class {
+                basic::AMQPMethod::Ack(_) => (multiple, false, true),
+                basic::AMQPMethod::Reject(_) => (false, requeue, false),
+                _ => (multiple, requeue, false),
             };
             client
                 .ledger
-                .client_settle(ch, delivery_tag, multiple, requeue);
+                .client_settle(ch, delivery_tag, multiple, requeue, !ack && !requeue);
             method(out, ch, AMQPClass::Basic(class))
         }
         23 => {
@@ -869,6 +1018,8 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
             };
             method(out, ch, AMQPClass::Basic(class))
         }
+        // Every channel of a conservation run is in confirm mode, where tx is a 406: now and then only.
+        24 if conserve && c.below(8) != 0 => return Op::Deliveries,
         24 => {
             let class = match c.below(3) {
                 0 => tx::AMQPMethod::Select(tx::Select {}),
@@ -984,14 +1135,17 @@ pub struct Outcome {
     /// In a conservation run: messages confirmed, and of those found back in their queues at the end.
     pub confirmed: usize,
     pub confirmed_left: usize,
-    /// Of the confirmed copies, those of messages routed through amq.fanout to both queues.
-    pub fanned_out: usize,
+    /// Of the confirmed copies, those published through a ledger exchange (fanout, direct or topic).
+    pub via_exchange: usize,
+    /// Copies the server moved from `q1` to `dlq` when the client rejected them.
+    pub dead_lettered: usize,
 }
 
-/// Every message the server confirmed is back in its queue, unless a settle the client sent may have covered
-/// it; and no message is there twice.
-/// After a restart (`restarted`: `Some(clean)`), only persistent messages of the durable `q1` are expected;
-/// after a clean one, no message the client surely settled may be there. With `keep`, the messages are read
+/// Every message the server confirmed, and every dead letter it moved to `dlq`, is back in its queue, unless a
+/// settle the client sent may have covered it; and no message is there twice.
+/// After a restart (`restarted`: `Some(clean)`), only persistent messages of the durable `q1` are expected,
+/// and after a clean one also the persistent dead letters in the durable `dlq` (a crash may lose those:
+/// dead-lettering is at most once); after a clean one, no message the client surely settled may be there. With `keep`, the messages are read
 /// with acknowledgement and put back afterwards, so the state can be checked again after a restart.
 fn check_conservation(
     vhost: &VHost,
@@ -1000,11 +1154,15 @@ fn check_conservation(
     keep: bool,
 ) -> usize {
     let clean = restarted == Some(true);
-    let restarted = restarted.is_some();
-    let q1 = queue_number("q1");
-    let expected = |copy: &&u64| {
-        !restarted || (**copy % 4 == q1 && ledger.sent.get(copy).copied().unwrap_or(false))
+    let (q1, dlq) = (queue_number("q1"), queue_number("dlq"));
+    let expected = |copy: &&u64| match restarted {
+        None => true,
+        Some(clean) => {
+            ledger.sent.get(*copy).copied().unwrap_or(false)
+                && (**copy % 4 == q1 || clean && **copy % 4 == dlq)
+        }
     };
+    let restarted = restarted.is_some();
     let mut remaining = std::collections::HashSet::new();
     let mut taken = Vec::new();
     for (name, queue) in LEDGER_QUEUES {
@@ -1062,22 +1220,25 @@ fn check_conservation(
     let lost: Vec<u64> = ledger
         .confirmed
         .iter()
+        .chain(&ledger.dead_lettered)
         .filter(expected)
         .filter(|c| !remaining.contains(c) && !ledger.maybe_settled.contains(c) && !no_ack(c))
         .copied()
         .collect();
     assert!(
         lost.is_empty(),
-        "confirmed messages lost, neither in their queue nor settled by the client (id, queue): {:?}; {} \
-         copies confirmed, {} left in the queues, {} maybe settled",
+        "confirmed messages or dead letters lost, neither in their queue nor settled by the client (id, \
+         queue): {:?}; {} copies confirmed, {} dead-lettered, {} left in the queues, {} maybe settled",
         show(lost),
         ledger.confirmed.len(),
+        ledger.dead_lettered.len(),
         remaining.len(),
         ledger.maybe_settled.len()
     );
     ledger
         .confirmed
         .iter()
+        .chain(&ledger.dead_lettered)
         .filter(|c| remaining.contains(c))
         .count()
 }
@@ -1118,6 +1279,10 @@ pub fn run(data: &[u8]) -> Outcome {
     // Priority queues keep their messages by level (a durable one indexes every ready message), another path
     // through the backlog, requeue and recovery.
     let priorities = conserve && choices.flag();
+    // `q1` dead-letters what the client rejects to `dlq` in half of the conservation runs (the other half
+    // keeps the path where a durable queue's confirm may wait for its consumer's ack, which a queue with a
+    // dead-letter exchange skips).
+    let dead_letters = conserve && choices.flag();
     let store = durable.then(|| tempfile::tempdir().expect("a temporary directory"));
     // The log runs its fsyncs on tokio's blocking pool, and settle waits have timeouts: a runtime for both,
     // which also runs the waits to their end.
@@ -1168,13 +1333,17 @@ pub fn run(data: &[u8]) -> Outcome {
         clean_restart,
         ..Client::default()
     };
-    for name in ["q1", "q2"] {
+    client.ledger.q1_dead_letters = dead_letters;
+    for name in ["q1", "q2", "dlq"] {
+        let dead_letter = dead_letters && name == "q1";
         let spec = QueueSpec {
-            durable: durable && name == "q1",
+            durable: durable && name != "q2",
             exclusive: false,
             auto_delete: false,
             arguments: QueueArgs {
-                max_priority: priorities.then_some(5),
+                max_priority: (priorities && name != "dlq").then_some(5),
+                dead_letter_exchange: dead_letter.then(String::new),
+                dead_letter_routing_key: dead_letter.then(|| "dlq".to_string()),
                 ..QueueArgs::default()
             },
         };
@@ -1301,12 +1470,12 @@ pub fn run(data: &[u8]) -> Outcome {
         connection_ended: ended,
         close_reason,
         confirmed: client.ledger.confirmed.len(),
-        fanned_out: client
+        via_exchange: client
             .ledger
             .confirmed
-            .iter()
-            .filter(|c| client.ledger.confirmed.contains(&(*c ^ 3)))
+            .intersection(&client.ledger.via_exchange)
             .count(),
+        dead_lettered: client.ledger.dead_lettered.len(),
         confirmed_left,
     }
 }
