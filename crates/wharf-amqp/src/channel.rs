@@ -819,7 +819,7 @@ fn basic_method(session: &mut Session, id: u16, method: basic::AMQPMethod) -> Re
             }
             // The exchange is checked (404, or 403 when internal) once the content is in, when the
             // message is routed: the content frames must be read either way.
-            session.has_published = true;
+            session.published = true;
             channel_mut(session, id)?.publish = Some(Publish {
                 // The parsed strings move in: no copy per publish.
                 exchange: publish.exchange.into(),

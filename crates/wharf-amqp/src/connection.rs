@@ -138,7 +138,10 @@ async fn run(
     // building a fresh watch wait in every `select!` (every read and every delivery) cost ~1 000 instructions
     // each per pass.
     // The alarm's current value is read on every pass (a shared read lock); `alarm_changed` only wakes the
-    // loop when it changes (a blocked connection reads nothing else).
+    // loop when it changes (a blocked connection reads nothing else). As in RabbitMQ, the alarm holds a
+    // connection once it publishes while the alarm is on (`held`): what it sent after that publish waits,
+    // unread, until the alarm clears; a connection that does not publish meanwhile (a consumer acking, one
+    // that published only before the alarm) is read as usual and never told it is blocked.
     let alarm = session.broker.memory.subscribe();
     let mut alarm_changed = alarm_change(alarm.clone());
     let stop = stopped(&mut shutdown);
@@ -147,6 +150,7 @@ async fn run(
     let mut last_write = Instant::now();
     let mut shutting_down = false;
     let mut was_blocked = false;
+    let mut held = false;
     // Two timers for the life of the connection, moved only when a deadline comes *earlier* than where
     // they stand; when one fires early it is re-armed at the real deadline. Re-arming them on every pass
     // of this loop (that is, every read and every delivery) cost a few percent of a busy broker's CPU.
@@ -160,11 +164,14 @@ async fn run(
     // The oldest durability wait (publisher confirms, tx.commit-ok), polled here in read order.
     let mut sync_wait: Option<SyncWait> = None;
     loop {
-        // Serve every whole frame already buffered before reading more.
-        loop {
+        let alarm_on = *alarm.borrow();
+        held &= alarm_on;
+        // Serve every whole frame already buffered before reading more, unless the alarm holds the
+        // connection.
+        while !held {
             match next_frame_with(&mut buf, session.frame_limit(), &mut methods) {
                 Ok(Some(frame)) => match session.handle(frame) {
-                    Step::Continue => {}
+                    Step::Continue => held = session.take_published() && alarm_on,
                     Step::CloseOkSent => {
                         if flush(stream, session, &mut last_write).await.is_err() {
                             return End::Closed;
@@ -193,9 +200,9 @@ async fn run(
             sync_wait = next_pending_sync(session);
         }
         session.flush_confirms();
-        // The memory alarm: a publishing connection is told and not read from until it clears (its
-        // consumers keep receiving, which is what clears it).
-        let blocked = session.blocked(*alarm.borrow());
+        // The memory alarm: a connection that published while it is on is told and not read from until it
+        // clears (its consumers keep receiving, which is what clears it).
+        let blocked = session.blocked(held);
         if was_blocked && !blocked {
             // Not read from while blocked: a fresh heartbeat interval from now, whichever branch woke the loop
             // first after the alarm cleared (a delivery often does, as deliveries are what clear it).

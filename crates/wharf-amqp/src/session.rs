@@ -76,8 +76,9 @@ pub struct Session {
     sync_waits: VecDeque<(PendingSync, Vec<AfterSync>)>,
     /// Bytes of deliveries queued for this connection and not yet turned into frames.
     pub(crate) outbound: Arc<Outbound>,
-    /// Set by the first basic.publish: only publishing connections are blocked by the memory alarm.
-    pub(crate) has_published: bool,
+    /// Set by basic.publish, taken by the connection after each frame ([`Session::take_published`]): the
+    /// memory alarm blocks a connection when it publishes while the alarm is on, as RabbitMQ does.
+    pub(crate) published: bool,
     /// connection.blocked was sent and unblocked not yet.
     blocked_sent: bool,
 }
@@ -138,15 +139,21 @@ impl Session {
             outbound: Outbound::new(config.connection_pending_bytes_max),
             vhost: broker.vhosts.get("/").cloned().unwrap_or_else(VHost::new),
             user: String::new(),
-            has_published: false,
+            published: false,
             blocked_sent: false,
             broker,
         }
     }
 
-    /// Whether the memory alarm blocks this connection now (it published, and the alarm is on).
-    pub fn blocked(&self, alarm: bool) -> bool {
-        alarm && self.has_published && self.phase == Phase::Open && self.closing_since.is_none()
+    /// Whether the frame just handled was a basic.publish (and forgets it).
+    pub fn take_published(&mut self) -> bool {
+        std::mem::take(&mut self.published)
+    }
+
+    /// Whether the memory alarm blocks this connection now: `held` (it published while the alarm was on,
+    /// which has not cleared since), and it is open and not closing.
+    pub fn blocked(&self, held: bool) -> bool {
+        held && self.phase == Phase::Open && self.closing_since.is_none()
     }
 
     /// Tells a client that asked for it that it is blocked or unblocked (connection.blocked / unblocked),

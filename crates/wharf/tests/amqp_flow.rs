@@ -1,5 +1,6 @@
 //! Flow control against the real `wharf` process: the memory alarm blocks a publishing connection
-//! (connection.blocked, seen by `lapin`) until consumers drain the queue, and nothing is lost; a slow
+//! (connection.blocked, seen by `lapin`) until consumers drain the queue, and nothing is lost; it blocks a
+//! connection when it publishes during the alarm, not one that published before and now only consumes; a slow
 //! consumer that does not read its socket is held to `connection_pending_bytes_max` (raw socket) and then
 //! gets everything once it reads; channel.flow pauses and resumes deliveries; `global` basic.qos is one
 //! limit over all of a channel's consumers; a channel holding a delivery past the consumer timeout is closed
@@ -92,6 +93,105 @@ async fn the_memory_alarm_blocks_publishers_until_consumers_catch_up() {
         .unwrap()
         .unwrap();
     assert!(!publisher_conn.status().blocked(), "unblocked again");
+}
+
+/// Fills `queue` with 64 KiB messages through `channel` until its connection is told it is blocked.
+async fn publish_until_blocked(connection: &lapin::Connection, channel: &Channel, queue: &str) {
+    let body = vec![7u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + OP_TIMEOUT;
+    while !connection.status().blocked() {
+        assert!(tokio::time::Instant::now() < deadline, "never blocked");
+        // lapin's publish resolves once written: a blocked connection's further writes just wait unread.
+        let _ = tokio::time::timeout(
+            Duration::from_millis(50),
+            channel.basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default(),
+            ),
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alarm_blocks_a_connection_when_it_publishes_not_before() {
+    // RabbitMQ's rule: a connection is blocked (told so, and no longer read) when it publishes while the
+    // alarm is on. One that published only before, and now consumes and acks, keeps being served.
+    let broker =
+        BrokerProcess::start_with_config("[amqp]\nmemory_limit_bytes = 1048576\n", &AMQP_ONLY);
+    let (worker_conn, worker) = support::amqp_connect(&broker).await;
+    let (filler_conn, filler) = support::amqp_connect(&broker).await;
+    let (_conn, observer) = support::amqp_connect(&broker).await;
+    declare(&observer, "work").await;
+    declare(&observer, "backlog").await;
+    for n in 0..3u8 {
+        worker
+            .basic_publish(
+                "".into(),
+                "work".into(),
+                BasicPublishOptions::default(),
+                &[n],
+                BasicProperties::default(),
+            )
+            .await
+            .expect("publish before the alarm");
+    }
+    publish_until_blocked(&filler_conn, &filler, "backlog").await;
+    // The worker published before the alarm: it is not blocked, and its acks are read (with prefetch 1 each
+    // next message comes only after the previous one's ack).
+    // (Bounded waits: a connection the broker wrongly stopped reading would never get its answers.)
+    tokio::time::timeout(OP_TIMEOUT, worker.basic_qos(1, BasicQosOptions::default()))
+        .await
+        .expect("qos-ok never came: the worker is not read")
+        .expect("qos");
+    let mut deliveries = tokio::time::timeout(
+        OP_TIMEOUT,
+        worker.basic_consume(
+            "work".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("consume-ok never came: the worker is not read")
+    .expect("consume");
+    for n in 0..3u8 {
+        let delivery = tokio::time::timeout(OP_TIMEOUT, deliveries.next())
+            .await
+            .unwrap_or_else(|_| panic!("delivery {n} never came: the worker's ack was not read"))
+            .expect("a delivery")
+            .expect("not an error");
+        assert_eq!(delivery.data, [n]);
+        tokio::time::timeout(OP_TIMEOUT, delivery.ack(BasicAckOptions::default()))
+            .await
+            .expect("ack never written")
+            .expect("ack");
+    }
+    assert!(
+        !worker_conn.status().blocked(),
+        "a connection that did not publish during the alarm was told it is blocked"
+    );
+    // Publishing now blocks it too.
+    publish_until_blocked(&worker_conn, &worker, "work").await;
+    // Draining the backlog clears the alarm: both are unblocked and nothing is lost.
+    let mut got = 0;
+    let deadline = tokio::time::Instant::now() + OP_TIMEOUT;
+    while filler_conn.status().blocked() || worker_conn.status().blocked() {
+        assert!(tokio::time::Instant::now() < deadline, "never unblocked");
+        match observer
+            .basic_get("backlog".into(), BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+        {
+            Some(_) => got += 1,
+            None => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    assert!(got > 0, "the backlog was never drained");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
