@@ -9,7 +9,8 @@ pub struct AmqpConfig {
     /// Highest channel number a connection may open (`channel_max`, RabbitMQ 2047).
     pub channel_max: u16,
     /// Heartbeat interval offered in connection.tune, in seconds; 0 disables heartbeats (`heartbeat`, 60).
-    /// A peer silent for three intervals is disconnected (RabbitMQ's measured behaviour).
+    /// A peer is disconnected at the second check in a row (one per interval) that saw nothing from it, as
+    /// RabbitMQ does it.
     pub heartbeat_s: u16,
     /// Most client connections at once; further ones wait in the accept queue.
     pub max_connections: usize,

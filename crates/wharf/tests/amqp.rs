@@ -1408,15 +1408,14 @@ fn frame_max_down_to_the_specs_minimum_of_4096_is_accepted() {
     assert_eq!(received, body);
 }
 
-#[test]
-fn a_client_without_heartbeats_is_disconnected() {
-    let wharf = Wharf::start();
+/// A raw client through the handshake with `heartbeat` seconds tuned, and when its connection opened.
+fn open_with_heartbeat(wharf: &Wharf, heartbeat: u16) -> (RawClient, Instant) {
     let (mut client, _) = RawClient::until_tune(wharf.raw());
     client.send(AMQPClass::Connection(conn_methods::AMQPMethod::TuneOk(
         conn_methods::TuneOk {
             channel_max: 0,
             frame_max: 0,
-            heartbeat: 1,
+            heartbeat,
         },
     )));
     client.send(AMQPClass::Connection(conn_methods::AMQPMethod::Open(
@@ -1429,8 +1428,15 @@ fn a_client_without_heartbeats_is_disconnected() {
         client.method(),
         Some(AMQPClass::Connection(conn_methods::AMQPMethod::OpenOk(_)))
     ));
+    (client, opened)
+}
+
+#[test]
+fn a_client_without_heartbeats_is_disconnected() {
+    let wharf = Wharf::start();
+    let (mut client, opened) = open_with_heartbeat(&wharf, 1);
     // From now on the client sends nothing; the server keeps sending heartbeats and, after three silent
-    // intervals (RabbitMQ's measured behaviour), closes the socket.
+    // intervals (RabbitMQ's measured behaviour for a client silent from the start), closes the socket.
     let mut heartbeats = 0;
     while let Some(frame) = client.frame() {
         assert!(matches!(frame, Frame::Heartbeat(0)), "{frame:?}");
@@ -1441,6 +1447,30 @@ fn a_client_without_heartbeats_is_disconnected() {
     assert!(
         silent_for >= Duration::from_millis(2500) && silent_for < Duration::from_secs(5),
         "disconnected after {silent_for:?}"
+    );
+}
+
+#[test]
+fn a_client_that_stops_its_heartbeats_is_dropped_at_rabbitmq_s_second_empty_check() {
+    // RabbitMQ checks for received bytes once per interval from tune-ok and drops the peer at the second
+    // check in a row that saw none: with a 2 s interval and the last heartbeat at 3.5 s, the checks at 4 s
+    // and 6 s pass or miss, and 8 s ends it (RabbitMQ 3.10.8 dropped such a client at 8.0 s; "three silent
+    // intervals from the last byte" would wait until 9.5 s).
+    let wharf = Wharf::start();
+    let (mut client, opened) = open_with_heartbeat(&wharf, 2);
+    for at_ms in [1000, 2000, 3000, 3500] {
+        std::thread::sleep(
+            (opened + Duration::from_millis(at_ms)).saturating_duration_since(Instant::now()),
+        );
+        client.s.write_all(&[8, 0, 0, 0, 0, 0, 0, 0xCE]).unwrap();
+    }
+    while let Some(frame) = client.frame() {
+        assert!(matches!(frame, Frame::Heartbeat(0)), "{frame:?}");
+    }
+    let dropped_at = opened.elapsed();
+    assert!(
+        dropped_at >= Duration::from_millis(7000) && dropped_at < Duration::from_millis(9000),
+        "dropped {dropped_at:?} after opening"
     );
 }
 
