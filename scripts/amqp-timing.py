@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""Time-dependent AMQP behaviour of one broker, one line per observation, so that `diff` shows where two brokers
+differ (the companion of amqp-semantics.py, whose scenarios need no clock): which connections the memory alarm
+blocks and when they are told, x-expires and what resets it, publishes written just before connection.close /
+channel.close, the order and redelivered flag of messages a closed consumer held, and when a silent client is
+dropped (heartbeats at a 2 s interval, through a raw socket and the pamqp codec). Takes ~40 s.
+
+The memory alarm is raised the broker's own way, named by ALARM:
+  rabbitmqctl  RabbitMQ: `rabbitmqctl set_vm_memory_high_watermark absolute 10000`, then back to 0.4
+               (RABBITMQCTL, RABBITMQ_NODE and RABBITMQ_HOME name the node; defaults fit /tmp/rmq/start.sh)
+  fill         Wharf started with `[amqp] memory_limit_bytes = 1048576`: a fourth connection queues 2.5 MiB, and
+               a purge clears it
+  none         skip the alarm
+
+  python3 scripts/amqp-timing.py 5673 rabbitmqctl > rmq.txt
+  python3 scripts/amqp-timing.py 5686 fill > wharf.txt
+  diff rmq.txt wharf.txt
+"""
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pika
+from pamqp import commands, frame, heartbeat
+
+PORT = int(sys.argv[1])
+ALARM = sys.argv[2] if len(sys.argv) > 2 else "none"
+PARAMS = pika.ConnectionParameters("127.0.0.1", PORT, heartbeat=0)
+
+
+def connect(name="timing"):
+    params = pika.ConnectionParameters(
+        "127.0.0.1", PORT, heartbeat=0, client_properties={"connection_name": name}
+    )
+    connection = pika.BlockingConnection(params)
+    events = []
+    connection.add_on_connection_blocked_callback(
+        lambda _c, m: events.append(f"blocked ({m.method.reason})")
+    )
+    connection.add_on_connection_unblocked_callback(lambda _c, _m: events.append("unblocked"))
+    return connection, events
+
+
+def pump(connections, seconds):
+    end = time.time() + seconds
+    while time.time() < end:
+        for c in connections:
+            c.process_data_events(0.05)
+
+
+def rabbitmqctl(*args):
+    env = dict(os.environ, HOME=os.environ.get("RABBITMQ_HOME", "/tmp/rmq/node/rmq-home"))
+    ctl = os.environ.get("RABBITMQCTL", "/usr/lib/rabbitmq/bin/rabbitmqctl")
+    node = os.environ.get("RABBITMQ_NODE", "ref@localhost")
+    subprocess.run([ctl, "-n", node, *args], env=env, capture_output=True, check=True)
+
+
+def memory_alarm():
+    """Three connections: one published before the alarm, one publishes during it, one only consumes."""
+    before, before_events = connect("published-before")
+    during, during_events = connect("publishes-during")
+    consumer, consumer_events = connect("consumer")
+    all_three = [before, during, consumer]
+    ch = before.channel()
+    ch.queue_declare("timing.alarm")
+    ch.basic_publish("", "timing.alarm", b"before")
+    consumer.channel().basic_consume("timing.alarm", lambda *a: None, auto_ack=True)
+    idle = during.channel()
+    if ALARM == "rabbitmqctl":
+        rabbitmqctl("set_vm_memory_high_watermark", "absolute", "10000")
+    else:
+        filler, _ = connect("filler")
+        fill = filler.channel()
+        fill.queue_declare("timing.fill")
+        for _ in range(40):
+            fill.basic_publish("", "timing.fill", b"y" * 65536)
+    pump(all_three, 2)
+
+    def line(stage):
+        print(
+            f"alarm {stage}: published before {before_events} | publishes during {during_events} "
+            f"| consumer {consumer_events}"
+        )
+
+    line("raised")
+    idle.basic_publish("", "timing.alarm", b"during")
+    pump(all_three, 2)
+    line("after a publish")
+    if ALARM == "rabbitmqctl":
+        rabbitmqctl("set_vm_memory_high_watermark", "0.4")
+    else:
+        clear, _ = connect("clear")
+        clear.channel().queue_delete("timing.fill")
+        clear.close()
+    pump(all_three, 2)
+    line("cleared")
+    for c in all_three:
+        c.close()
+
+
+def exists(queue):
+    connection = pika.BlockingConnection(PARAMS)
+    try:
+        connection.channel().queue_declare(queue, passive=True)
+        return "exists"
+    except pika.exceptions.ChannelClosedByBroker as e:
+        return str(e.reply_code)
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def x_expires():
+    """x-expires 1.5 s on six queues, each touched differently at 1.0 s (or a consumer from 0.2 s to 2.5 s)."""
+    connection = pika.BlockingConnection(PARAMS)
+    ch = connection.channel()
+    args = {"x-expires": 1500}
+    names = {n: f"timing.expires.{n}" for n in ["untouched", "get", "passive", "consumer", "redeclare", "publish"]}
+    for q in names.values():
+        ch.queue_declare(q, arguments=args)
+    t0 = time.time()
+
+    def at(t):
+        if t0 + t > time.time():
+            connection.sleep(t0 + t - time.time())
+
+    consumer = pika.BlockingConnection(PARAMS)
+    consumer_ch = consumer.channel()
+    at(0.2)
+    tag = consumer_ch.basic_consume(names["consumer"], lambda *a: None)
+    at(1.0)
+    ch.basic_get(names["get"])
+    other = pika.BlockingConnection(PARAMS)
+    other.channel().queue_declare(names["passive"], passive=True)
+    other.close()
+    ch.queue_declare(names["redeclare"], arguments=args)
+    ch.basic_publish("", names["publish"], b"m")
+    at(2.0)
+    print("x-expires 1.5 s, at 2.0 s: " + " | ".join(f"{n} {exists(q)}" for n, q in names.items()))
+    at(2.5)
+    consumer_ch.basic_cancel(tag)
+    at(3.3)
+    print(f"x-expires: consumer cancelled at 2.5 s, at 3.3 s: {exists(names['consumer'])}")
+    at(4.9)
+    print(f"x-expires: consumer cancelled at 2.5 s, last touched 3.3 s, at 4.9 s: {exists(names['consumer'])}")
+    consumer.close()
+    connection.close()
+
+
+def publishes_before_close():
+    connection = pika.BlockingConnection(PARAMS)
+    ch = connection.channel()
+    ch.queue_declare("timing.inflight")
+    ch.queue_purge("timing.inflight")
+    for _ in range(500):
+        ch.basic_publish("", "timing.inflight", b"x" * 100)
+    connection.close()
+    time.sleep(0.3)
+    connection = pika.BlockingConnection(PARAMS)
+    ch = connection.channel()
+    print(f"publishes before connection.close: {ch.queue_declare('timing.inflight', passive=True).method.message_count}")
+    ch.queue_purge("timing.inflight")
+    publisher = connection.channel()
+    for _ in range(500):
+        publisher.basic_publish("", "timing.inflight", b"x" * 100)
+    publisher.close()
+    print(f"publishes before channel.close: {ch.queue_declare('timing.inflight', passive=True).method.message_count}")
+    ch.queue_delete("timing.inflight")
+    connection.close()
+
+
+def held_by_a_closed_consumer():
+    connection = pika.BlockingConnection(PARAMS)
+    ch = connection.channel()
+    ch.queue_declare("timing.order")
+    ch.queue_purge("timing.order")
+    for i in range(5):
+        ch.basic_publish("", "timing.order", str(i).encode())
+    consumer = pika.BlockingConnection(PARAMS)
+    cch = consumer.channel()
+    cch.basic_qos(prefetch_count=2)
+    got = []
+    cch.basic_consume("timing.order", lambda _c, _m, _p, body: got.append(body))
+    while len(got) < 2:
+        consumer.process_data_events(0.05)
+    consumer.close()
+    time.sleep(0.2)
+    left = []
+    while True:
+        method, _, body = ch.basic_get("timing.order", auto_ack=True)
+        if method is None:
+            break
+        left.append(f"{body.decode()}{'r' if method.redelivered else ''}")
+    print(f"two held by a consumer whose connection closed, then: {' '.join(left)}")
+    ch.queue_delete("timing.order")
+    connection.close()
+
+
+def silent_client(beats_until):
+    """Seconds after opening (2 s heartbeats) at which the broker drops a client that sends heartbeats every
+    second until `beats_until`, then nothing."""
+    s = socket.create_connection(("127.0.0.1", PORT))
+    s.sendall(b"AMQP\x00\x00\x09\x01")
+    buf = b""
+
+    def read_frame(timeout):
+        nonlocal buf
+        s.settimeout(timeout)
+        while True:
+            try:
+                n, _, f = frame.unmarshal(buf)
+                buf = buf[n:]
+                return f
+            except Exception:
+                pass
+            data = s.recv(65536)
+            if not data:
+                return None
+            buf += data
+
+    read_frame(5)
+    s.sendall(frame.marshal(commands.Connection.StartOk(client_properties={}, mechanism="PLAIN", response="\0guest\0guest"), 0))
+    read_frame(5)
+    s.sendall(frame.marshal(commands.Connection.TuneOk(channel_max=10, frame_max=131072, heartbeat=2), 0))
+    s.sendall(frame.marshal(commands.Connection.Open(virtual_host="/"), 0))
+    t0 = time.time()
+    read_frame(5)
+    next_beat = 1.0
+    while time.time() - t0 < 20:
+        try:
+            if read_frame(0.05) is None:
+                break
+        except socket.timeout:
+            pass
+        except ConnectionResetError:
+            break
+        if next_beat <= beats_until and time.time() - t0 >= next_beat:
+            s.sendall(frame.marshal(heartbeat.Heartbeat(), 0))
+            next_beat += 1.0
+    s.close()
+    return round(time.time() - t0, 1)
+
+
+def heartbeats():
+    print(f"heartbeat 2 s, client silent from the start: dropped at {silent_client(0)} s")
+    print(f"heartbeat 2 s, client beating until 3 s: dropped at {silent_client(3)} s")
+
+
+if ALARM != "none":
+    memory_alarm()
+x_expires()
+publishes_before_close()
+held_by_a_closed_consumer()
+heartbeats()
