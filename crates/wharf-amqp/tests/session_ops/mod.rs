@@ -7,8 +7,13 @@
 //! `tests/session_garbage.rs` (seeded random byte strings) and the fuzz target
 //! `fuzz/fuzz_targets/amqp_session.rs` (libFuzzer's).
 //!
-//! Checked on every run: nothing panics, the session's output parses as frames, and once the connection is
-//! released its exclusive queues are gone and no queue keeps one of its consumers.
+//! Half of the runs drive two connections on the same broker, each op on one of them: messages one publishes
+//! the other consumes, settles or finds requeued when the first goes. A connection that ends (a connection
+//! error, or the client's own close) is released as the connection task releases it and opened again, and the
+//! run goes on.
+//!
+//! Checked on every run: nothing panics, the session's output parses as frames, and once the connections are
+//! released their exclusive queues are gone and no queue keeps one of their consumers.
 //!
 //! Conservation runs (half of the inputs; the first choices decide) keep to what drops no message by policy and
 //! keep a ledger — an id in each body, the server's confirms, what was delivered, what the client settled:
@@ -59,8 +64,14 @@ const OPS_MAX: usize = 400;
 const BODY_MAX: usize = 9_000;
 /// The frame_max the generated client negotiates: small, so bodies span frames.
 const FRAME_MAX: u32 = 4096;
-/// The client uses channels 1 to `CHANNELS - 1`; per-channel state is indexed by channel number.
+/// The client uses channels 1 to `CHANNELS - 1` on each connection.
 const CHANNELS: usize = 4;
+/// Connections at once in a run that has two (half of them): the second publishes, consumes and settles on
+/// the same queues, and either may end (a connection error, or its own close) and be opened again while the
+/// other goes on.
+const CONNECTIONS: usize = 2;
+/// Per-channel state of the client is indexed by slot: connection × `CHANNELS` + channel number.
+const SLOTS: usize = CONNECTIONS * CHANNELS;
 
 const QUEUES: [&str; 6] = ["q1", "q2", "", "amq.rabbitmq.reply-to", "amq.q", "dlq"];
 /// The names a conservation run consumes from: its ledger's queues, and the empty name (the channel's last
@@ -232,7 +243,7 @@ impl Choices<'_> {
 /// in conservation mode, its ledger of messages.
 #[derive(Default)]
 struct Client {
-    open: [bool; CHANNELS],
+    open: [bool; SLOTS],
     /// Conservation mode (the input's first byte chooses): the client keeps to what drops no message by policy
     /// — publishes through the default exchange to `q1` / `q2` (declared before the run, no arguments), no
     /// `expiration`, bodies carrying a unique id, no purge or delete, every channel in confirm mode — and the
@@ -311,11 +322,11 @@ fn queue_number(name: &str) -> u64 {
 struct Ledger {
     next_id: u64,
     /// Per channel: publishes since its confirm.select, and the copies of those not confirmed yet, by sequence.
-    published: [u64; CHANNELS],
-    unconfirmed: [std::collections::BTreeMap<u64, Vec<u64>>; CHANNELS],
+    published: [u64; SLOTS],
+    unconfirmed: [std::collections::BTreeMap<u64, Vec<u64>>; SLOTS],
     confirmed: std::collections::HashSet<u64>,
     /// Per channel: what the server delivered that the client has not settled, by delivery tag.
-    delivered: [std::collections::BTreeMap<u64, u64>; CHANNELS],
+    delivered: [std::collections::BTreeMap<u64, u64>; SLOTS],
     /// Copies a settle sent by the client may have covered (acked, or rejected without requeue: gone for good).
     maybe_settled: std::collections::HashSet<u64>,
     /// Of those, the copies a settle certainly covered (the server took it): after a clean restart these
@@ -323,13 +334,13 @@ struct Ledger {
     surely_settled: std::collections::HashSet<u64>,
     /// Per channel: the delivery whose content comes next (tag, whether it is settled as it leaves, and the
     /// number of its queue).
-    content_next: [Option<(u64, bool, u64)>; CHANNELS],
+    content_next: [Option<(u64, bool, u64)>; SLOTS],
     /// Per channel: each basic.get (`no_ack`, queue name) and basic.consume waiting for its answer; each
     /// consumer's `no_ack` and queue number by tag.
-    gets: [std::collections::VecDeque<(bool, String)>; CHANNELS],
-    consumes: [std::collections::VecDeque<(String, bool, String)>; CHANNELS],
+    gets: [std::collections::VecDeque<(bool, String)>; SLOTS],
+    consumes: [std::collections::VecDeque<(String, bool, String)>; SLOTS],
     /// Per channel: the queue its last declare-ok named (what the empty queue name means there).
-    last_declared: [Option<String>; CHANNELS],
+    last_declared: [Option<String>; SLOTS],
     /// The client's last settle without requeue, taken off `delivered` when sent: (channel, ids). It counts
     /// once the server's answer to it is read: void if that closed the channel or the connection (the
     /// messages went back), settled otherwise.
@@ -358,10 +369,10 @@ struct Ledger {
 }
 
 impl Ledger {
-    /// Channel `ch` opened again or closed: what it had delivered goes back to its queue (requeued by the
+    /// Channel `slot` opened again or closed: what it had delivered goes back to its queue (requeued by the
     /// server), its confirms start over.
-    fn channel_reset(&mut self, ch: u16) {
-        let i = usize::from(ch);
+    fn channel_reset(&mut self, slot: u16) {
+        let i = usize::from(slot);
         if let Some(d) = self.delivered.get_mut(i) {
             d.clear();
         }
@@ -383,7 +394,7 @@ impl Ledger {
         if let Some(q) = self.last_declared.get_mut(i) {
             *q = None;
         }
-        self.consumers.retain(|(c, _), _| *c != ch);
+        self.consumers.retain(|(c, _), _| *c != slot);
     }
 
     /// The client settles `tag` (and everything before it with `multiple`; all with tag 0 and `multiple`):
@@ -391,13 +402,13 @@ impl Ledger {
     /// if the server refuses the settle (an unknown tag), it closes the channel and requeues them.
     fn client_settle(
         &mut self,
-        ch: u16,
+        slot: u16,
         tag: u64,
         multiple: bool,
         requeue: bool,
         dead_letters: bool,
     ) {
-        let Some(delivered) = self.delivered.get_mut(usize::from(ch)) else {
+        let Some(delivered) = self.delivered.get_mut(usize::from(slot)) else {
             return;
         };
         let covered: Vec<u64> = if multiple {
@@ -411,16 +422,17 @@ impl Ledger {
         };
         let ids: Vec<u64> = covered.iter().filter_map(|t| delivered.remove(t)).collect();
         if !requeue {
-            self.pending_settle = Some((ch, ids, dead_letters));
+            self.pending_settle = Some((slot, ids, dead_letters));
         }
     }
 
     /// The server's answer to the last batch was read: a pending settle counts unless its channel or the
     /// connection was closed.
-    fn settle_answered(&mut self, heard: &Heard) {
+    fn settle_answered(&mut self, heard: &Heard, base: u16) {
         self.pending_bind = None;
-        if let Some((ch, ids, dead_letters)) = self.pending_settle.take() {
-            if heard.connection_closed.is_none() && !heard.closed_channels.contains(&ch) {
+        if let Some((slot, ids, dead_letters)) = self.pending_settle.take() {
+            let closed = heard.closed_channels.iter().any(|ch| base + ch == slot);
+            if heard.connection_closed.is_none() && !closed {
                 let q1 = queue_number("q1");
                 for copy in ids
                     .iter()
@@ -444,11 +456,11 @@ impl Ledger {
         }
     }
 
-    /// A basic-class method from the server on `ch`.
-    fn heard(&mut self, ch: u16, method: basic::AMQPMethod, conserve: bool) {
-        let i = usize::from(ch);
+    /// A basic-class method from the server on `slot`.
+    fn heard(&mut self, slot: u16, method: basic::AMQPMethod, conserve: bool) {
+        let i = usize::from(slot);
         match method {
-            basic::AMQPMethod::Ack(ack) => self.server_ack(ch, ack.delivery_tag, ack.multiple),
+            basic::AMQPMethod::Ack(ack) => self.server_ack(slot, ack.delivery_tag, ack.multiple),
             basic::AMQPMethod::Nack(nack) => {
                 if let Some(u) = self.unconfirmed.get_mut(i) {
                     u.retain(|seq, _| {
@@ -457,7 +469,7 @@ impl Ledger {
                 }
             }
             basic::AMQPMethod::Deliver(deliver) => {
-                let key = (ch, deliver.consumer_tag.to_string());
+                let key = (slot, deliver.consumer_tag.to_string());
                 // Every consume of a conservation run waits for its consume-ok, which comes before any
                 // delivery to it; outside one the ledger is not checked.
                 let known = self.consumers.get(&key).copied();
@@ -474,10 +486,10 @@ impl Ledger {
                 let asked = self.gets.get_mut(i).and_then(|g| g.pop_front());
                 assert!(
                     asked.is_some() || !conserve,
-                    "a get-ok the ledger did not ask for on channel {ch}"
+                    "a get-ok the ledger did not ask for on channel {slot}"
                 );
                 let (auto, queue) = asked.unwrap_or((true, String::new()));
-                let queue = queue_number(&self.resolve(ch, queue));
+                let queue = queue_number(&self.resolve(slot, queue));
                 if let Some(next) = self.content_next.get_mut(i) {
                     *next = Some((get.delivery_tag, auto, queue));
                 }
@@ -489,16 +501,16 @@ impl Ledger {
             }
             // No delivery may follow a cancel-ok for its consumer.
             basic::AMQPMethod::CancelOk(ok) => {
-                self.consumers.remove(&(ch, ok.consumer_tag.to_string()));
+                self.consumers.remove(&(slot, ok.consumer_tag.to_string()));
             }
             basic::AMQPMethod::ConsumeOk(ok) => {
                 let Some((_, no_ack, queue)) = self.consumes.get_mut(i).and_then(|c| c.pop_front())
                 else {
                     return;
                 };
-                let queue = self.resolve(ch, queue);
+                let queue = self.resolve(slot, queue);
                 self.consumers.insert(
-                    (ch, ok.consumer_tag.to_string()),
+                    (slot, ok.consumer_tag.to_string()),
                     (no_ack, queue_number(&queue)),
                 );
                 if let Some((name, _)) = LEDGER_QUEUES.iter().find(|(q, _)| no_ack && *q == queue) {
@@ -509,12 +521,12 @@ impl Ledger {
         }
     }
 
-    /// What `queue` names on `ch`: the empty name is the channel's last declared queue.
-    fn resolve(&self, ch: u16, queue: String) -> String {
+    /// What `queue` names on `slot`: the empty name is the channel's last declared queue.
+    fn resolve(&self, slot: u16, queue: String) -> String {
         match queue.as_str() {
             "" => self
                 .last_declared
-                .get(usize::from(ch))
+                .get(usize::from(slot))
                 .cloned()
                 .flatten()
                 .unwrap_or_default(),
@@ -558,9 +570,9 @@ impl Ledger {
         queues.into_iter().collect()
     }
 
-    /// A body frame from the server on `ch`: the first of a delivery's content carries its id.
-    fn body(&mut self, ch: u16, body: &[u8]) {
-        let i = usize::from(ch);
+    /// A body frame from the server on `slot`: the first of a delivery's content carries its id.
+    fn body(&mut self, slot: u16, body: &[u8]) {
+        let i = usize::from(slot);
         let Some((tag, auto, queue)) = self.content_next.get_mut(i).and_then(Option::take) else {
             return;
         };
@@ -575,9 +587,9 @@ impl Ledger {
         }
     }
 
-    /// The server confirmed `tag` (and all before it with `multiple`) on `ch`.
-    fn server_ack(&mut self, ch: u16, tag: u64, multiple: bool) {
-        let Some(unconfirmed) = self.unconfirmed.get_mut(usize::from(ch)) else {
+    /// The server confirmed `tag` (and all before it with `multiple`) on `slot`.
+    fn server_ack(&mut self, slot: u16, tag: u64, multiple: bool) {
+        let Some(unconfirmed) = self.unconfirmed.get_mut(usize::from(slot)) else {
             return;
         };
         let seqs: Vec<u64> = if multiple {
@@ -600,10 +612,12 @@ fn method(out: &mut Vec<u8>, channel: u16, class: AMQPClass) {
 /// One client frame (or a few: a publish with its content) as bytes. Most go to a channel the client has
 /// open (opening it first if need be), as a client does; now and then one breaks a rule of the connection
 /// (which ends the run), so that those paths run too without cutting every run short.
-fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
+fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client, base: u16) -> Op {
     let ch = 1 + c.below(CHANNELS - 1) as u16;
+    // The client's state of this channel (the ledger's channels are slots).
+    let slot = base + ch;
     let rare = c.below(128) == 0;
-    if let Some(open) = client.open.get_mut(usize::from(ch)) {
+    if let Some(open) = client.open.get_mut(usize::from(slot)) {
         // Rarely, a method on a channel that is not open (a connection error).
         if !(*open || rare && c.below(4) == 0) {
             method(
@@ -643,10 +657,10 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
                     method_id: 0,
                 })),
             );
-            if let Some(open) = client.open.get_mut(usize::from(ch)) {
+            if let Some(open) = client.open.get_mut(usize::from(slot)) {
                 *open = false;
             }
-            client.ledger.channel_reset(ch);
+            client.ledger.channel_reset(slot);
         }
         3 if !rare => {}
         3 => method(
@@ -764,12 +778,12 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
                 c.table(0)
             };
             // `dlq` takes dead letters only (a routed copy could share an id with one).
-            if modelled.is_some() && client.ledger.resolve(ch, q.to_string()) == "dlq" {
+            if modelled.is_some() && client.ledger.resolve(slot, q.to_string()) == "dlq" {
                 q = "q1".into();
             }
             let bind = c.flag();
             if let Some(exchange) = modelled {
-                let queue = queue_number(&client.ledger.resolve(ch, q.to_string()));
+                let queue = queue_number(&client.ledger.resolve(slot, q.to_string()));
                 client.ledger.pending_bind =
                     (queue != 0).then(|| ((*exchange, queue, key.to_string(), variant), bind));
             }
@@ -826,11 +840,11 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
             let reused = client
                 .ledger
                 .consumers
-                .contains_key(&(ch, consumer_tag.to_string()))
+                .contains_key(&(slot, consumer_tag.to_string()))
                 || client
                     .ledger
                     .consumes
-                    .get(usize::from(ch))
+                    .get(usize::from(slot))
                     .is_some_and(|pending| {
                         pending
                             .iter()
@@ -844,7 +858,7 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
             let (no_local, exclusive) = (c.flag(), c.below(4) == 0);
             // The ledger pairs each consume-ok with its consume: no nowait in a conservation run.
             let nowait = !conserve && c.below(4) == 0;
-            if let Some(pending) = client.ledger.consumes.get_mut(usize::from(ch)) {
+            if let Some(pending) = client.ledger.consumes.get_mut(usize::from(slot)) {
                 pending.push_back((consumer_tag.to_string(), no_ack, queue.to_string()));
             }
             method(
@@ -921,7 +935,7 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
                     }
                 }
                 body.splice(..body.len().min(8), id.to_be_bytes());
-                let i = usize::from(ch);
+                let i = usize::from(slot);
                 if let (Some(n), Some(unconfirmed)) = (
                     client.ledger.published.get_mut(i),
                     client.ledger.unconfirmed.get_mut(i),
@@ -949,7 +963,7 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
         20 => {
             let queues: &[&str] = if conserve { &CONSERVED } else { &QUEUES };
             let (queue, no_ack) = (c.short(queues), c.flag());
-            if let Some(pending) = client.ledger.gets.get_mut(usize::from(ch)) {
+            if let Some(pending) = client.ledger.gets.get_mut(usize::from(slot)) {
                 pending.push_back((no_ack, queue.to_string()));
             }
             method(
@@ -963,7 +977,7 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
             let held: Vec<u64> = client
                 .ledger
                 .delivered
-                .get(usize::from(ch))
+                .get(usize::from(slot))
                 .map(|d| d.keys().copied().collect())
                 .unwrap_or_default();
             // A conservation run mostly settles what it holds: with nothing held the tag is unknown (a 406
@@ -999,7 +1013,7 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
             };
             client
                 .ledger
-                .client_settle(ch, delivery_tag, multiple, requeue, !ack && !requeue);
+                .client_settle(slot, delivery_tag, multiple, requeue, !ack && !requeue);
             method(out, ch, AMQPClass::Basic(class))
         }
         23 => {
@@ -1007,7 +1021,7 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client) -> Op {
             let requeue = !rare || c.flag();
             if requeue {
                 // What the channel holds goes back to its queues (and may come again, with new tags).
-                if let Some(d) = client.ledger.delivered.get_mut(usize::from(ch)) {
+                if let Some(d) = client.ledger.delivered.get_mut(usize::from(slot)) {
                     d.clear();
                 }
             }
@@ -1076,7 +1090,7 @@ struct Heard {
 
 /// Reads the session's output, which must be frames a client can read, for what the client must answer (and,
 /// in a conservation run, for its ledger: confirms, deliveries and their ids).
-fn read_output(session: &mut Session, ledger: &mut Ledger, conserve: bool) -> Heard {
+fn read_output(session: &mut Session, ledger: &mut Ledger, conserve: bool, base: u16) -> Heard {
     use wharf_amqp::frame::Frame;
     let out = session.take_output();
     let mut buf = BytesMut::from(&out[..]);
@@ -1095,14 +1109,14 @@ fn read_output(session: &mut Session, ledger: &mut Ledger, conserve: bool) -> He
         match frame {
             Frame::Method(ch, AMQPClass::Channel(channel::AMQPMethod::Close(_))) => {
                 heard.closed_channels.push(ch);
-                ledger.channel_reset(ch);
+                ledger.channel_reset(base + ch);
             }
             Frame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(close))) => {
                 heard.connection_closed =
                     Some(format!("{} {}", close.reply_code, close.reply_text));
             }
             Frame::Method(ch, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok))) => {
-                if let Some(last) = ledger.last_declared.get_mut(usize::from(ch)) {
+                if let Some(last) = ledger.last_declared.get_mut(usize::from(base + ch)) {
                     *last = Some(ok.queue.to_string());
                 }
             }
@@ -1110,28 +1124,30 @@ fn read_output(session: &mut Session, ledger: &mut Ledger, conserve: bool) -> He
                 _,
                 AMQPClass::Queue(queue::AMQPMethod::BindOk(_) | queue::AMQPMethod::UnbindOk(_)),
             ) => ledger.bound(),
-            Frame::Method(ch, AMQPClass::Basic(method)) => ledger.heard(ch, method, conserve),
+            Frame::Method(ch, AMQPClass::Basic(method)) => {
+                ledger.heard(base + ch, method, conserve)
+            }
             // Content without a body (only outside conservation runs, whose bodies carry an id): no body
             // frame follows for the delivery.
             Frame::Header(ch, header, _) if header.body_size == 0 => {
-                if let Some(next) = ledger.content_next.get_mut(usize::from(ch)) {
+                if let Some(next) = ledger.content_next.get_mut(usize::from(base + ch)) {
                     *next = None;
                 }
             }
-            Frame::Body(ch, body) => ledger.body(ch, &body),
+            Frame::Body(ch, body) => ledger.body(base + ch, &body),
             _ => {}
         }
     }
     heard
 }
 
-/// What one run did: operations generated, and whether the connection ended before the input did.
+/// What one run did: operations generated, and how connections ended before the input did.
 #[derive(Debug, Default, Clone)]
 pub struct Outcome {
     pub ops: usize,
-    pub connection_ended: bool,
-    /// The server's connection.close, if it sent one.
-    pub close_reason: Option<String>,
+    /// Why each connection the broker let go before the input ended went: its connection.close, a frame
+    /// error, the client's own close (each was opened again).
+    pub close_reasons: Vec<String>,
     /// In a conservation run: messages confirmed, and of those found back in their queues at the end.
     pub confirmed: usize,
     pub confirmed_left: usize,
@@ -1261,6 +1277,148 @@ fn open_store(dir: &std::path::Path) -> (Arc<VHost>, Arc<wharf_log::LogManager>)
     (vhost, logs)
 }
 
+/// One client connection: its session (the broker's side), the session's queue events, and the bytes the
+/// client wrote that the session has not read yet.
+struct Conn {
+    session: Session,
+    events: tokio::sync::mpsc::UnboundedReceiver<(u16, QueueEvent)>,
+    buf: BytesMut,
+    memo: MethodMemo,
+}
+
+impl Conn {
+    /// A new connection to `broker`, its handshake written (start-ok, tune-ok, open).
+    fn open(broker: &Arc<Broker>) -> Conn {
+        let (sink, events) = tokio::sync::mpsc::unbounded_channel();
+        let mut session = Session::new(Arc::clone(broker), sink, true);
+        session.start();
+        let mut handshake = Vec::new();
+        for class in [
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+                client_properties: FieldTable::default(),
+                mechanism: "PLAIN".into(),
+                response: "\0guest\0guest".into(),
+                locale: "en_US".into(),
+            })),
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
+                channel_max: 8,
+                frame_max: FRAME_MAX,
+                heartbeat: 0,
+            })),
+            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+                virtual_host: "/".into(),
+            })),
+        ] {
+            let _ = write_method(&mut handshake, 0, class);
+        }
+        Conn {
+            session,
+            events,
+            buf: BytesMut::from(&handshake[..]),
+            memo: MethodMemo::default(),
+        }
+    }
+
+    /// Hands the session the deliveries its queues sent it.
+    fn take_deliveries(&mut self) {
+        while let Ok((channel, event)) = self.events.try_recv() {
+            self.session.handle_event(channel, event);
+        }
+    }
+
+    /// The session reads what the client wrote and the client reads the answer (durability waits run to
+    /// their end first): the ledger learns from it, and the client queues its replies (close-oks). Returns
+    /// why the connection ended, if it did.
+    fn exchange(
+        &mut self,
+        client: &mut Client,
+        base: u16,
+        runtime: &tokio::runtime::Runtime,
+    ) -> Option<String> {
+        let mut closed_by_server = None;
+        loop {
+            loop {
+                match next_frame_with(&mut self.buf, self.session.frame_limit(), &mut self.memo) {
+                    Ok(Some(frame)) => match handle(&mut self.session, frame) {
+                        Step::Continue => {}
+                        Step::End(reason) => {
+                            return Some(closed_by_server.unwrap_or(format!("end: {reason}")))
+                        }
+                        Step::CloseOkSent => {
+                            return Some(closed_by_server.unwrap_or("closed by the client".into()))
+                        }
+                    },
+                    Ok(None) => break,
+                    Err(err) => {
+                        self.session.frame_error(&err);
+                        return Some(format!("frame error: {err}"));
+                    }
+                }
+            }
+            self.session.start_sync();
+            while let Some(wait) = self.session.next_sync_wait() {
+                // An in-memory vhost has nothing to wait for; a store's waits end with its fsync.
+                let done = runtime.block_on(wait.wait);
+                self.session.synced(done, wait.actions);
+            }
+            self.session.flush_confirms();
+            let heard = read_output(&mut self.session, &mut client.ledger, client.conserve, base);
+            client.ledger.settle_answered(&heard, base);
+            let mut out = Vec::new();
+            for ch in heard.closed_channels {
+                method(
+                    &mut out,
+                    ch,
+                    AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                );
+                if let Some(open) = client.open.get_mut(usize::from(base + ch)) {
+                    *open = false;
+                }
+            }
+            let Some(reason) = heard.connection_closed else {
+                // The close-oks go with the client's next frames.
+                self.buf.extend_from_slice(&out);
+                return None;
+            };
+            // The client's close-ok ends the connection.
+            closed_by_server = Some(reason);
+            method(
+                &mut out,
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+            );
+            self.buf.extend_from_slice(&out);
+        }
+    }
+
+    /// The connection goes (its socket closed): what it held goes back, as the connection task does it,
+    /// and the client's channels on it are gone.
+    fn finish(mut self, client: &mut Client, base: u16) {
+        client.ledger.settle_unanswered();
+        // A bind whose answer the connection's end cut off.
+        client.ledger.pending_bind = None;
+        self.session.release_all();
+        while let Ok((_, event)) = self.events.try_recv() {
+            self.session.requeue_event(event);
+        }
+        read_output(&mut self.session, &mut client.ledger, client.conserve, base);
+        drop(self.session);
+        // Deliveries sent after the last drain may still sit in the channel: they go back too.
+        while let Ok((_, event)) = self.events.try_recv() {
+            if let QueueEvent::Deliver(d) = event {
+                d.queue
+                    .requeue(d.consumer, d.position, d.message, d.expires_at);
+            }
+        }
+        for ch in 0..CHANNELS as u16 {
+            client.ledger.channel_reset(base + ch);
+            if let Some(open) = client.open.get_mut(usize::from(base + ch)) {
+                *open = false;
+            }
+        }
+    }
+}
+
 /// One client frame into the session (printed first when tracing).
 fn handle(session: &mut Session, frame: wharf_amqp::frame::Frame) -> Step {
     if trace() {
@@ -1302,32 +1460,6 @@ pub fn run(data: &[u8]) -> Outcome {
         AmqpConfig::default(),
         HashMap::from([("/".to_string(), Arc::clone(&vhost))]),
     );
-    let (sink, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let mut session = Session::new(Arc::clone(&broker), sink, true);
-    session.start();
-    let mut handshake = Vec::new();
-    for class in [
-        AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
-            client_properties: FieldTable::default(),
-            mechanism: "PLAIN".into(),
-            response: "\0guest\0guest".into(),
-            locale: "en_US".into(),
-        })),
-        AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
-            channel_max: 8,
-            frame_max: FRAME_MAX,
-            heartbeat: 0,
-        })),
-        AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
-            virtual_host: "/".into(),
-        })),
-    ] {
-        let _ = write_method(&mut handshake, 0, class);
-    }
-    let mut buf = BytesMut::from(&handshake[..]);
-    let mut memo = MethodMemo::default();
-    let mut ended = false;
-    let mut ops = 0;
     let mut client = Client {
         conserve,
         clean_restart,
@@ -1351,81 +1483,39 @@ pub fn run(data: &[u8]) -> Outcome {
             panic!("declaring {name}: {e}");
         }
     }
-    let mut close_reason = None;
-    'ops: loop {
-        loop {
-            match next_frame_with(&mut buf, session.frame_limit(), &mut memo) {
-                Ok(Some(frame)) => match handle(&mut session, frame) {
-                    Step::Continue => {}
-                    Step::End(reason) => {
-                        close_reason.get_or_insert(format!("end: {reason}"));
-                        ended = true;
-                        break 'ops;
-                    }
-                    Step::CloseOkSent => {
-                        ended = true;
-                        break 'ops;
-                    }
-                },
-                Ok(None) => break,
-                Err(err) => {
-                    session.frame_error(&err);
-                    close_reason = Some(format!("frame error: {err}"));
-                    ended = true;
-                    break 'ops;
-                }
-            }
-        }
-        session.start_sync();
-        while let Some(wait) = session.next_sync_wait() {
-            // An in-memory vhost has nothing to wait for; a store's waits end with its fsync.
-            let done = runtime.block_on(wait.wait);
-            session.synced(done, wait.actions);
-        }
-        session.flush_confirms();
-        let heard = read_output(&mut session, &mut client.ledger, client.conserve);
-        client.ledger.settle_answered(&heard);
-        let mut out = Vec::new();
-        for ch in heard.closed_channels {
-            method(
-                &mut out,
-                ch,
-                AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
-            );
-            if let Some(open) = client.open.get_mut(usize::from(ch)) {
-                *open = false;
-            }
-        }
-        if let Some(reason) = heard.connection_closed {
-            close_reason = Some(reason);
-            // The client's close-ok ends the connection.
-            method(
-                &mut out,
-                0,
-                AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
-            );
-        } else if !choices.done() && ops < OPS_MAX {
-            ops += 1;
-            if let Op::Deliveries = next_op(&mut choices, &mut out, &mut client) {
-                while let Ok((channel, event)) = events.try_recv() {
-                    session.handle_event(channel, event);
-                }
-            }
-        } else if out.is_empty() {
+    // Half of the runs have a second connection on the same queues.
+    let connections = if choices.flag() { CONNECTIONS } else { 1 };
+    let mut conns: Vec<Conn> = (0..connections).map(|_| Conn::open(&broker)).collect();
+    let mut ops = 0;
+    let mut close_reasons = Vec::new();
+    while !choices.done() && ops < OPS_MAX {
+        let i = choices.below(connections);
+        let base = (i * CHANNELS) as u16;
+        let Some(conn) = conns.get_mut(i) else {
             break;
+        };
+        ops += 1;
+        let mut out = Vec::new();
+        if let Op::Deliveries = next_op(&mut choices, &mut out, &mut client, base) {
+            conn.take_deliveries();
         }
-        buf.extend_from_slice(&out);
+        conn.buf.extend_from_slice(&out);
+        if let Some(reason) = conn.exchange(&mut client, base, &runtime) {
+            close_reasons.push(reason);
+            // The broker let the connection go; the client connects again.
+            std::mem::replace(conn, Conn::open(&broker)).finish(&mut client, base);
+        }
     }
-    drop(buf);
-    client.ledger.settle_unanswered();
-    // The connection goes: what it held goes back, as the connection task does it.
-    session.release_all();
-    while let Ok((_, event)) = events.try_recv() {
-        session.requeue_event(event);
+    for (i, mut conn) in conns.into_iter().enumerate() {
+        let base = (i * CHANNELS) as u16;
+        // What is left to send (close-oks), then the connection goes: what it held goes back, as the
+        // connection task does it.
+        if let Some(reason) = conn.exchange(&mut client, base, &runtime) {
+            close_reasons.push(reason);
+        }
+        conn.finish(&mut client, base);
     }
-    read_output(&mut session, &mut client.ledger, client.conserve);
-    drop(session);
-    // Its exclusive queues are gone and no queue keeps a consumer of it.
+    // No queue keeps a consumer of a connection that went, and their exclusive queues are gone.
     for name in ["q1", "q2", "amq.q", "dlq"] {
         match vhost.lookup(u64::MAX, name) {
             Ok(queue) => assert_eq!(
@@ -1435,13 +1525,6 @@ pub fn run(data: &[u8]) -> Outcome {
             ),
             Err(QueueError::NotFound { .. }) => {}
             Err(e) => panic!("queue {name} after the connection went: {e}"),
-        }
-    }
-    // Deliveries sent after the last drain may still sit in the channel: they go back too.
-    while let Ok((_, event)) = events.try_recv() {
-        if let QueueEvent::Deliver(d) = event {
-            d.queue
-                .requeue(d.consumer, d.position, d.message, d.expires_at);
         }
     }
     let confirmed_left = match (&store, logs) {
@@ -1457,7 +1540,6 @@ pub fn run(data: &[u8]) -> Outcome {
             }
             drop(broker);
             drop(vhost);
-            drop(events);
             drop(logs);
             let (vhost, _logs) = open_store(dir.path());
             check_conservation(&vhost, &client.ledger, Some(client.clean_restart), false)
@@ -1467,8 +1549,7 @@ pub fn run(data: &[u8]) -> Outcome {
     };
     Outcome {
         ops,
-        connection_ended: ended,
-        close_reason,
+        close_reasons,
         confirmed: client.ledger.confirmed.len(),
         via_exchange: client
             .ledger
