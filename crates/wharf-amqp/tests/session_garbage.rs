@@ -8,7 +8,7 @@ mod session_ops;
 
 /// Random inputs per run and their length (each byte is one choice; a run stops after its last op). One input
 /// can be replayed alone, every frame printed: `SESSION_OPS_SEED=N SESSION_OPS_TRACE=1 cargo test --test
-/// session_garbage -- --nocapture`.
+/// session_garbage -- --nocapture`; other seeds, beyond CI's: `SESSION_OPS_FROM=3000 SESSION_OPS_INPUTS=30000`.
 const INPUTS: u64 = 3_000;
 const INPUT_BYTES: usize = 1_200;
 
@@ -30,10 +30,11 @@ fn random_method_sequences_never_panic_and_release_everything() {
     let (mut ops, mut ended, mut confirmed, mut confirmed_left) = (0, 0, 0, 0);
     let (mut via_exchange, mut dead_lettered) = (0, 0);
     let mut reasons = std::collections::BTreeMap::new();
-    let only: Option<u64> = std::env::var("SESSION_OPS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok());
-    for seed in 0..INPUTS {
+    let env = |name: &str| std::env::var(name).ok().and_then(|s| s.parse::<u64>().ok());
+    let only = env("SESSION_OPS_SEED");
+    let from = env("SESSION_OPS_FROM").unwrap_or(0);
+    let inputs = env("SESSION_OPS_INPUTS").unwrap_or(INPUTS);
+    for seed in from..from.saturating_add(inputs) {
         if only.is_some_and(|o| o != seed) {
             continue;
         }
@@ -53,7 +54,7 @@ fn random_method_sequences_never_panic_and_release_everything() {
             *reasons.entry(r).or_insert(0usize) += 1;
         }
     }
-    eprintln!("{INPUTS} inputs: {ops} operations, {ended} connections ended before the input did (and were opened again); \
+    eprintln!("{inputs} inputs from seed {from}: {ops} operations, {ended} connections ended before the input did (and were opened again); \
          conservation runs: {confirmed} copies confirmed ({via_exchange} routed through amq.fanout, amq.direct or \
          amq.topic), {dead_lettered} dead-lettered to dlq, {confirmed_left} of all these back in their queues at the end");
     for (r, n) in &reasons {
