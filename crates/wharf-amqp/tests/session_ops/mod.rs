@@ -22,7 +22,9 @@
 //!   keeps the bindings, told apart by key and arguments, and matches topic patterns itself); it counts each
 //!   copy (message id and queue);
 //! - in half of them `q1` dead-letters to `dlq` (default exchange, key `dlq`): a reject or nack without
-//!   requeue that the server took moves the copy there, where the client may consume it in turn;
+//!   requeue that the server took moves the copy there, where the client may consume it in turn; half of
+//!   those cap `q1` at 4 ready messages (drop-head, reject-publish or reject-publish-dlx), so a confirmed copy
+//!   of `q1` may be in `dlq` instead — the ledger does not follow the queue's order — but never in both;
 //! - every copy the server confirmed, and every dead letter, must be back in its queue at the end unless a
 //!   settle the client sent may have covered it (acknowledged means safe, through channel closes, recover,
 //!   cancels, connection errors and the release);
@@ -355,6 +357,10 @@ struct Ledger {
     pending_bind: Option<(LedgerBinding, bool)>,
     /// Whether `q1` dead-letters to `dlq` in this run (through the default exchange, key `dlq`).
     q1_dead_letters: bool,
+    /// Whether `q1` holds at most 4 ready messages in this run, dead-lettering to `dlq` what it drops: a
+    /// confirmed copy of `q1` may then be in `dlq` instead (the ledger does not follow the queue's order),
+    /// but never in both.
+    q1_max_length: bool,
     /// Copies the server moved to `dlq`: a reject or nack without requeue of a `q1` delivery, once the
     /// server's answer showed it was taken. Each must be in `dlq` unless the client settled it there (after a
     /// crash not even that: dead-lettering is at most once, as in RabbitMQ).
@@ -1171,11 +1177,13 @@ fn check_conservation(
 ) -> usize {
     let clean = restarted == Some(true);
     let (q1, dlq) = (queue_number("q1"), queue_number("dlq"));
+    // After a crash a dead letter may be lost, and with a length limit any copy of `q1` may have been one.
     let expected = |copy: &&u64| match restarted {
         None => true,
         Some(clean) => {
             ledger.sent.get(*copy).copied().unwrap_or(false)
-                && (**copy % 4 == q1 || clean && **copy % 4 == dlq)
+                && (**copy % 4 == q1 && (clean || !ledger.q1_max_length)
+                    || clean && **copy % 4 == dlq)
         }
     };
     let restarted = restarted.is_some();
@@ -1228,6 +1236,30 @@ fn check_conservation(
             show(back)
         );
     }
+    // A copy that left `q1` as a dead letter is in `dlq` and no longer in `q1` (after a crash both may be
+    // there: dead-lettering is at most once, a settle's journal record may be lost).
+    if !restarted || clean {
+        let both: Vec<u64> = remaining
+            .iter()
+            .filter(|c| **c % 4 == q1 && remaining.contains(&copy_of(**c / 4, dlq)))
+            .copied()
+            .collect();
+        assert!(
+            both.is_empty(),
+            "messages both in q1 and, dead-lettered, in dlq (id, queue): {:?}",
+            show(both)
+        );
+    }
+    // With a length limit, a copy of `q1` may have been dropped to `dlq`: there now, or taken from there by
+    // the client (or by a no-ack consumer of `dlq`, which the ledger cannot see).
+    let dropped_to_dlq = |copy: &u64| {
+        let moved = copy_of(copy / 4, dlq);
+        ledger.q1_max_length
+            && copy % 4 == q1
+            && (remaining.contains(&moved)
+                || ledger.maybe_settled.contains(&moved)
+                || ledger.no_ack_queues.contains("dlq"))
+    };
     let no_ack = |copy: &u64| {
         LEDGER_QUEUES
             .iter()
@@ -1238,7 +1270,12 @@ fn check_conservation(
         .iter()
         .chain(&ledger.dead_lettered)
         .filter(expected)
-        .filter(|c| !remaining.contains(c) && !ledger.maybe_settled.contains(c) && !no_ack(c))
+        .filter(|c| {
+            !remaining.contains(c)
+                && !ledger.maybe_settled.contains(c)
+                && !no_ack(c)
+                && !dropped_to_dlq(c)
+        })
         .copied()
         .collect();
     assert!(
@@ -1441,6 +1478,15 @@ pub fn run(data: &[u8]) -> Outcome {
     // keeps the path where a durable queue's confirm may wait for its consumer's ack, which a queue with a
     // dead-letter exchange skips).
     let dead_letters = conserve && choices.flag();
+    // Of those, half cap `q1` at a few ready messages: dropped ones (drop-head) or refused ones
+    // (reject-publish-dlx) are dead-lettered to `dlq` too, refused ones nacked (reject-publish too).
+    let max_length = dead_letters && choices.flag();
+    let overflow = match choices.below(4) {
+        _ if !max_length => wharf_core::queue_args::Overflow::DropHead,
+        0 => wharf_core::queue_args::Overflow::RejectPublish,
+        1 => wharf_core::queue_args::Overflow::RejectPublishDlx,
+        _ => wharf_core::queue_args::Overflow::DropHead,
+    };
     let store = durable.then(|| tempfile::tempdir().expect("a temporary directory"));
     // The log runs its fsyncs on tokio's blocking pool, and settle waits have timeouts: a runtime for both,
     // which also runs the waits to their end.
@@ -1466,6 +1512,7 @@ pub fn run(data: &[u8]) -> Outcome {
         ..Client::default()
     };
     client.ledger.q1_dead_letters = dead_letters;
+    client.ledger.q1_max_length = max_length;
     for name in ["q1", "q2", "dlq"] {
         let dead_letter = dead_letters && name == "q1";
         let spec = QueueSpec {
@@ -1476,6 +1523,8 @@ pub fn run(data: &[u8]) -> Outcome {
                 max_priority: (priorities && name != "dlq").then_some(5),
                 dead_letter_exchange: dead_letter.then(String::new),
                 dead_letter_routing_key: dead_letter.then(|| "dlq".to_string()),
+                max_length: (max_length && name == "q1").then_some(4),
+                overflow,
                 ..QueueArgs::default()
             },
         };
@@ -1485,6 +1534,13 @@ pub fn run(data: &[u8]) -> Outcome {
     }
     // Half of the runs have a second connection on the same queues.
     let connections = if choices.flag() { CONNECTIONS } else { 1 };
+    if trace() {
+        eprintln!(
+            "run: conserve {conserve}, store {durable} (clean restart {clean_restart}), priorities \
+             {priorities}, dead letters {dead_letters}, max length {max_length} ({overflow:?}), \
+             {connections} connection(s)"
+        );
+    }
     let mut conns: Vec<Conn> = (0..connections).map(|_| Conn::open(&broker)).collect();
     let mut ops = 0;
     let mut close_reasons = Vec::new();
