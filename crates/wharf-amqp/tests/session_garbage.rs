@@ -55,8 +55,8 @@ fn random_method_sequences_never_panic_and_release_everything() {
         }
     }
     eprintln!("{inputs} inputs from seed {from}: {ops} operations, {ended} connections ended before the input did (and were opened again); \
-         conservation runs: {confirmed} copies confirmed ({via_exchange} routed through amq.fanout, amq.direct or \
-         amq.topic), {dead_lettered} dead-lettered to dlq, {confirmed_left} of all these back in their queues at the end");
+         conservation runs: {confirmed} copies confirmed ({via_exchange} routed through amq.fanout, amq.direct, amq.topic \
+         or amq.headers), {dead_lettered} dead-lettered to dlq, {confirmed_left} of all these back in their queues at the end");
     for (r, n) in &reasons {
         eprintln!("{n:6} {r}");
     }

@@ -17,10 +17,10 @@
 //!
 //! Conservation runs (half of the inputs; the first choices decide) keep to what drops no message by policy and
 //! keep a ledger — an id in each body, the server's confirms, what was delivered, what the client settled:
-//! - messages go to `q1` or `q2` through the default exchange, or through `amq.fanout`, `amq.direct` or
-//!   `amq.topic` to whichever of them the server's bind-oks and unbind-oks say the key routes to (the ledger
-//!   keeps the bindings, told apart by key and arguments, and matches topic patterns itself); it counts each
-//!   copy (message id and queue);
+//! - messages go to `q1` or `q2` through the default exchange, or through `amq.fanout`, `amq.direct`,
+//!   `amq.topic` or `amq.headers` to whichever of them the server's bind-oks and unbind-oks say the key (or
+//!   the message's headers) routes to (the ledger keeps the bindings, told apart by key and arguments, and
+//!   matches topic patterns and `x-match` all / any itself); it counts each copy (message id and queue);
 //! - in half of them `q1` dead-letters to `dlq` (default exchange, key `dlq`): a reject or nack without
 //!   requeue that the server took moves the copy there, where the client may consume it in turn; half of
 //!   those cap `q1` at 4 ready messages (drop-head, reject-publish or reject-publish-dlx), so a confirmed copy
@@ -266,22 +266,54 @@ struct Client {
 const LEDGER_QUEUES: [(&str, u64); 3] = [("q1", 1), ("q2", 2), ("dlq", 3)];
 /// The exchanges a conservation run publishes through besides the default one, with the bindings it makes
 /// to them (queue, key, and one of [`binding_arguments`]) modelled by its ledger.
-const LEDGER_EXCHANGES: [&str; 3] = ["amq.fanout", "amq.direct", "amq.topic"];
+const LEDGER_EXCHANGES: [&str; 4] = ["amq.fanout", "amq.direct", "amq.topic", "amq.headers"];
 
-/// A binding's arguments in a conservation run: one of three tables, so that the ledger can tell bindings
-/// apart by their arguments as the broker does (bindings that differ only in arguments are distinct).
+/// A binding's arguments in a conservation run: one of four tables, so that the ledger can tell bindings
+/// apart by their arguments as the broker does (bindings that differ only in arguments are distinct). For
+/// `amq.headers` they are the pattern: anything (empty, `x-match` all by default), `a` = "1", `b` = 1, or
+/// `x-match` any of those two.
 fn binding_arguments(variant: u8) -> FieldTable {
     let mut table = FieldTable::default();
-    match variant {
-        0 => {}
-        1 => {
-            table.insert("a".into(), AMQPValue::LongString("1".into()));
-        }
-        _ => {
-            table.insert("b".into(), AMQPValue::ShortInt(1));
-        }
+    if variant == 3 {
+        table.insert("x-match".into(), AMQPValue::LongString("any".into()));
+    }
+    if variant == 1 || variant == 3 {
+        table.insert("a".into(), AMQPValue::LongString("1".into()));
+    }
+    if variant == 2 || variant == 3 {
+        table.insert("b".into(), AMQPValue::ShortInt(1));
     }
     table
+}
+
+/// The headers of a conservation run's message, by number: none, `a` = "1", `b` = 1, both, or `a` = "2".
+fn message_headers(headers: u8) -> FieldTable {
+    let mut table = FieldTable::default();
+    let a = match headers {
+        1 | 3 => Some("1"),
+        4 => Some("2"),
+        _ => None,
+    };
+    if let Some(a) = a {
+        table.insert("a".into(), AMQPValue::LongString(a.into()));
+    }
+    if headers == 2 || headers == 3 {
+        table.insert("b".into(), AMQPValue::ShortInt(1));
+    }
+    table
+}
+
+/// Whether `amq.headers` routes a message with headers number `headers` ([`message_headers`]) through a
+/// binding with arguments `variant` ([`binding_arguments`]): the ledger's own reading of `x-match`.
+fn headers_match(variant: u8, headers: u8) -> bool {
+    let a = headers == 1 || headers == 3;
+    let b = headers == 2 || headers == 3;
+    match variant {
+        0 => true,
+        1 => a,
+        2 => b,
+        _ => a || b,
+    }
 }
 
 /// Whether a topic binding's pattern matches a routing key (`*` one word, `#` zero or more): the ledger's own
@@ -553,18 +585,20 @@ impl Ledger {
         }
     }
 
-    /// The ledger queues a message published to `exchange` (one of [`LEDGER_EXCHANGES`]) with `key` reaches,
-    /// by the bindings the server acknowledged; each once, however many bindings match.
-    fn routes(&self, exchange: &str, key: &str) -> Vec<u64> {
+    /// The ledger queues a message published to `exchange` (one of [`LEDGER_EXCHANGES`]) with `key` and
+    /// headers number `headers` reaches, by the bindings the server acknowledged; each once, however many
+    /// bindings match.
+    fn routes(&self, exchange: &str, key: &str, headers: u8) -> Vec<u64> {
         let words: Vec<&str> = key.split('.').collect();
         let queues: std::collections::BTreeSet<u64> = self
             .bindings
             .iter()
-            .filter(|(x, _, binding_key, _)| {
+            .filter(|(x, _, binding_key, variant)| {
                 *x == exchange
                     && match exchange {
                         "amq.fanout" => true,
                         "amq.direct" => binding_key == key,
+                        "amq.headers" => headers_match(*variant, headers),
                         _ => {
                             let pattern: Vec<&str> = binding_key.split('.').collect();
                             topic_matches(&pattern, &words)
@@ -774,7 +808,7 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client, base: u16) -
             } else {
                 (c.short(&QUEUES), c.short(&EXCHANGES), c.short(&KEYS))
             };
-            let variant = c.below(3) as u8;
+            let variant = c.below(4) as u8;
             let modelled = LEDGER_EXCHANGES
                 .iter()
                 .find(|x_| conserve && **x_ == x.as_str());
@@ -892,10 +926,18 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client, base: u16) -
         17..=19 => {
             // A conservation run publishes to one queue through the default exchange, or through a ledger
             // exchange to the queues its bindings route the key to (as the bind-oks said).
-            let target = c.pick(&["q1", "q2", "amq.fanout", "amq.direct", "amq.topic"]);
+            let target = c.pick(&[
+                "q1",
+                "q2",
+                "amq.fanout",
+                "amq.direct",
+                "amq.topic",
+                "amq.headers",
+            ]);
+            let headers = c.below(5) as u8;
             let (exchange, routing_key, copies) = if conserve && target.starts_with("amq.") {
                 let key = c.short(&KEYS);
-                let copies = client.ledger.routes(target, key.as_str());
+                let copies = client.ledger.routes(target, key.as_str(), headers);
                 (ShortString::from(target), key, copies)
             } else if conserve {
                 let copies = vec![queue_number(target)];
@@ -921,6 +963,9 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client, base: u16) -
                 properties = BasicProperties::default()
                     .with_priority(properties.priority().unwrap_or(0))
                     .with_delivery_mode(if c.flag() { 2 } else { 1 });
+                if headers != 0 {
+                    properties = properties.with_headers(message_headers(headers));
+                }
             }
             let size = match c.below(4) {
                 0 => 0,
