@@ -410,6 +410,9 @@ fn content(session: &mut Session, id: u16, frame: Frame) -> ChannelResult {
     else {
         return Ok(());
     };
+    // Content of a publish: where the memory alarm blocks the connection (RabbitMQ checks after each content
+    // header and body frame, so a publish without a body is routed before the block).
+    session.published = true;
     match frame {
         Frame::Header(_, header, properties) if publish.body_size.is_none() => {
             if header.class_id != BASIC_CLASS_ID {
@@ -819,7 +822,6 @@ fn basic_method(session: &mut Session, id: u16, method: basic::AMQPMethod) -> Re
             }
             // The exchange is checked (404, or 403 when internal) once the content is in, when the
             // message is routed: the content frames must be read either way.
-            session.published = true;
             channel_mut(session, id)?.publish = Some(Publish {
                 // The parsed strings move in: no copy per publish.
                 exchange: publish.exchange.into(),

@@ -168,7 +168,8 @@ async fn run(
     let mut sync_wait: Option<SyncWait> = None;
     loop {
         let alarm_on = *alarm.borrow();
-        held &= alarm_on;
+        // A closing connection is read to its close-ok whatever the alarm.
+        held &= alarm_on && session.closing_since().is_none();
         // Serve every whole frame already buffered before reading more, unless the alarm holds the
         // connection.
         while !held {
@@ -253,10 +254,9 @@ async fn run(
                 Err(e) => return End::Io(e),
             },
             mut changed = &mut alarm_changed => {
-                if !*changed.borrow_and_update() {
-                    // Cleared: a connection silent while blocked gets a fresh heartbeat interval.
-                    last_read = Instant::now();
-                }
+                // Only wakes the loop: its next pass reads the alarm, and a connection it held gets a fresh
+                // heartbeat interval there (`was_blocked`); one it did not hold was read all along.
+                changed.borrow_and_update();
                 alarm_changed = alarm_change(changed);
             }
             Some((channel, event)) = events.recv() => {

@@ -76,8 +76,9 @@ pub struct Session {
     sync_waits: VecDeque<(PendingSync, Vec<AfterSync>)>,
     /// Bytes of deliveries queued for this connection and not yet turned into frames.
     pub(crate) outbound: Arc<Outbound>,
-    /// Set by basic.publish, taken by the connection after each frame ([`Session::take_published`]): the
-    /// memory alarm blocks a connection when it publishes while the alarm is on, as RabbitMQ does.
+    /// Set by a publish's content frames, taken by the connection after each frame
+    /// ([`Session::take_published`]): the memory alarm blocks a connection when it publishes while the alarm
+    /// is on, as RabbitMQ does.
     pub(crate) published: bool,
     /// connection.blocked was sent and unblocked not yet.
     blocked_sent: bool,
@@ -145,7 +146,7 @@ impl Session {
         }
     }
 
-    /// Whether the frame just handled was a basic.publish (and forgets it).
+    /// Whether the frame just handled was a publish's content header or body (and forgets it).
     pub fn take_published(&mut self) -> bool {
         std::mem::take(&mut self.published)
     }
@@ -159,7 +160,11 @@ impl Session {
     /// Tells a client that asked for it that it is blocked or unblocked (connection.blocked / unblocked),
     /// once per change.
     pub fn notify_blocked(&mut self, blocked: bool) {
-        if blocked == self.blocked_sent || !self.capabilities.connection_blocked {
+        // Nothing but close-ok goes after a connection.close.
+        if blocked == self.blocked_sent
+            || !self.capabilities.connection_blocked
+            || self.closing_since.is_some()
+        {
             return;
         }
         self.blocked_sent = blocked;

@@ -203,6 +203,28 @@ async fn the_alarm_blocks_a_connection_when_it_publishes_not_before() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_prompt_with_a_connection_held_by_the_alarm() {
+    // Shutdown sends connection.close to every connection, also to one the alarm holds (which then reads
+    // again, to the client's close-ok), and the broker exits at once.
+    let mut broker =
+        BrokerProcess::start_with_config("[amqp]\nmemory_limit_bytes = 1048576\n", &AMQP_ONLY);
+    let (filler_conn, filler) = support::amqp_connect(&broker).await;
+    let (_conn, observer) = support::amqp_connect(&broker).await;
+    declare(&observer, "backlog").await;
+    publish_until_blocked(&filler_conn, &filler, "backlog").await;
+    let started = std::time::Instant::now();
+    let status = tokio::task::spawn_blocking(move || broker.terminate())
+        .await
+        .expect("terminate");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_that_does_not_read_is_held_to_the_pending_cap() {
     let broker = BrokerProcess::start_with_config(
         "[amqp]\nconnection_pending_bytes_max = 65536\n",
