@@ -3,7 +3,8 @@
 differ (the companion of amqp-semantics.py, whose scenarios need no clock): which connections the memory alarm
 blocks and when they are told, x-expires and what resets it, publishes written just before connection.close /
 channel.close, the order and redelivered flag of messages a closed consumer held, and when a silent client is
-dropped (heartbeats at a 2 s interval, through a raw socket and the pamqp codec). Takes ~40 s.
+dropped (heartbeats at a 2 s interval, through a raw socket and the pamqp codec), and queue TTL and per-message
+expiration at the head of a queue. Takes ~45 s.
 
 The memory alarm is raised the broker's own way, named by ALARM:
   rabbitmqctl  RabbitMQ: `rabbitmqctl set_vm_memory_high_watermark absolute 10000`, then back to 0.4
@@ -198,6 +199,38 @@ def held_by_a_closed_consumer():
     connection.close()
 
 
+def ttl_at_the_head():
+    """Queue TTL 500 ms behind a delivery held for 1 s; per-message expirations out of order."""
+    connection = pika.BlockingConnection(PARAMS)
+    ch = connection.channel()
+    ch.queue_declare("timing.ttl", arguments={"x-message-ttl": 500})
+    for i in range(5):
+        ch.basic_publish("", "timing.ttl", str(i).encode())
+    consumer = pika.BlockingConnection(PARAMS)
+    cch = consumer.channel()
+    cch.basic_qos(prefetch_count=1)
+    got = []
+    cch.basic_consume("timing.ttl", lambda c, m, _p, body: got.append((m.delivery_tag, body.decode())))
+    consumer.process_data_events(0.2)
+    consumer.sleep(1.0)
+    cch.basic_ack(got[0][0])
+    consumer.process_data_events(0.5)
+    depth = ch.queue_declare("timing.ttl", passive=True).method.message_count
+    print(f"queue TTL 500 ms, first held 1 s then acked: delivered {[b for _, b in got]}, {depth} left")
+    consumer.close()
+    ch.queue_delete("timing.ttl")
+    ch.queue_declare("timing.expiration")
+    ch.basic_publish("", "timing.expiration", b"long", pika.BasicProperties(expiration="1500"))
+    ch.basic_publish("", "timing.expiration", b"short", pika.BasicProperties(expiration="100"))
+    connection.sleep(0.5)
+    depth = ch.queue_declare("timing.expiration", passive=True).method.message_count
+    first = ch.basic_get("timing.expiration", auto_ack=True)[2]
+    second = ch.basic_get("timing.expiration", auto_ack=True)[2]
+    print(f"expiration 1500 ms then 100 ms, at 0.5 s: count {depth}, get {first}, then {second}")
+    ch.queue_delete("timing.expiration")
+    connection.close()
+
+
 def silent_client(beats_until):
     """Seconds after opening (2 s heartbeats) at which the broker drops a client that sends heartbeats every
     second until `beats_until`, then nothing."""
@@ -253,4 +286,5 @@ if ALARM != "none":
 x_expires()
 publishes_before_close()
 held_by_a_closed_consumer()
+ttl_at_the_head()
 heartbeats()
