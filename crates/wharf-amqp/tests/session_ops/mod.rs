@@ -23,8 +23,10 @@
 //!   matches topic patterns and `x-match` all / any itself); it counts each copy (message id and queue);
 //! - in half of them `q1` dead-letters to `dlq` (default exchange, key `dlq`): a reject or nack without
 //!   requeue that the server took moves the copy there, where the client may consume it in turn; half of
-//!   those cap `q1` at 4 ready messages (drop-head, reject-publish or reject-publish-dlx), so a confirmed copy
-//!   of `q1` may be in `dlq` instead — the ledger does not follow the queue's order — but never in both;
+//!   those cap `q1` at 4 ready messages (drop-head, reject-publish or reject-publish-dlx), and half let its
+//!   messages expire (a queue TTL of 20 ms, or an `expiration` on messages published to `q1` alone), so a
+//!   confirmed copy of `q1` may be in `dlq` instead — the ledger follows neither the queue's order nor its
+//!   clock — but never in both;
 //! - every copy the server confirmed, and every dead letter, must be back in its queue at the end unless a
 //!   settle the client sent may have covered it (acknowledged means safe, through channel closes, recover,
 //!   cancels, connection errors and the release);
@@ -391,10 +393,13 @@ struct Ledger {
     pending_bind: Option<(LedgerBinding, bool)>,
     /// Whether `q1` dead-letters to `dlq` in this run (through the default exchange, key `dlq`).
     q1_dead_letters: bool,
-    /// Whether `q1` holds at most 4 ready messages in this run, dead-lettering to `dlq` what it drops: a
-    /// confirmed copy of `q1` may then be in `dlq` instead (the ledger does not follow the queue's order),
-    /// but never in both.
-    q1_max_length: bool,
+    /// Whether `q1` drops messages by itself in this run, dead-lettering them to `dlq`: it holds at most 4
+    /// ready messages, or its messages expire (`x-message-ttl`, or an `expiration` on messages published to
+    /// it alone). A confirmed copy of `q1` may then be in `dlq` instead (the ledger follows neither the
+    /// queue's order nor its clock), but never in both.
+    q1_drops: bool,
+    /// Whether messages published to `q1` alone get an `expiration` now and then.
+    q1_expirations: bool,
     /// Copies the server moved to `dlq`: a reject or nack without requeue of a `q1` delivery, once the
     /// server's answer showed it was taken. Each must be in `dlq` unless the client settled it there (after a
     /// crash not even that: dead-lettering is at most once, as in RabbitMQ).
@@ -962,12 +967,20 @@ fn next_op(c: &mut Choices, out: &mut Vec<u8>, client: &mut Client, base: u16) -
             );
             let mut properties = c.properties();
             if conserve {
-                // An expiration drops the message by design.
+                // Random properties could drop or reroute the message; the ledger's own are below.
                 properties = BasicProperties::default()
                     .with_priority(properties.priority().unwrap_or(0))
                     .with_delivery_mode(if c.flag() { 2 } else { 1 });
                 if headers != 0 {
                     properties = properties.with_headers(message_headers(headers));
+                }
+                // Expiring messages go to `q1` alone (which dead-letters them), now and then.
+                let expiration = c.pick(&["0", "5", "50", "", "", ""]);
+                if client.ledger.q1_expirations
+                    && !expiration.is_empty()
+                    && copies.iter().all(|q| *q == queue_number("q1"))
+                {
+                    properties = properties.with_expiration(expiration.into());
                 }
             }
             let size = match c.below(4) {
@@ -1225,15 +1238,17 @@ fn check_conservation(
 ) -> usize {
     let clean = restarted == Some(true);
     let (q1, dlq) = (queue_number("q1"), queue_number("dlq"));
-    // After a crash a dead letter may be lost, and with a length limit any copy of `q1` may have been one.
+    // After a crash a dead letter may be lost, and when `q1` drops messages any copy of it may have been one.
     let expected = |copy: &&u64| match restarted {
         None => true,
         Some(clean) => {
             ledger.sent.get(*copy).copied().unwrap_or(false)
-                && (**copy % 4 == q1 && (clean || !ledger.q1_max_length)
-                    || clean && **copy % 4 == dlq)
+                && (**copy % 4 == q1 && (clean || !ledger.q1_drops) || clean && **copy % 4 == dlq)
         }
     };
+    if trace() {
+        eprintln!("check: {restarted:?} (None: live, Some(clean): after a restart)");
+    }
     let restarted = restarted.is_some();
     let mut remaining = std::collections::HashSet::new();
     let mut taken = Vec::new();
@@ -1248,9 +1263,12 @@ fn check_conservation(
                         .get(..8)
                         .and_then(|b| <[u8; 8]>::try_from(b).ok())
                         .map(u64::from_be_bytes);
+                    // After a crash a dead letter may come twice: a message of `q1` that expired (or was
+                    // dropped) before the crash, its settle not yet on disk, expires again.
+                    let crashed = restarted && !clean;
                     if let Some(id) = id {
                         assert!(
-                            remaining.insert(copy_of(id, queue)),
+                            remaining.insert(copy_of(id, queue)) || crashed && queue == dlq,
                             "message {id} is in {name} twice"
                         );
                     }
@@ -1298,11 +1316,11 @@ fn check_conservation(
             show(both)
         );
     }
-    // With a length limit, a copy of `q1` may have been dropped to `dlq`: there now, or taken from there by
-    // the client (or by a no-ack consumer of `dlq`, which the ledger cannot see).
+    // When `q1` drops messages (length limit, expiry), a copy of it may have been dropped to `dlq`: there now,
+    // or taken from there by the client (or by a no-ack consumer of `dlq`, which the ledger cannot see).
     let dropped_to_dlq = |copy: &u64| {
         let moved = copy_of(copy / 4, dlq);
-        ledger.q1_max_length
+        ledger.q1_drops
             && copy % 4 == q1
             && (remaining.contains(&moved)
                 || ledger.maybe_settled.contains(&moved)
@@ -1529,6 +1547,10 @@ pub fn run(data: &[u8]) -> Outcome {
     // Of those, half cap `q1` at a few ready messages: dropped ones (drop-head) or refused ones
     // (reject-publish-dlx) are dead-lettered to `dlq` too, refused ones nacked (reject-publish too).
     let max_length = dead_letters && choices.flag();
+    // And half of them let `q1`'s messages expire: a queue TTL of 20 ms, or an `expiration` of 0, 5 or 50 ms
+    // on some of the messages published to `q1` alone; expired ones are dead-lettered to `dlq`.
+    let expiry = dead_letters && choices.flag();
+    let queue_ttl = expiry && choices.flag();
     let overflow = match choices.below(4) {
         _ if !max_length => wharf_core::queue_args::Overflow::DropHead,
         0 => wharf_core::queue_args::Overflow::RejectPublish,
@@ -1560,7 +1582,8 @@ pub fn run(data: &[u8]) -> Outcome {
         ..Client::default()
     };
     client.ledger.q1_dead_letters = dead_letters;
-    client.ledger.q1_max_length = max_length;
+    client.ledger.q1_drops = max_length || expiry;
+    client.ledger.q1_expirations = expiry && !queue_ttl;
     for name in ["q1", "q2", "dlq"] {
         let dead_letter = dead_letters && name == "q1";
         let spec = QueueSpec {
@@ -1572,6 +1595,7 @@ pub fn run(data: &[u8]) -> Outcome {
                 dead_letter_exchange: dead_letter.then(String::new),
                 dead_letter_routing_key: dead_letter.then(|| "dlq".to_string()),
                 max_length: (max_length && name == "q1").then_some(4),
+                message_ttl_ms: (queue_ttl && name == "q1").then_some(20),
                 overflow,
                 ..QueueArgs::default()
             },
@@ -1586,6 +1610,7 @@ pub fn run(data: &[u8]) -> Outcome {
         eprintln!(
             "run: conserve {conserve}, store {durable} (clean restart {clean_restart}), priorities \
              {priorities}, dead letters {dead_letters}, max length {max_length} ({overflow:?}), \
+             expiry {expiry} (queue TTL {queue_ttl}), \
              {connections} connection(s)"
         );
     }
