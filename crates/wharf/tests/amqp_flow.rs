@@ -203,6 +203,40 @@ async fn the_alarm_blocks_a_connection_when_it_publishes_not_before() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_the_alarm_a_publish_is_routed_up_to_its_first_content_frame() {
+    // RabbitMQ checks the alarm after each content frame: a publish without a body (header only) is routed
+    // before the connection blocks, one with a body waits, header read and body not, until the alarm clears.
+    let broker =
+        BrokerProcess::start_with_config("[amqp]\nmemory_limit_bytes = 1048576\n", &AMQP_ONLY);
+    let (filler_conn, filler) = support::amqp_connect(&broker).await;
+    let (late_conn, late) = support::amqp_connect(&broker).await;
+    let (_conn, observer) = support::amqp_connect(&broker).await;
+    for queue in ["backlog", "empty", "body"] {
+        declare(&observer, queue).await;
+    }
+    publish_until_blocked(&filler_conn, &filler, "backlog").await;
+    for (queue, body) in [("empty", &b""[..]), ("body", &b"x"[..])] {
+        late.basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+    }
+    let deadline = tokio::time::Instant::now() + OP_TIMEOUT;
+    while !late_conn.status().blocked() {
+        assert!(tokio::time::Instant::now() < deadline, "never blocked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ready(&observer, "empty").await, 1, "the empty publish");
+    assert_eq!(ready(&observer, "body").await, 0, "the publish with a body");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_is_prompt_with_a_connection_held_by_the_alarm() {
     // Shutdown sends connection.close to every connection, also to one the alarm holds (which then reads
     // again, to the client's close-ok), and the broker exits at once.
