@@ -23,10 +23,10 @@
 //!   matches topic patterns and `x-match` all / any itself); it counts each copy (message id and queue);
 //! - in half of them `q1` dead-letters to `dlq` (default exchange, key `dlq`): a reject or nack without
 //!   requeue that the server took moves the copy there, where the client may consume it in turn; half of
-//!   those cap `q1` at 4 ready messages (drop-head, reject-publish or reject-publish-dlx), and half let its
-//!   messages expire (a queue TTL of 20 ms, or an `expiration` on messages published to `q1` alone), so a
-//!   confirmed copy of `q1` may be in `dlq` instead — the ledger follows neither the queue's order nor its
-//!   clock — but never in both;
+//!   those cap `q1` at 4 ready messages or 4 KiB of them (drop-head, reject-publish or reject-publish-dlx),
+//!   and half let its messages expire (a queue TTL of 20 ms, or an `expiration` on messages published to
+//!   `q1` alone), so a confirmed copy of `q1` may be in `dlq` instead — the ledger follows neither the
+//!   queue's order nor its clock — but never in both;
 //! - every copy the server confirmed, and every dead letter, must be back in its queue at the end unless a
 //!   settle the client sent may have covered it (acknowledged means safe, through channel closes, recover,
 //!   cancels, connection errors and the release);
@@ -394,7 +394,7 @@ struct Ledger {
     /// Whether `q1` dead-letters to `dlq` in this run (through the default exchange, key `dlq`).
     q1_dead_letters: bool,
     /// Whether `q1` drops messages by itself in this run, dead-lettering them to `dlq`: it holds at most 4
-    /// ready messages, or its messages expire (`x-message-ttl`, or an `expiration` on messages published to
+    /// ready messages or 4 KiB of them, or its messages expire (`x-message-ttl`, or an `expiration` on messages published to
     /// it alone). A confirmed copy of `q1` may then be in `dlq` instead (the ledger follows neither the
     /// queue's order nor its clock), but never in both.
     q1_drops: bool,
@@ -1547,6 +1547,8 @@ pub fn run(data: &[u8]) -> Outcome {
     // Of those, half cap `q1` at a few ready messages: dropped ones (drop-head) or refused ones
     // (reject-publish-dlx) are dead-lettered to `dlq` too, refused ones nacked (reject-publish too).
     let max_length = dead_letters && choices.flag();
+    // The cap counts messages (4) or bytes of bodies (4 KiB; a body is up to 9 000 bytes).
+    let cap_bytes = max_length && choices.flag();
     // And half of them let `q1`'s messages expire: a queue TTL of 20 ms, or an `expiration` of 0, 5 or 50 ms
     // on some of the messages published to `q1` alone; expired ones are dead-lettered to `dlq`.
     let expiry = dead_letters && choices.flag();
@@ -1594,7 +1596,8 @@ pub fn run(data: &[u8]) -> Outcome {
                 max_priority: (priorities && name != "dlq").then_some(5),
                 dead_letter_exchange: dead_letter.then(String::new),
                 dead_letter_routing_key: dead_letter.then(|| "dlq".to_string()),
-                max_length: (max_length && name == "q1").then_some(4),
+                max_length: (max_length && !cap_bytes && name == "q1").then_some(4),
+                max_length_bytes: (cap_bytes && name == "q1").then_some(4096),
                 message_ttl_ms: (queue_ttl && name == "q1").then_some(20),
                 overflow,
                 ..QueueArgs::default()
@@ -1609,7 +1612,8 @@ pub fn run(data: &[u8]) -> Outcome {
     if trace() {
         eprintln!(
             "run: conserve {conserve}, store {durable} (clean restart {clean_restart}), priorities \
-             {priorities}, dead letters {dead_letters}, max length {max_length} ({overflow:?}), \
+             {priorities}, dead letters {dead_letters}, max length {max_length} (in bytes {cap_bytes}, \
+             {overflow:?}), \
              expiry {expiry} (queue TTL {queue_ttl}), \
              {connections} connection(s)"
         );
