@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time-dependent AMQP behaviour of one broker, one line per observation, so that `diff` shows where two brokers
 differ (the companion of amqp-semantics.py, whose scenarios need no clock): which connections the memory alarm
-blocks and when they are told, x-expires and what resets it, publishes written just before connection.close /
+blocks and when they are told (and how a client silent while blocked is treated), x-expires and what resets it, publishes written just before connection.close /
 channel.close, the order and redelivered flag of messages a closed consumer held, and when a silent client is
 dropped (heartbeats at a 2 s interval, through a raw socket and the pamqp codec), and queue TTL and per-message
 expiration at the head of a queue. Takes ~45 s.
@@ -24,7 +24,7 @@ import sys
 import time
 
 import pika
-from pamqp import commands, frame, heartbeat
+from pamqp import body, commands, frame, header, heartbeat
 
 PORT = int(sys.argv[1])
 ALARM = sys.argv[2] if len(sys.argv) > 2 else "none"
@@ -77,14 +77,7 @@ def memory_alarm():
         return [watch.queue_declare(q, passive=True).method.message_count for q in ["timing.alarm.empty", "timing.alarm.body"]]
 
     idle = during.channel()
-    if ALARM == "rabbitmqctl":
-        rabbitmqctl("set_vm_memory_high_watermark", "absolute", "10000")
-    else:
-        filler, _ = connect("filler")
-        fill = filler.channel()
-        fill.queue_declare("timing.fill")
-        for _ in range(40):
-            fill.basic_publish("", "timing.fill", b"y" * 65536)
+    raise_alarm()
     pump(all_three, 2)
 
     def line(stage):
@@ -100,12 +93,7 @@ def memory_alarm():
     pump(all_three, 2)
     line("after a publish")
     print(f"alarm: routed during it, an empty publish then one with a body: {routed()}")
-    if ALARM == "rabbitmqctl":
-        rabbitmqctl("set_vm_memory_high_watermark", "0.4")
-    else:
-        clear, _ = connect("clear")
-        clear.channel().queue_delete("timing.fill")
-        clear.close()
+    clear_alarm()
     pump(all_three, 2)
     line("cleared")
     print(f"alarm cleared: routed {routed()}")
@@ -113,6 +101,63 @@ def memory_alarm():
         watch.queue_delete(q)
     for c in all_three:
         c.close()
+
+
+def raise_alarm():
+    if ALARM == "rabbitmqctl":
+        rabbitmqctl("set_vm_memory_high_watermark", "absolute", "10000")
+        return None
+    filler, _ = connect("filler")
+    fill = filler.channel()
+    fill.queue_declare("timing.fill")
+    for _ in range(40):
+        fill.basic_publish("", "timing.fill", b"y" * 65536)
+    return filler
+
+
+def clear_alarm():
+    if ALARM == "rabbitmqctl":
+        rabbitmqctl("set_vm_memory_high_watermark", "0.4")
+    else:
+        clear, _ = connect("clear")
+        clear.channel().queue_delete("timing.fill")
+        clear.close()
+
+
+def silent_while_blocked():
+    """A raw client with 1 s heartbeats publishes during the alarm, then sends nothing: kept while blocked (RabbitMQ
+    pauses its heartbeat monitor), dropped some whole seconds after it is unblocked."""
+    raise_alarm()
+    time.sleep(1)
+    client = RawClient(heartbeat_s=1, blocked_capability=True)
+    client.send(frame.marshal(commands.Channel.Open(), 1))
+    client.read_frame(5)
+    t0 = time.time()
+    client.send(
+        frame.marshal(commands.Basic.Publish(exchange="", routing_key="timing.hb"), 1)
+        + frame.marshal(header.ContentHeader(0, 1, commands.Basic.Properties()), 1)
+        + frame.marshal(body.ContentBody(b"x"), 1)
+    )
+    seen, unblocked, cleared = [], None, False
+    while time.time() - t0 < 15:
+        if not cleared and time.time() - t0 > 5:
+            cleared = True
+            clear_alarm()
+        try:
+            f = client.read_frame(0.05)
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            f = None
+        if f is None:
+            break
+        name = type(f).__name__
+        if name == "Unblocked":
+            unblocked = time.time()
+        if name != "Heartbeat":
+            seen.append(name)
+    dropped = round(time.time() - unblocked) if unblocked else None
+    print(f"heartbeat 1 s, silent 5 s while blocked: {seen}, dropped {dropped} s after connection.unblocked")
 
 
 def exists(queue):
@@ -245,48 +290,59 @@ def ttl_at_the_head():
     connection.close()
 
 
-def silent_client(beats_until):
-    """Seconds after opening (2 s heartbeats) at which the broker drops a client that sends heartbeats every
-    second until `beats_until`, then nothing."""
-    s = socket.create_connection(("127.0.0.1", PORT))
-    s.sendall(b"AMQP\x00\x00\x09\x01")
-    buf = b""
+class RawClient:
+    """A hand-driven connection (pamqp frames over a socket), opened with `heartbeat_s` tuned."""
 
-    def read_frame(timeout):
-        nonlocal buf
-        s.settimeout(timeout)
+    def __init__(self, heartbeat_s, blocked_capability=False):
+        self.s = socket.create_connection(("127.0.0.1", PORT))
+        self.s.sendall(b"AMQP\x00\x00\x09\x01")
+        self.buf = b""
+        self.read_frame(5)
+        capabilities = {"capabilities": {"connection.blocked": True}} if blocked_capability else {}
+        self.send(frame.marshal(commands.Connection.StartOk(client_properties=capabilities, mechanism="PLAIN", response="\0guest\0guest"), 0))
+        self.read_frame(5)
+        self.send(frame.marshal(commands.Connection.TuneOk(channel_max=10, frame_max=131072, heartbeat=heartbeat_s), 0))
+        self.send(frame.marshal(commands.Connection.Open(virtual_host="/"), 0))
+        self.opened = time.time()
+        self.read_frame(5)
+
+    def send(self, data):
+        self.s.sendall(data)
+
+    def read_frame(self, timeout):
+        """The next frame; None once the socket closed; socket.timeout after `timeout` seconds without one."""
+        self.s.settimeout(timeout)
         while True:
             try:
-                n, _, f = frame.unmarshal(buf)
-                buf = buf[n:]
+                n, _, f = frame.unmarshal(self.buf)
+                self.buf = self.buf[n:]
                 return f
             except Exception:
                 pass
-            data = s.recv(65536)
+            data = self.s.recv(65536)
             if not data:
                 return None
-            buf += data
+            self.buf += data
 
-    read_frame(5)
-    s.sendall(frame.marshal(commands.Connection.StartOk(client_properties={}, mechanism="PLAIN", response="\0guest\0guest"), 0))
-    read_frame(5)
-    s.sendall(frame.marshal(commands.Connection.TuneOk(channel_max=10, frame_max=131072, heartbeat=2), 0))
-    s.sendall(frame.marshal(commands.Connection.Open(virtual_host="/"), 0))
-    t0 = time.time()
-    read_frame(5)
+
+def silent_client(beats_until):
+    """Seconds after opening (2 s heartbeats) at which the broker drops a client that sends heartbeats every
+    second until `beats_until`, then nothing."""
+    client = RawClient(heartbeat_s=2)
+    t0 = client.opened
     next_beat = 1.0
     while time.time() - t0 < 20:
         try:
-            if read_frame(0.05) is None:
+            if client.read_frame(0.05) is None:
                 break
         except socket.timeout:
             pass
         except ConnectionResetError:
             break
         if next_beat <= beats_until and time.time() - t0 >= next_beat:
-            s.sendall(frame.marshal(heartbeat.Heartbeat(), 0))
+            client.send(frame.marshal(heartbeat.Heartbeat(), 0))
             next_beat += 1.0
-    s.close()
+    client.s.close()
     return round(time.time() - t0, 1)
 
 
@@ -297,6 +353,7 @@ def heartbeats():
 
 if ALARM != "none":
     memory_alarm()
+    silent_while_blocked()
 x_expires()
 publishes_before_close()
 held_by_a_closed_consumer()
