@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Time-dependent AMQP behaviour of one broker, one line per observation, so that `diff` shows where two brokers
 differ (the companion of amqp-semantics.py, whose scenarios need no clock): which connections the memory alarm
-blocks and when they are told (and how a client silent while blocked is treated), x-expires and what resets it, publishes written just before connection.close /
-channel.close, the order and redelivered flag of messages a closed consumer held, and when a silent client is
-dropped (heartbeats at a 2 s interval, through a raw socket and the pamqp codec), and queue TTL and per-message
-expiration at the head of a queue. Takes ~45 s.
+blocks and when they are told, how far a publish during it gets, a client silent while blocked; x-expires and
+what resets it; publishes written just before connection.close / channel.close; the order and redelivered flag
+of messages a closed consumer held; when a silent client is dropped (heartbeats at a 2 s interval, through a raw
+socket and the pamqp codec); queue TTL and per-message expiration at the head of a queue. Takes ~55 s.
 
 The memory alarm is raised the broker's own way, named by ALARM:
   rabbitmqctl  RabbitMQ: `rabbitmqctl set_vm_memory_high_watermark absolute 10000`, then back to 0.4
