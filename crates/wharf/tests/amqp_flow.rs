@@ -19,10 +19,28 @@ use lapin::options::{
     ChannelFlowOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel};
+use lapin::{BasicProperties, Channel, PublisherConfirm};
 use support::{BrokerProcess, RawClient, AMQP_ONLY};
 
 const OP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A broker whose memory alarm goes off once 1 MiB of messages waits in memory.
+fn broker_with_a_1_mib_memory_limit() -> BrokerProcess {
+    BrokerProcess::start_with_config("[amqp]\nmemory_limit_bytes = 1048576\n", &AMQP_ONLY)
+}
+
+/// Publishes `body` to `queue` through the default exchange (resolves once written).
+async fn publish(channel: &Channel, queue: &str, body: &[u8]) -> lapin::Result<PublisherConfirm> {
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default(),
+        )
+        .await
+}
 
 async fn declare(channel: &Channel, name: &str) {
     support::declare_queue(channel, name, Default::default(), FieldTable::default())
@@ -40,8 +58,7 @@ async fn ready(channel: &Channel, name: &str) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_alarm_blocks_publishers_until_consumers_catch_up() {
     // 1 MiB of messages may wait in memory.
-    let broker =
-        BrokerProcess::start_with_config("[amqp]\nmemory_limit_bytes = 1048576\n", &AMQP_ONLY);
+    let broker = broker_with_a_1_mib_memory_limit();
     let (publisher_conn, publisher) = support::amqp_connect(&broker).await;
     let (_conn, observer) = support::amqp_connect(&broker).await;
     declare(&observer, "backlog").await;
@@ -50,14 +67,7 @@ async fn the_memory_alarm_blocks_publishers_until_consumers_catch_up() {
         let publisher = publisher.clone();
         tokio::spawn(async move {
             for _ in 0..48 {
-                publisher
-                    .basic_publish(
-                        "".into(),
-                        "backlog".into(),
-                        BasicPublishOptions::default(),
-                        &body,
-                        BasicProperties::default(),
-                    )
+                publish(&publisher, "backlog", &body)
                     .await
                     .expect("publish");
             }
@@ -107,17 +117,8 @@ async fn publish_until_blocked(connection: &lapin::Connection, channel: &Channel
     while !connection.status().blocked() {
         assert!(tokio::time::Instant::now() < deadline, "never blocked");
         // lapin's publish resolves once written: a blocked connection's further writes just wait unread.
-        let _ = tokio::time::timeout(
-            Duration::from_millis(50),
-            channel.basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                &body,
-                BasicProperties::default(),
-            ),
-        )
-        .await;
+        let _ =
+            tokio::time::timeout(Duration::from_millis(50), publish(channel, queue, &body)).await;
     }
 }
 
@@ -125,22 +126,14 @@ async fn publish_until_blocked(connection: &lapin::Connection, channel: &Channel
 async fn the_alarm_blocks_a_connection_when_it_publishes_not_before() {
     // RabbitMQ's rule: a connection is blocked (told so, and no longer read) when it publishes while the
     // alarm is on. One that published only before, and now consumes and acks, keeps being served.
-    let broker =
-        BrokerProcess::start_with_config("[amqp]\nmemory_limit_bytes = 1048576\n", &AMQP_ONLY);
+    let broker = broker_with_a_1_mib_memory_limit();
     let (worker_conn, worker) = support::amqp_connect(&broker).await;
     let (filler_conn, filler) = support::amqp_connect(&broker).await;
     let (_conn, observer) = support::amqp_connect(&broker).await;
     declare(&observer, "work").await;
     declare(&observer, "backlog").await;
     for n in 0..3u8 {
-        worker
-            .basic_publish(
-                "".into(),
-                "work".into(),
-                BasicPublishOptions::default(),
-                &[n],
-                BasicProperties::default(),
-            )
+        publish(&worker, "work", &[n])
             .await
             .expect("publish before the alarm");
     }
@@ -211,8 +204,7 @@ async fn the_alarm_blocks_a_connection_when_it_publishes_not_before() {
 async fn during_the_alarm_a_publish_is_routed_up_to_its_first_content_frame() {
     // RabbitMQ checks the alarm after each content frame: a publish without a body (header only) is routed
     // before the connection blocks, one with a body waits, header read and body not, until the alarm clears.
-    let broker =
-        BrokerProcess::start_with_config("[amqp]\nmemory_limit_bytes = 1048576\n", &AMQP_ONLY);
+    let broker = broker_with_a_1_mib_memory_limit();
     let (filler_conn, filler) = support::amqp_connect(&broker).await;
     let (late_conn, late) = support::amqp_connect(&broker).await;
     let (_conn, observer) = support::amqp_connect(&broker).await;
@@ -222,17 +214,7 @@ async fn during_the_alarm_a_publish_is_routed_up_to_its_first_content_frame() {
     publish_until_blocked(&filler_conn, &filler, "backlog").await;
     for (queue, body) in [("empty", &b""[..]), ("body", &b"x"[..])] {
         // Bounded: once lapin hears it is blocked it may hold the second publish back itself.
-        let _ = tokio::time::timeout(
-            Duration::from_millis(500),
-            late.basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default(),
-            ),
-        )
-        .await;
+        let _ = tokio::time::timeout(Duration::from_millis(500), publish(&late, queue, body)).await;
     }
     until_blocked(&late_conn).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -244,8 +226,7 @@ async fn during_the_alarm_a_publish_is_routed_up_to_its_first_content_frame() {
 async fn shutdown_is_prompt_with_a_connection_held_by_the_alarm() {
     // Shutdown sends connection.close to every connection, also to one the alarm holds (which then reads
     // again, to the client's close-ok), and the broker exits at once.
-    let mut broker =
-        BrokerProcess::start_with_config("[amqp]\nmemory_limit_bytes = 1048576\n", &AMQP_ONLY);
+    let mut broker = broker_with_a_1_mib_memory_limit();
     let (filler_conn, filler) = support::amqp_connect(&broker).await;
     let (_conn, observer) = support::amqp_connect(&broker).await;
     declare(&observer, "backlog").await;
@@ -290,16 +271,7 @@ async fn a_consumer_that_does_not_read_is_held_to_the_pending_cap() {
     ));
     let body = vec![1u8; 16 * 1024];
     for _ in 0..2000 {
-        publisher
-            .basic_publish(
-                "".into(),
-                "firehose".into(),
-                BasicPublishOptions::default(),
-                &body,
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap();
+        publish(&publisher, "firehose", &body).await.unwrap();
     }
     // 32 MB published; socket buffers take a few MB at most, the cap 64 KiB: most must still be queued.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -352,16 +324,7 @@ async fn channel_flow_pauses_and_resumes_deliveries() {
         )
         .await
         .unwrap();
-    publisher
-        .basic_publish(
-            "".into(),
-            "paused".into(),
-            BasicPublishOptions::default(),
-            b"held",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap();
+    publish(&publisher, "paused", b"held").await.unwrap();
     assert!(
         tokio::time::timeout(Duration::from_millis(300), consumer.next())
             .await
@@ -405,14 +368,7 @@ async fn global_qos_limits_the_whole_channel() {
                 .unwrap(),
         );
         for i in 0..5 {
-            publisher
-                .basic_publish(
-                    "".into(),
-                    q.into(),
-                    BasicPublishOptions::default(),
-                    format!("{q}-{i}").as_bytes(),
-                    BasicProperties::default(),
-                )
+            publish(&publisher, q, format!("{q}-{i}").as_bytes())
                 .await
                 .unwrap();
         }
@@ -453,14 +409,7 @@ async fn a_delivery_held_past_the_consumer_timeout_closes_its_channel_and_comes_
     let publish = |queue: &'static str, body: &'static [u8]| {
         let publisher = publisher.clone();
         async move {
-            publisher
-                .basic_publish(
-                    "".into(),
-                    queue.into(),
-                    BasicPublishOptions::default(),
-                    body,
-                    BasicProperties::default(),
-                )
+            publish(&publisher, queue, body)
                 .await
                 .expect("publish")
                 .await
