@@ -44,6 +44,18 @@ def connect(name="timing"):
     return connection, events
 
 
+def fresh(ch, queue, bodies=(), arguments=None):
+    """Declares `queue` (emptied, if it was left over) and publishes `bodies` to it."""
+    ch.queue_declare(queue, arguments=arguments)
+    ch.queue_purge(queue)
+    for body in bodies:
+        ch.basic_publish("", queue, body)
+
+
+def depth(ch, queue):
+    return ch.queue_declare(queue, passive=True).method.message_count
+
+
 def pump(connections, seconds):
     end = time.time() + seconds
     while time.time() < end:
@@ -65,16 +77,14 @@ def memory_alarm():
     consumer, consumer_events = connect("consumer")
     all_three = [before, during, consumer]
     ch = before.channel()
-    ch.queue_declare("timing.alarm")
-    ch.basic_publish("", "timing.alarm", b"before")
+    fresh(ch, "timing.alarm", [b"before"])
     watch = consumer.channel()
     watch.basic_consume("timing.alarm", lambda *a: None, auto_ack=True)
     for q in ["timing.alarm.empty", "timing.alarm.body"]:
-        watch.queue_declare(q)
-        watch.queue_purge(q)
+        fresh(watch, q)
 
     def routed():
-        return [watch.queue_declare(q, passive=True).method.message_count for q in ["timing.alarm.empty", "timing.alarm.body"]]
+        return [depth(watch, q) for q in ["timing.alarm.empty", "timing.alarm.body"]]
 
     idle = during.channel()
     raise_alarm()
@@ -109,9 +119,7 @@ def raise_alarm():
         return None
     filler, _ = connect("filler")
     fill = filler.channel()
-    fill.queue_declare("timing.fill")
-    for _ in range(40):
-        fill.basic_publish("", "timing.fill", b"y" * 65536)
+    fresh(fill, "timing.fill", [b"y" * 65536] * 40)
     return filler
 
 
@@ -212,21 +220,18 @@ def x_expires():
 def publishes_before_close():
     connection = pika.BlockingConnection(PARAMS)
     ch = connection.channel()
-    ch.queue_declare("timing.inflight")
-    ch.queue_purge("timing.inflight")
-    for _ in range(500):
-        ch.basic_publish("", "timing.inflight", b"x" * 100)
+    fresh(ch, "timing.inflight", [b"x" * 100] * 500)
     connection.close()
     time.sleep(0.3)
     connection = pika.BlockingConnection(PARAMS)
     ch = connection.channel()
-    print(f"publishes before connection.close: {ch.queue_declare('timing.inflight', passive=True).method.message_count}")
+    print(f"publishes before connection.close: {depth(ch, 'timing.inflight')}")
     ch.queue_purge("timing.inflight")
     publisher = connection.channel()
     for _ in range(500):
         publisher.basic_publish("", "timing.inflight", b"x" * 100)
     publisher.close()
-    print(f"publishes before channel.close: {ch.queue_declare('timing.inflight', passive=True).method.message_count}")
+    print(f"publishes before channel.close: {depth(ch, 'timing.inflight')}")
     ch.queue_delete("timing.inflight")
     connection.close()
 
@@ -234,10 +239,7 @@ def publishes_before_close():
 def held_by_a_closed_consumer():
     connection = pika.BlockingConnection(PARAMS)
     ch = connection.channel()
-    ch.queue_declare("timing.order")
-    ch.queue_purge("timing.order")
-    for i in range(5):
-        ch.basic_publish("", "timing.order", str(i).encode())
+    fresh(ch, "timing.order", [str(i).encode() for i in range(5)])
     consumer = pika.BlockingConnection(PARAMS)
     cch = consumer.channel()
     cch.basic_qos(prefetch_count=2)
@@ -262,9 +264,7 @@ def ttl_at_the_head():
     """Queue TTL 500 ms behind a delivery held for 1 s; per-message expirations out of order."""
     connection = pika.BlockingConnection(PARAMS)
     ch = connection.channel()
-    ch.queue_declare("timing.ttl", arguments={"x-message-ttl": 500})
-    for i in range(5):
-        ch.basic_publish("", "timing.ttl", str(i).encode())
+    fresh(ch, "timing.ttl", [str(i).encode() for i in range(5)], arguments={"x-message-ttl": 500})
     consumer = pika.BlockingConnection(PARAMS)
     cch = consumer.channel()
     cch.basic_qos(prefetch_count=1)
@@ -274,18 +274,17 @@ def ttl_at_the_head():
     consumer.sleep(1.0)
     cch.basic_ack(got[0][0])
     consumer.process_data_events(0.5)
-    depth = ch.queue_declare("timing.ttl", passive=True).method.message_count
-    print(f"queue TTL 500 ms, first held 1 s then acked: delivered {[b for _, b in got]}, {depth} left")
+    print(f"queue TTL 500 ms, first held 1 s then acked: delivered {[b for _, b in got]}, {depth(ch, 'timing.ttl')} left")
     consumer.close()
     ch.queue_delete("timing.ttl")
-    ch.queue_declare("timing.expiration")
+    fresh(ch, "timing.expiration")
     ch.basic_publish("", "timing.expiration", b"long", pika.BasicProperties(expiration="1500"))
     ch.basic_publish("", "timing.expiration", b"short", pika.BasicProperties(expiration="100"))
     connection.sleep(0.5)
-    depth = ch.queue_declare("timing.expiration", passive=True).method.message_count
+    count = depth(ch, "timing.expiration")
     first = ch.basic_get("timing.expiration", auto_ack=True)[2]
     second = ch.basic_get("timing.expiration", auto_ack=True)[2]
-    print(f"expiration 1500 ms then 100 ms, at 0.5 s: count {depth}, get {first}, then {second}")
+    print(f"expiration 1500 ms then 100 ms, at 0.5 s: count {count}, get {first}, then {second}")
     ch.queue_delete("timing.expiration")
     connection.close()
 

@@ -26,7 +26,8 @@
 //!   those cap `q1` at 4 ready messages or 4 KiB of them (drop-head, reject-publish or reject-publish-dlx),
 //!   and half let its messages expire (a queue TTL of 20 ms, or an `expiration` on messages published to
 //!   `q1` alone), so a confirmed copy of `q1` may be in `dlq` instead — the ledger follows neither the
-//!   queue's order nor its clock — but never in both;
+//!   queue's order nor its clock — but never in both (what expires depends on the clock, so such a run,
+//!   replayed, may take another path: the client's choices follow what it holds);
 //! - every copy the server confirmed, and every dead letter, must be back in its queue at the end unless a
 //!   settle the client sent may have covered it (acknowledged means safe, through channel closes, recover,
 //!   cancels, connection errors and the release);
@@ -347,6 +348,13 @@ fn copy_of(id: u64, queue: u64) -> u64 {
     id.wrapping_mul(4).wrapping_add(queue)
 }
 
+/// The message id a conservation run's body starts with (the publish writes it big-endian).
+fn id_in(body: &[u8]) -> Option<u64> {
+    body.get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+}
+
 /// The queue a name means in a conservation run (0: neither).
 fn queue_number(name: &str) -> u64 {
     LEDGER_QUEUES
@@ -623,10 +631,10 @@ impl Ledger {
         let Some((tag, auto, queue)) = self.content_next.get_mut(i).and_then(Option::take) else {
             return;
         };
-        let Some(id) = body.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
+        let Some(id) = id_in(body) else {
             return;
         };
-        let copy = copy_of(u64::from_be_bytes(id), queue);
+        let copy = copy_of(id, queue);
         if auto {
             self.maybe_settled.insert(copy);
         } else if let Some(d) = self.delivered.get_mut(i) {
@@ -1257,12 +1265,7 @@ fn check_conservation(
             match vhost.get(0, name, !keep) {
                 Err(QueueError::NotFound { .. }) if restarted && name == "q2" => break,
                 Ok(Some(delivery)) => {
-                    let id = delivery
-                        .message
-                        .body
-                        .get(..8)
-                        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                        .map(u64::from_be_bytes);
+                    let id = id_in(&delivery.message.body);
                     // After a crash a dead letter may come twice: a message of `q1` that expired (or was
                     // dropped) before the crash, its settle not yet on disk, expires again.
                     let crashed = restarted && !clean;
