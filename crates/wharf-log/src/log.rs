@@ -1372,6 +1372,18 @@ impl Log {
         Ok(())
     }
 
+    /// Drops every segment file of this log from the shared file cache, so that deleting the log's directory
+    /// frees its disk space and descriptors now rather than when the cache would have evicted them.
+    pub(crate) fn release_files(&self) {
+        let st = self.state.lock();
+        for seg in st.segments.values() {
+            self.files.remove(seg.file_id);
+        }
+        for seal in &st.pending_seals {
+            self.files.remove(seal.file_id);
+        }
+    }
+
     /// Whether appended data is not yet durable (the manager flushes such logs under `Interval`).
     pub(crate) fn has_unsynced(&self) -> bool {
         let end = self.state.lock().next_offset;

@@ -184,6 +184,7 @@ impl LogManager {
         let log = self.inner.logs.write().remove(name);
         if let Some(log) = log {
             log.close()?;
+            log.release_files();
         }
         let dir = self.inner.root.join(name);
         match std::fs::remove_dir_all(&dir) {

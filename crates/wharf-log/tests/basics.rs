@@ -327,6 +327,43 @@ fn many_logs_share_a_bounded_file_cache() {
     manager.close().unwrap();
 }
 
+/// Descriptors this process holds on files under `dir` that were unlinked (Linux: `/proc/self/fd`).
+fn deleted_files_held_open(dir: &std::path::Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.unwrap().path()).ok())
+        .map(|target| target.to_string_lossy().into_owned())
+        .filter(|target| {
+            target.starts_with(&*dir.to_string_lossy()) && target.ends_with(" (deleted)")
+        })
+        .count()
+}
+
+#[test]
+fn deleting_a_log_closes_its_files_at_once() {
+    // A deleted log's segments must leave the shared cache with it: an unlinked file held open keeps its disk
+    // space and a descriptor until the cache happens to evict it.
+    let dir = tempfile::tempdir().unwrap();
+    let manager = LogManager::open(dir.path(), ManagerConfig::default()).unwrap();
+    for name in ["kept", "gone"] {
+        let log = manager.open_log(name, small_config()).unwrap();
+        for i in 0..40 {
+            log.append(&payload(i, 512), 1, 0).unwrap(); // 4 KiB segments: several per log
+        }
+    }
+    let gone = manager.get("gone").unwrap();
+    let its_files = gone.stats().segments;
+    assert!(its_files > 2, "{its_files} segments");
+    drop(gone);
+    let before = manager.files().open_count();
+    manager.delete_log("gone").unwrap();
+    assert_eq!(deleted_files_held_open(dir.path()), 0);
+    assert!(manager.files().open_count() <= before - its_files);
+    let kept = manager.get("kept").unwrap();
+    assert_eq!(read_all(&kept, 0).len(), 40);
+    manager.close().unwrap();
+}
+
 #[test]
 fn interval_policy_flushes_in_the_background() {
     let dir = tempfile::tempdir().unwrap();
