@@ -564,7 +564,15 @@ pub(crate) struct Maintenance {
     journal: Arc<Log>,
     low: u64,
     snapshot: Option<Appended>,
+    /// The queue was drained with at least [`DRAINED_ROLL_BYTES`] in the active message segment: roll it, so
+    /// that its space comes back now instead of after another segment's worth of traffic.
+    roll: bool,
 }
+
+/// A drained durable queue whose active message segment holds this much rolls it, so that a queue that is
+/// empty keeps at most this much of consumed messages on disk (segments are [`crate::queue_log::MESSAGE_SEGMENT_BYTES`]).
+/// Maintenance runs once a second, so a busy queue that keeps draining rolls at most once a second.
+pub(crate) const DRAINED_ROLL_BYTES: u64 = 1024 * 1024;
 
 impl Maintenance {
     /// Makes the snapshot durable, drops the journal records before it, and gives back the space of message
@@ -574,8 +582,14 @@ impl Maintenance {
             self.journal.wait_durable(snapshot.next_offset)?;
             self.journal.advance_log_start(snapshot.base_offset)?;
         }
+        if self.roll {
+            self.messages.roll()?;
+        }
         if self.low > self.messages.offsets().log_start {
             self.messages.advance_log_start(self.low)?;
+        } else if self.roll {
+            // The start was already at `low`: only the segment just sealed is newly below it.
+            self.messages.apply_retention(crate::now_ms())?;
         }
         Ok(())
     }
@@ -1191,7 +1205,14 @@ impl LogBacklog {
             journal: Arc::clone(&self.journal),
             low: self.low,
             snapshot,
+            roll: self.drained_with_a_big_segment(),
         }
+    }
+
+    /// Every message in the log is settled and the active segment holds at least [`DRAINED_ROLL_BYTES`].
+    fn drained_with_a_big_segment(&self) -> bool {
+        self.low >= self.messages.offsets().log_end
+            && self.messages.active_segment_bytes() >= DRAINED_ROLL_BYTES
     }
 
     /// What periodic maintenance should do now, if anything: compact a journal that grew, give back consumed
@@ -1201,11 +1222,13 @@ impl LogBacklog {
         if self.journal_bytes_since_snapshot >= JOURNAL_COMPACT_BYTES {
             return Some(self.snapshot());
         }
-        (self.low > self.messages.offsets().log_start).then(|| Maintenance {
+        let roll = self.drained_with_a_big_segment();
+        (roll || self.low > self.messages.offsets().log_start).then(|| Maintenance {
             messages: Arc::clone(&self.messages),
             journal: Arc::clone(&self.journal),
             low: self.low,
             snapshot: None,
+            roll,
         })
     }
 }

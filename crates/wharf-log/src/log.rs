@@ -324,6 +324,11 @@ impl Log {
         }
     }
 
+    /// Bytes in the active segment (the one appends go to, which retention never deletes).
+    pub fn active_segment_bytes(&self) -> u64 {
+        self.state.lock().active().size
+    }
+
     /// Counters since open.
     pub fn stats(&self) -> LogStats {
         let st = self.state.lock();

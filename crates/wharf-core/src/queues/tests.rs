@@ -224,6 +224,19 @@ fn persistent(body: &str) -> Message {
     }
 }
 
+/// Publishes `n` persistent messages of 64 KiB to queue "q".
+fn publish_64_kib(vhost: &VHost, n: usize) {
+    let body = "x".repeat(64 * 1024);
+    for _ in 0..n {
+        vhost.publish(&["q"], &|| None, persistent(&body)).unwrap();
+    }
+}
+
+/// Gets and acks every message of queue "q"; returns how many.
+fn ack_all(vhost: &VHost) -> usize {
+    bodies(vhost).len()
+}
+
 fn bodies(vhost: &VHost) -> Vec<(String, bool)> {
     let mut out = Vec::new();
     while let Some(d) = vhost.get(1, "q", false).unwrap() {
@@ -636,19 +649,45 @@ fn a_consumed_backlog_gives_its_segments_back() {
     let dir = tempfile::tempdir().unwrap();
     let (logs, vhost) = open_durable(dir.path());
     vhost.declare_queue(1, "q", false, durable()).unwrap();
-    let body = "x".repeat(64 * 1024);
-    // Past two 64 MiB segments.
-    for _ in 0..(2 * 1024 + 100) {
-        vhost.publish(&["q"], &|| None, persistent(&body)).unwrap();
-    }
+    publish_64_kib(&vhost, 2 * 1024 + 100); // past two 64 MiB segments
     let size = |logs: &LogManager| logs.get("__amqp.1.m").unwrap().stats().segments;
     assert!(size(&logs) >= 3);
-    while let Some(d) = vhost.get(1, "q", false).unwrap() {
-        d.queue
-            .settle(Settle::Ack, &[(None, d.position, Arc::clone(&d.message))]);
-    }
+    ack_all(&vhost);
     vhost.maintain();
     assert_eq!(size(&logs), 1, "only the active segment is left");
+    vhost.flush_journals();
+    logs.close().unwrap();
+}
+
+#[test]
+fn a_drained_queue_gives_back_its_active_segment() {
+    // 3 MiB of consumed messages sit in the active (64 MiB) segment: without a roll they would stay on disk
+    // for as long as the queue stays empty.
+    let dir = tempfile::tempdir().unwrap();
+    let (logs, vhost) = open_durable(dir.path());
+    vhost.declare_queue(1, "q", false, durable()).unwrap();
+    let on_disk = |logs: &LogManager| logs.get("__amqp.1.m").unwrap().stats().size_bytes;
+    publish_64_kib(&vhost, 48);
+    vhost.maintain();
+    assert!(on_disk(&logs) >= 3 << 20, "not drained yet: kept");
+    assert_eq!(ack_all(&vhost), 48);
+    vhost.maintain();
+    assert_eq!(on_disk(&logs), 0, "drained: the consumed segment is gone");
+    // Below the threshold a drained queue keeps its segment (no file per message).
+    publish_64_kib(&vhost, 4);
+    assert_eq!(ack_all(&vhost), 4);
+    vhost.maintain();
+    assert_eq!(logs.get("__amqp.1.m").unwrap().stats().segments, 1);
+    assert!(on_disk(&logs) > 0);
+    // The queue still works across a restart after the roll.
+    vhost
+        .publish(&["q"], &|| None, persistent("after"))
+        .unwrap();
+    vhost.flush_journals();
+    logs.close().unwrap();
+    drop((logs, vhost));
+    let (logs, vhost) = open_durable(dir.path());
+    assert_eq!(bodies(&vhost), vec![("after".to_string(), false)]);
     vhost.flush_journals();
     logs.close().unwrap();
 }
