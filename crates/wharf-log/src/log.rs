@@ -82,6 +82,8 @@ pub struct Log {
     /// Set by [`Log::owe_sync`]: a wait was resolved without a sync, so the manager syncs the log within
     /// [`LogConfig::unsynced_age_max_ms`].
     pub(crate) sync_owed: AtomicBool,
+    /// The background flush period the policy asks for, readable without the state lock (see [`FlushPeriod`]).
+    flush_period: FlushPeriod,
     /// The manager's tail flusher; without one (a log opened on its own) appends hold nothing back.
     tail_hook: Option<TailHook>,
     /// The manager's CRC helper; without one (a log opened on its own) appends compute every CRC inline.
@@ -97,6 +99,52 @@ struct TailHook {
     /// log's lock. Between appends the real value is this or "clean" (writes only clear it), so the flusher can
     /// re-queue a busy log without contending for its lock; only a tail that looks due is checked under it.
     dirty_since: AtomicU64,
+}
+
+/// Why the manager's background pass syncs a log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BackgroundSync {
+    No,
+    /// `Durability::Interval`: its period has passed since the last sync.
+    Interval,
+    /// `Durability::Always` with a sync owed ([`Log::owe_sync`]) for `unsynced_age_max_ms`.
+    Owed,
+}
+
+/// A log's background flush period, kept beside its config in atomics so that the manager's pass (every few
+/// ms, over every log of the node) reads it without the log's lock or a config clone: `Interval { ms }` is
+/// `ms`; `Always` with `unsynced_age_max_ms` is that age, flagged as owed-only; anything else is 0 (none).
+#[derive(Debug)]
+struct FlushPeriod {
+    ms: AtomicU64,
+    owed_only: AtomicBool,
+}
+
+impl FlushPeriod {
+    fn of(config: &LogConfig) -> FlushPeriod {
+        let period = FlushPeriod {
+            ms: AtomicU64::new(0),
+            owed_only: AtomicBool::new(false),
+        };
+        period.set(config);
+        period
+    }
+
+    fn set(&self, config: &LogConfig) {
+        let (ms, owed_only) = match config.durability {
+            Durability::Interval { ms } => (ms.max(1), false),
+            Durability::Always => (config.unsynced_age_max_ms.map_or(0, |ms| ms.max(1)), true),
+            Durability::Os => (0, false),
+        };
+        self.owed_only.store(owed_only, Ordering::Relaxed);
+        self.ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// `(period ms, owed only)`, or `None` when the policy needs no background flush.
+    fn get(&self) -> Option<(u64, bool)> {
+        let ms = self.ms.load(Ordering::Relaxed);
+        (ms > 0).then(|| (ms, self.owed_only.load(Ordering::Relaxed)))
+    }
 }
 
 #[derive(Debug)]
@@ -247,6 +295,7 @@ impl Log {
             .map_or(first_base, |m| m.log_start_offset)
             .max(first_base)
             .min(next_offset);
+        let config_for_period = config.clone();
         let state = LogState {
             config,
             segments,
@@ -271,6 +320,7 @@ impl Log {
             appends: AtomicU64::new(0),
             last_flush_ms: AtomicI64::new(now_ms()),
             sync_owed: AtomicBool::new(false),
+            flush_period: FlushPeriod::of(&config_for_period),
             tail_hook: None,
             crc_helper: None,
         })
@@ -310,7 +360,28 @@ impl Log {
 
     /// Changes the configuration; it applies to the next append, roll and retention pass.
     pub fn set_config(&self, config: LogConfig) {
-        self.state.lock().config = config.clamped();
+        let config = config.clamped();
+        self.flush_period.set(&config);
+        self.state.lock().config = config;
+    }
+
+    /// Whether the manager's background pass should sync this log now (`now` in wall-clock ms), and why.
+    /// Atomic loads only: a pass looks at every log of the node, most of them idle.
+    pub(crate) fn background_sync_due(&self, now: i64) -> BackgroundSync {
+        let since_flush = now.saturating_sub(self.last_flush_ms.load(Ordering::Relaxed));
+        let due = |ms: u64| u64::try_from(since_flush).is_ok_and(|since| since >= ms);
+        match self.flush_period.get() {
+            Some((ms, false)) if due(ms) => BackgroundSync::Interval,
+            Some((ms, true)) if self.sync_owed.load(Ordering::Relaxed) && due(ms) => {
+                BackgroundSync::Owed
+            }
+            _ => BackgroundSync::No,
+        }
+    }
+
+    /// How often the manager's pass must look at this log, if ever (see [`FlushPeriod`]).
+    pub(crate) fn background_period_ms(&self) -> Option<u64> {
+        self.flush_period.get().map(|(ms, _)| ms)
     }
 
     /// Start, end and durable offsets.

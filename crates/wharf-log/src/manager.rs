@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use crate::config::{Durability, LogConfig, ManagerConfig};
+use crate::config::{LogConfig, ManagerConfig};
 use crate::crc_helper::CrcHelperThread;
 use crate::error::{IoContext, LogError, Result};
 use crate::file_cache::FileCache;
 use crate::fsio::{now_ms, sync_dir};
-use crate::log::Log;
+use crate::log::{BackgroundSync, Log};
 use crate::tail_flush::TailFlusher;
 
 /// Longest name of a log: it is a directory name, and file systems allow 255 bytes. Kafka caps topic names at
@@ -294,37 +294,46 @@ impl Inner {
                     return;
                 }
             }
-            let logs: Vec<Arc<Log>> = self.logs.read().values().cloned().collect();
+            // Under the read lock only atomic loads per log, collecting the few that are due: a node with
+            // thousands of idle logs must not pay a lock and a config clone per log every few milliseconds.
             let now = now_ms();
+            let (mut interval_due, mut owed_due) = (Vec::new(), Vec::new());
+            for log in self.logs.read().values() {
+                match log.background_sync_due(now) {
+                    BackgroundSync::Interval => interval_due.push(Arc::clone(log)),
+                    BackgroundSync::Owed => owed_due.push(Arc::clone(log)),
+                    BackgroundSync::No => {}
+                }
+            }
             // `interval` flushes first: they are the policy's promise. Then the syncs owed to `always` logs
             // (see `LogConfig::unsynced_age_max_ms`), for at most `OWED_SYNCS_PASS_BUDGET` per pass; those not
             // reached stay owed for the next pass.
             let pass_started = Instant::now();
-            for owed_pass in [false, true] {
-                for log in &logs {
-                    if owed_pass && pass_started.elapsed() >= OWED_SYNCS_PASS_BUDGET {
-                        break;
-                    }
-                    let config = log.config();
-                    let every = match (config.durability, owed_pass) {
-                        (Durability::Interval { ms }, false) => ms,
-                        (Durability::Always, true) => match config.unsynced_age_max_ms {
-                            Some(ms) if log.sync_owed.load(Ordering::Relaxed) => ms,
-                            _ => continue,
-                        },
-                        _ => continue,
-                    };
-                    let last = log.last_flush_ms.load(Ordering::Relaxed);
-                    if now - last >= i64::try_from(every).unwrap_or(i64::MAX) && log.has_unsynced()
-                    {
-                        log.last_flush_ms.store(now, Ordering::Relaxed);
-                        log.sync_owed.store(false, Ordering::Relaxed);
-                        if let Err(e) = log.sync() {
-                            tracing::error!(log = log.name(), error = %e, "background flush failed");
-                        }
-                    }
+            for (log, owed) in interval_due
+                .iter()
+                .map(|log| (log, false))
+                .chain(owed_due.iter().map(|log| (log, true)))
+            {
+                if owed && pass_started.elapsed() >= OWED_SYNCS_PASS_BUDGET {
+                    break;
+                }
+                if !log.has_unsynced() {
+                    continue;
+                }
+                log.last_flush_ms.store(now, Ordering::Relaxed);
+                log.sync_owed.store(false, Ordering::Relaxed);
+                if let Err(e) = log.sync() {
+                    tracing::error!(log = log.name(), error = %e, "background flush failed");
                 }
             }
+            let logs: Vec<Arc<Log>> = if last_checkpoint.elapsed()
+                >= self.config.checkpoint_interval
+                || last_retention.elapsed() >= self.config.retention_check_interval
+            {
+                self.logs.read().values().cloned().collect()
+            } else {
+                Vec::new()
+            };
             if last_checkpoint.elapsed() >= self.config.checkpoint_interval {
                 last_checkpoint = Instant::now();
                 for log in &logs {
@@ -350,11 +359,7 @@ impl Inner {
         let logs = self.logs.read();
         let shortest = logs
             .values()
-            .filter_map(|l| match l.config().durability {
-                Durability::Interval { ms } => Some(ms),
-                Durability::Always => l.config().unsynced_age_max_ms,
-                Durability::Os => None,
-            })
+            .filter_map(|l| l.background_period_ms())
             .min()
             .unwrap_or(1000);
         Duration::from_millis(shortest.clamp(5, 1000))

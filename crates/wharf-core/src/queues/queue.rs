@@ -66,7 +66,8 @@ pub struct Queue {
     pub(super) vhost: Weak<VHost>,
     /// Wall-clock ms of the last use that renews an `x-expires` lease (declare, consume, get).
     pub(super) last_used_ms: AtomicI64,
-    /// Set once a message with a TTL was enqueued: the expiry timer looks at this queue.
+    /// Set when a message with a TTL is enqueued or requeued, cleared by the timer once the queue holds no
+    /// ready message: the expiry timer looks at this queue. Changed only under `state`'s lock.
     pub(super) may_expire: AtomicBool,
     /// In the vhost's list of journals to flush.
     pub(super) journal_queued: AtomicBool,
@@ -228,6 +229,9 @@ impl Queue {
             if s.deleted {
                 return;
             }
+            if expires_at.is_some() {
+                self.may_expire.store(true, Ordering::Relaxed);
+            }
             s.backlog.requeue(position, message, expires_at);
             dispatch(self, &mut s, &mut dead);
             journal_later(self, &mut s);
@@ -277,6 +281,12 @@ impl Queue {
                 return;
             }
             expire_head(&mut s, now, &mut dead);
+            // Nothing left that could expire: the timer stops looking at this queue until a message with a
+            // TTL comes in or back (`enqueue`, `requeue`; both set the flag under this lock). A vhost of many
+            // idle queues then costs nothing per tick, also after a restart, which flags every durable queue.
+            if s.backlog.ready_count() == 0 && self.spec.arguments.message_ttl_ms.is_none() {
+                self.may_expire.store(false, Ordering::Relaxed);
+            }
             journal_later(self, &mut s);
         }
         self.dead_letter(dead);

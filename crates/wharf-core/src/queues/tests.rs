@@ -693,6 +693,35 @@ fn a_drained_queue_gives_back_its_active_segment() {
 }
 
 #[test]
+fn the_timer_skips_a_queue_once_nothing_in_it_can_expire() {
+    let vhost = VHost::new();
+    vhost.declare_queue(1, "q", false, spec()).unwrap();
+    let expiring = Message {
+        expiration_ms: Some(30),
+        ..msg("short")
+    };
+    assert!(publish(&vhost, expiring));
+    let held = vhost.get(1, "q", false).unwrap().unwrap();
+    let queue = Arc::clone(&held.queue);
+    let flagged = || queue.may_expire.load(Ordering::Relaxed);
+    assert!(flagged(), "set by the publish");
+    vhost.tick();
+    assert!(!flagged(), "empty: nothing to look at");
+    // Back in the queue with its expiry: looked at again, and it expires there.
+    held.queue.requeue(
+        None,
+        held.position,
+        Arc::clone(&held.message),
+        held.expires_at,
+    );
+    assert!(flagged());
+    std::thread::sleep(std::time::Duration::from_millis(40));
+    vhost.tick();
+    assert!(vhost.get(1, "q", false).unwrap().is_none(), "expired");
+    assert!(!flagged());
+}
+
+#[test]
 fn unroutable_and_get() {
     let vhost = VHost::new();
     assert!(!publish(&vhost, msg("x")));
