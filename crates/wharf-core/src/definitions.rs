@@ -1,12 +1,13 @@
 //! The durable AMQP topology of a vhost — durable exchanges, durable queues (with the id naming their logs)
-//! and the bindings between durable ends — in one small JSON file, `<dir>/definitions.json`, replaced
-//! atomically on every change that touches a durable entity. Topology changes are rare next to messages, so a
-//! whole-file rewrite (a few ms, with its fsyncs) is simpler than a log of changes and just as safe: a crash
-//! leaves the old file or the new one.
+//! and the bindings between durable ends — as records ([`Definitions`] and its parts), which
+//! [`crate::definitions_log`] keeps on the log engine.
+//!
+//! Builds of data-directory format 1 kept them in one JSON file, `<dir>/definitions.json`, rewritten on every
+//! change; [`DefinitionsFile`] reads such a file once, to fold it into the log.
 //!
 //! Order of writes keeps crashes harmless (as for Kafka topics): a durable queue's logs are created before
-//! the file names it, and the file stops naming it before its logs are deleted; logs no file names are
-//! deleted at open ([`crate::queue_log::QueueLogs::delete_orphans`]).
+//! the definitions name it, and the definitions stop naming it before its logs are deleted; logs no
+//! definition names are deleted at open ([`crate::queue_log::QueueLogs::delete_orphans`]).
 
 use std::path::{Path, PathBuf};
 
@@ -114,6 +115,16 @@ impl DefinitionsFile {
         Self {
             path: dir.join(FILE_NAME),
         }
+    }
+
+    /// Whether the file is there (an earlier build's, to fold into the definitions log).
+    pub fn exists(&self) -> bool {
+        self.path.exists()
+    }
+
+    /// Removes the file durably (once the definitions log holds what it said).
+    pub fn remove(&self) -> Result<()> {
+        crate::persist::remove_durably(&self.path)
     }
 
     /// Reads the file; a missing file is an empty topology. An unknown version or a file that does not

@@ -6,6 +6,7 @@
 
 pub mod backlog;
 pub mod definitions;
+pub mod definitions_log;
 pub mod error;
 pub mod exchanges;
 pub mod flow;

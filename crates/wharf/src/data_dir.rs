@@ -21,8 +21,14 @@ use anyhow::{bail, Context};
 pub const LOCK_FILE: &str = "LOCK";
 /// Name of the format-version file inside the data directory.
 pub const FORMAT_FILE: &str = "FORMAT";
-/// The only on-disk layout this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The on-disk layout this build writes.
+/// - 2: a vhost's durable AMQP topology is a log of changes (`logs/__amqp.definitions`), no longer
+///   `amqp/vhosts/<key>/definitions.json`; a build that knew only 1 would find no definitions and delete
+///   every durable queue's logs as orphans, so it must refuse a directory once this build has used it.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest layout this build reads: an older directory is upgraded in place (its FORMAT rewritten at start;
+/// the definitions file is folded into the log when its vhost first opens).
+pub const FORMAT_VERSION_OLDEST: u32 = 1;
 /// First word of the FORMAT file; the version number follows.
 const FORMAT_MAGIC: &str = "wharf-data-format";
 /// Bound on how much of a FORMAT file is read: a valid one is about 20 bytes.
@@ -119,9 +125,15 @@ fn check_or_create_format(dir: &Path) -> anyhow::Result<()> {
             let text = String::from_utf8_lossy(&raw);
             match parse_format(&text) {
                 Some(FORMAT_VERSION) => Ok(()),
+                Some(found) if (FORMAT_VERSION_OLDEST..FORMAT_VERSION).contains(&found) => {
+                    let contents = format!("{FORMAT_MAGIC} {FORMAT_VERSION}\n");
+                    write_atomically(&format_path, contents.as_bytes())?;
+                    tracing::info!(dir = %dir.display(), from = found, to = FORMAT_VERSION, "upgraded data directory format");
+                    Ok(())
+                }
                 Some(found) => bail!(
                     "data directory {} has format version {found} (in {}), but this wharf supports only \
-                     format version {FORMAT_VERSION}; refusing to start",
+                     format versions {FORMAT_VERSION_OLDEST} to {FORMAT_VERSION}; refusing to start",
                     dir.display(),
                     format_path.display()
                 ),
@@ -130,7 +142,7 @@ fn check_or_create_format(dir: &Path) -> anyhow::Result<()> {
                     bail!(
                         "data directory {} has an unreadable format file {}: expected \
                          '{FORMAT_MAGIC} {FORMAT_VERSION}', found {shown:?}; this wharf supports only \
-                         format version {FORMAT_VERSION}; refusing to start",
+                         format versions {FORMAT_VERSION_OLDEST} to {FORMAT_VERSION}; refusing to start",
                         dir.display(),
                         format_path.display()
                     )
@@ -197,7 +209,7 @@ mod tests {
         assert_eq!(data.path(), dir);
         assert_eq!(
             std::fs::read_to_string(dir.join(FORMAT_FILE)).unwrap(),
-            "wharf-data-format 1\n"
+            "wharf-data-format 2\n"
         );
         let pid: u32 = std::fs::read_to_string(dir.join(LOCK_FILE))
             .unwrap()
@@ -233,10 +245,21 @@ mod tests {
         assert_eq!(parse_format(""), None);
 
         let tmp = tempfile::tempdir().unwrap();
-        std::fs::write(tmp.path().join(FORMAT_FILE), "wharf-data-format 2\n").unwrap();
+        std::fs::write(tmp.path().join(FORMAT_FILE), "wharf-data-format 3\n").unwrap();
         let err = format!("{:#}", DataDir::open(tmp.path()).unwrap_err());
-        assert!(err.contains("format version 2"), "{err}");
-        assert!(err.contains("supports only format version 1"), "{err}");
+        assert!(err.contains("format version 3"), "{err}");
+        assert!(
+            err.contains("supports only format versions 1 to 2"),
+            "{err}"
+        );
+
+        // An older layout this build reads is upgraded in place.
+        std::fs::write(tmp.path().join(FORMAT_FILE), "wharf-data-format 1\n").unwrap();
+        drop(DataDir::open(tmp.path()).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join(FORMAT_FILE)).unwrap(),
+            "wharf-data-format 2\n"
+        );
 
         std::fs::write(tmp.path().join(FORMAT_FILE), "garbage").unwrap();
         let err = format!("{:#}", DataDir::open(tmp.path()).unwrap_err());

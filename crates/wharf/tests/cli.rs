@@ -246,7 +246,7 @@ fn serves_healthz_on_port_0_and_writes_the_ready_file() {
     let data = tmp.path().join("data");
     assert_eq!(
         std::fs::read_to_string(data.join("FORMAT")).unwrap(),
-        "wharf-data-format 1\n"
+        "wharf-data-format 2\n"
     );
     assert_eq!(
         std::fs::read_to_string(data.join("LOCK")).unwrap().trim(),
@@ -344,7 +344,7 @@ fn unknown_format_version_is_refused() {
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("format version 99"), "{stderr}");
     assert!(
-        stderr.contains("supports only format version 1"),
+        stderr.contains("supports only format versions 1 to 2"),
         "{stderr}"
     );
     assert!(stderr.contains(&data.display().to_string()), "{stderr}");
@@ -368,7 +368,7 @@ fn unparseable_format_file_is_refused() {
     assert!(stderr.contains("unreadable format file"), "{stderr}");
     assert!(stderr.contains("not a format"), "{stderr}");
     assert!(
-        stderr.contains("supports only format version 1"),
+        stderr.contains("supports only format versions 1 to 2"),
         "{stderr}"
     );
 }

@@ -307,6 +307,18 @@ impl Exchanges {
         name == DEFAULT_EXCHANGE || self.exchanges.contains_key(name)
     }
 
+    /// The spec of `name` if it is a durable exchange the definitions save: durable and not predeclared.
+    pub fn saved_spec(&self, name: &str) -> Option<&ExchangeSpec> {
+        self.spec(name).filter(|x| x.durable && !reserved(name))
+    }
+
+    /// Whether `binding` is there.
+    pub fn has_binding(&self, binding: &Binding) -> bool {
+        self.exchanges
+            .get(&binding.source)
+            .is_some_and(|x| x.bindings.contains(binding))
+    }
+
     /// exchange.declare.
     pub fn declare(
         &mut self,

@@ -43,6 +43,7 @@ use wharf_log::{Durability, LogManager};
 pub use crate::backlog::PendingSync;
 use crate::backlog::{Backlog, LogBacklog, Maintenance, OpenOptions, Ready};
 use crate::definitions::{BindingDef, Definitions, DefinitionsFile, ExchangeDef, QueueDef};
+use crate::definitions_log::{DefinitionsLog, Delta};
 use crate::exchanges::headers::Headers;
 use crate::exchanges::{Binding, BindingArgs, Destination, ExchangeError, ExchangeSpec, Exchanges};
 use crate::flow::{ConsumerGate, MemoryGauge};
@@ -84,7 +85,7 @@ pub enum QueueError {
     /// An exchange or binding operation failed (403, 404, 406 by its own kind).
     #[error(transparent)]
     Exchange(#[from] ExchangeError),
-    /// 541: storage failed (the log engine or the definitions file).
+    /// 541: storage failed (the log engine or the definitions log).
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -10,10 +10,19 @@ use super::*;
 #[derive(Debug)]
 struct Store {
     logs: QueueLogs,
-    file: DefinitionsFile,
+    definitions: DefinitionsLog,
     next_queue_id: AtomicU64,
-    /// Serializes rewrites of the definitions file, so the last write holds the newest topology.
+    /// Serializes saves of topology changes, each of which reads the live state it records: records are
+    /// then in the order of the states they describe (see [`crate::definitions_log`]).
     save_lock: Mutex<()>,
+}
+
+/// What a topology operation changed, by name: [`VHost::save_changes`] records their state as it then is.
+#[derive(Debug, Default)]
+struct Touched {
+    exchanges: Vec<String>,
+    queues: Vec<String>,
+    bindings: Vec<Binding>,
 }
 
 /// How often queue timers run: the precision of TTL expiry and `x-expires`.
@@ -121,9 +130,13 @@ impl VHost {
         durability: Durability,
         memory: Arc<MemoryGauge>,
     ) -> crate::Result<Arc<Self>> {
-        let file = DefinitionsFile::new(dir);
-        let defs = file.load()?;
-        let logs = QueueLogs::new(logs, durability, crate::queue_log::log_prefix(name));
+        let prefix = crate::queue_log::log_prefix(name);
+        let (definitions, defs) = DefinitionsLog::open(
+            &logs,
+            &format!("{prefix}definitions"),
+            &DefinitionsFile::new(dir),
+        )?;
+        let logs = QueueLogs::new(logs, durability, prefix);
         let known: HashSet<u64> = defs.queues.iter().map(|q| q.id).collect();
         logs.delete_orphans(&|id| known.contains(&id))?;
         let next_id = defs
@@ -157,7 +170,7 @@ impl VHost {
             exchanges,
             Some(Store {
                 logs,
-                file,
+                definitions,
                 next_queue_id: AtomicU64::new(next_id),
                 save_lock: Mutex::new(()),
             }),
@@ -213,65 +226,85 @@ impl VHost {
         Ok(vhost)
     }
 
-    /// Rewrites the definitions file from the current topology (no-op without a store).
-    fn save_definitions(&self) -> Result<(), QueueError> {
+    /// Records the state of what `touched` names, as it is now, in the definitions log, and writes a
+    /// snapshot when the records outgrew the last one (no-op without a store).
+    fn save_changes(&self, touched: Touched) -> Result<(), QueueError> {
         let Some(store) = &self.store else {
             return Ok(());
         };
         let _guard = store.save_lock.lock();
-        let defs = {
+        let delta = {
             let exchanges = self.exchanges.read();
             let queues = self.queues.read();
-            let (durable_exchanges, bindings) = exchanges.durable_view();
-            let durable_exchange = |name: &str| exchanges.spec(name).is_some_and(|x| x.durable);
-            let mut queue_defs: Vec<QueueDef> = queues
-                .values()
-                .filter_map(|q| {
-                    q.durable_id.map(|id| QueueDef {
-                        name: q.name.clone(),
-                        id,
-                        auto_delete: q.spec.auto_delete,
-                        arguments: q.spec.arguments.clone(),
-                    })
-                })
-                .collect();
-            queue_defs.sort_by_key(|q| q.id);
-            let binding_defs = bindings
+            let mut delta = Delta::new(store.next_queue_id.load(Ordering::Relaxed));
+            delta.exchanges = touched
+                .exchanges
                 .into_iter()
-                .filter(|b| durable_exchange(&b.source))
-                .filter_map(|b| {
-                    let (destination, destination_type) = match &b.destination {
-                        Destination::Queue(q) => {
-                            queues.get(q).filter(|q| q.is_durable())?;
-                            (q.clone(), "queue")
-                        }
-                        Destination::Exchange(x) => {
-                            durable_exchange(x).then_some(())?;
-                            (x.clone(), "exchange")
-                        }
-                    };
-                    Some(BindingDef {
-                        source: b.source,
-                        destination,
-                        destination_type: destination_type.to_string(),
-                        routing_key: b.key,
-                        arguments: b.args.entries,
-                    })
+                .map(|name| {
+                    let def = exchanges
+                        .saved_spec(&name)
+                        .map(|spec| ExchangeDef::new(&name, spec));
+                    (name, def)
                 })
                 .collect();
-            Definitions {
-                version: 0,
-                next_queue_id: store.next_queue_id.load(Ordering::Relaxed),
-                exchanges: durable_exchanges
-                    .iter()
-                    .map(|(name, spec)| ExchangeDef::new(name, spec))
-                    .collect(),
-                queues: queue_defs,
-                bindings: binding_defs,
-            }
+            delta.queues = touched
+                .queues
+                .into_iter()
+                .map(|name| {
+                    let def = queues.get(&name).and_then(|q| queue_def(q));
+                    (name, def)
+                })
+                .collect();
+            delta.bindings = touched
+                .bindings
+                .into_iter()
+                .filter_map(|b| {
+                    let present = exchanges.has_binding(&b);
+                    // A binding with a transient end is not saved, so neither is its removal.
+                    binding_def(&exchanges, &queues, b).map(|def| (def, present))
+                })
+                .collect();
+            delta
         };
-        store.file.save(&defs)?;
+        store.definitions.append(&delta)?;
+        if store.definitions.wants_snapshot() {
+            store
+                .definitions
+                .snapshot(&self.current_definitions(store))?;
+        }
         Ok(())
+    }
+
+    /// The durable topology as the next snapshot would save it (`None` without a store): for tests.
+    #[cfg(test)]
+    pub(super) fn durable_topology(&self) -> Option<Definitions> {
+        let store = self.store.as_ref()?;
+        let mut defs = self.current_definitions(store);
+        defs.bindings.sort_by_cached_key(|b| format!("{b:?}"));
+        Some(defs)
+    }
+
+    /// The whole durable topology, for a snapshot of the definitions log.
+    fn current_definitions(&self, store: &Store) -> Definitions {
+        let exchanges = self.exchanges.read();
+        let queues = self.queues.read();
+        let (durable_exchanges, bindings) = exchanges.durable_view();
+        let mut queue_defs: Vec<QueueDef> = queues.values().filter_map(|q| queue_def(q)).collect();
+        queue_defs.sort_by_key(|q| q.id);
+        let binding_defs = bindings
+            .into_iter()
+            .filter_map(|b| binding_def(&exchanges, &queues, b))
+            .collect();
+        Definitions {
+            version: 0,
+            next_queue_id: store.next_queue_id.load(Ordering::Relaxed),
+            exchanges: durable_exchanges
+                .iter()
+                .map(|(name, spec)| ExchangeDef::new(name, spec))
+                .collect(),
+            queues: queue_defs,
+            bindings: binding_defs,
+        }
     }
 
     /// Writes the journal facts of every durable queue that has some (settlements, deliveries, transient
@@ -407,7 +440,11 @@ impl VHost {
         queues.insert(name.clone(), Arc::clone(&queue));
         drop(queues);
         if durable_id.is_some() {
-            if let Err(e) = self.save_definitions() {
+            let touched = Touched {
+                queues: vec![name.clone()],
+                ..Touched::default()
+            };
+            if let Err(e) = self.save_changes(touched) {
                 self.remove(&queue);
                 return Err(e);
             }
@@ -468,6 +505,10 @@ impl VHost {
     /// returns its ready count.
     fn remove(&self, queue: &Arc<Queue>) -> u32 {
         let mut save = queue.is_durable();
+        let mut touched = Touched {
+            queues: vec![queue.name().to_string()],
+            ..Touched::default()
+        };
         {
             let mut exchanges = self.exchanges.write();
             let mut queues = self.queues.write();
@@ -481,12 +522,13 @@ impl VHost {
                 if !gone.is_empty() {
                     save = true;
                     debug!(queue = queue.name(), exchanges = ?gone, "auto-deleted with the queue's bindings");
+                    touched.exchanges = gone;
                 }
             }
         }
         if save {
-            // The file stops naming the queue before its logs go (see `definitions`).
-            if let Err(e) = self.save_definitions() {
+            // The definitions stop naming the queue before its logs go (see `definitions`).
+            if let Err(e) = self.save_changes(touched) {
                 warn!(
                     queue = queue.name(),
                     "definitions not saved after a delete: {e}"
@@ -695,7 +737,10 @@ impl VHost {
             !existed && !passive
         };
         if created && spec.durable {
-            self.save_definitions()?;
+            self.save_changes(Touched {
+                exchanges: vec![name.to_string()],
+                ..Touched::default()
+            })?;
         }
         Ok(())
     }
@@ -705,7 +750,10 @@ impl VHost {
         let gone = self.exchanges.write().delete(name, if_unused)?;
         debug!(exchanges = ?gone, "deleted");
         if !gone.is_empty() {
-            self.save_definitions()?;
+            self.save_changes(Touched {
+                exchanges: gone,
+                ..Touched::default()
+            })?;
         }
         Ok(())
     }
@@ -770,19 +818,23 @@ impl VHost {
         binding: Binding,
         durable: bool,
     ) -> Result<(), QueueError> {
+        let mut touched = Touched::default();
         let save = if bind {
-            exchanges.bind(binding)?;
+            exchanges.bind(binding.clone())?;
             durable
         } else {
             let gone = exchanges.unbind(&binding)?;
             if !gone.is_empty() {
                 debug!(exchanges = ?gone, "auto-deleted after unbind");
             }
-            durable || !gone.is_empty()
+            let save = durable || !gone.is_empty();
+            touched.exchanges = gone;
+            save
         };
         drop(exchanges);
         if save {
-            self.save_definitions()?;
+            touched.bindings.push(binding);
+            self.save_changes(touched)?;
         }
         Ok(())
     }
@@ -938,4 +990,40 @@ fn server_name(prefix: &str) -> String {
         })
         .collect();
     format!("{prefix}{suffix}")
+}
+
+/// What the definitions save of `queue`: `None` for a transient queue.
+fn queue_def(queue: &Queue) -> Option<QueueDef> {
+    queue.durable_id.map(|id| QueueDef {
+        name: queue.name.clone(),
+        id,
+        auto_delete: queue.spec.auto_delete,
+        arguments: queue.spec.arguments.clone(),
+    })
+}
+
+/// What the definitions save of `binding`: `None` unless both its ends are durable.
+fn binding_def(
+    exchanges: &Exchanges,
+    queues: &crate::NameMap<Arc<Queue>>,
+    binding: Binding,
+) -> Option<BindingDef> {
+    exchanges.spec(&binding.source).filter(|x| x.durable)?;
+    let (destination, destination_type) = match binding.destination {
+        Destination::Queue(q) => {
+            queues.get(&q).filter(|q| q.is_durable())?;
+            (q, "queue")
+        }
+        Destination::Exchange(x) => {
+            exchanges.spec(&x).filter(|x| x.durable)?;
+            (x, "exchange")
+        }
+    };
+    Some(BindingDef {
+        source: binding.source,
+        destination,
+        destination_type: destination_type.to_string(),
+        routing_key: binding.key,
+        arguments: binding.args.entries,
+    })
 }
